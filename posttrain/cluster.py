@@ -1,0 +1,59 @@
+"""The only module that talks to Ray's runtime: init (embedded local by default, or a cluster), pools.
+
+No address and no RAY_ADDRESS -> an embedded local Ray sized to this machine. `--ray-address`/RAY_ADDRESS
+-> that cluster; under `ray job submit` RAY_ADDRESS is set for the driver, so stages run there unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+
+_started_here = False
+
+
+def init(address: str | None = None, *, num_cpus: int | None = None):
+    """Connect to (or start) Ray once per process; returns the `ray` module."""
+    global _started_here
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}}
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+                 runtime_env=env, log_to_driver=True, configure_logging=False)
+    _started_here = True
+    return ray
+
+
+def shutdown() -> None:
+    global _started_here
+    if _started_here:
+        import ray
+
+        ray.shutdown()
+        _started_here = False
+
+
+def available_cpus() -> int:
+    import ray
+
+    return int(ray.available_resources().get("CPU", 1))
+
+
+def map_actors(actor_cls, items: list, *, num_actors: int, actor_args: tuple = (), method: str = "run",
+               num_cpus: float = 1, num_gpus: float = 0) -> list:
+    """Run `actor.method(item)` for every item on a pool of `num_actors` actors; results in item order."""
+    import ray
+    from ray.util import ActorPool
+
+    remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(actor_cls)
+    actors = [remote_cls.remote(*actor_args) for _ in range(max(1, num_actors))]
+    pool = ActorPool(actors)
+    results = list(pool.map(lambda a, item: getattr(a, method).remote(item), items))
+    for a in actors:
+        ray.kill(a)
+    return results

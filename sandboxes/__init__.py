@@ -1,0 +1,4 @@
+"""Untrusted code execution: bubblewrap namespaces + rlimits + wall-clock timeouts, and a pool.
+
+Imports neither torch nor Ray at module level.
+"""
