@@ -50,6 +50,8 @@ def _stage_parser(name: str, cls) -> argparse.ArgumentParser:
             parser.add_argument(f"--{flag}", action="store_true", dest=f"{flag}_flag",
                                 help=f"same as {flag}=true")
     for f in dataclasses.fields(cls):
+        if f.name in ("resume", "overwrite"):
+            continue
         parser.add_argument(f"--{f.name}", dest=f"field_{f.name}", metavar="VALUE", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     return parser
@@ -63,7 +65,7 @@ def run_stage(name: str, argv: list[str]) -> int:
     args = _stage_parser(name, cls).parse_args(argv)
     overrides = list(args.overrides)
     for f in dataclasses.fields(cls):
-        value = getattr(args, f"field_{f.name}")
+        value = getattr(args, f"field_{f.name}", None)
         if value is not None:
             overrides.append(f"{f.name}={value}")
     if getattr(args, "ray_address_flag", None):

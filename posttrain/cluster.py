@@ -45,15 +45,19 @@ def available_cpus() -> int:
 
 
 def map_actors(actor_cls, items: list, *, num_actors: int, actor_args: tuple = (), method: str = "run",
-               num_cpus: float = 1, num_gpus: float = 0) -> list:
-    """Run `actor.method(item)` for every item on a pool of `num_actors` actors; results in item order."""
+               num_cpus: float = 1, num_gpus: float = 0, progress: str | None = None) -> list:
+    """Run `actor.method(item)` for every item on a pool of `num_actors` actors; results in item order.
+    A failing item raises its worker's error here, after the pool is torn down."""
     import ray
     from ray.util import ActorPool
+    from tqdm import tqdm
 
     remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(actor_cls)
     actors = [remote_cls.remote(*actor_args) for _ in range(max(1, num_actors))]
-    pool = ActorPool(actors)
-    results = list(pool.map(lambda a, item: getattr(a, method).remote(item), items))
-    for a in actors:
-        ray.kill(a)
-    return results
+    try:
+        pool = ActorPool(actors)
+        results = pool.map(lambda a, item: getattr(a, method).remote(item), items)
+        return list(tqdm(results, total=len(items), desc=progress, disable=progress is None))
+    finally:
+        for a in actors:
+            ray.kill(a)

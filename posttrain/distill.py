@@ -1,0 +1,319 @@
+"""`posttrain sft`: Gemma 3 sampled-logit distillation, top to bottom.
+
+The algorithm (Gemma 3 report §2.2; ../shared/ALGORITHMS.md):
+  1. per target token t, draw K token ids S_t from the teacher distribution p_T (at a temperature);
+  2. the teacher target keeps only those ids:
+       unbiased (default): K draws with replacement, each weighted 1/K (duplicates stay as separate
+                           slots, so the weight of an id is its count/K): E[target] = p_T exactly, so the
+                           loss is an unbiased estimate of full-vocabulary cross-entropy to the teacher;
+       renormalized:       K distinct ids drawn without replacement (Gumbel top-K), weighted
+                           p_T(v) / sum_{u in S_t} p_T(u): the report's "zero the rest, renormalise" (biased);
+  3. the student is trained with cross-entropy on that sparse target, L_t = -sum_{v in S_t} q(v) log p_S(v),
+     where log p_S is the student's full-vocabulary log-softmax.
+The student's log-softmax is computed over chunks of target positions with activation checkpointing, so
+the B x T x V logits are never materialised (only one chunk x V block at a time, in fwd and in bwd).
+
+The stage: teacher targets come from Ray workers (posttrain/teacher.py, cached); training reuses HF's
+Trainer (gradient accumulation, DeepSpeed/accelerate pass-through, checkpoints, exact resume) with this
+loss; checkpoints are published atomically; the output is an HF dir with posttrain.json and DONE last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from posttrain import artifacts, config as cfg
+from posttrain.config import doc
+from posttrain.errors import UserError
+
+# ----------------------------------------------------------------------------------------------------
+# 1-2. Sparse teacher targets
+
+
+def sample_targets(teacher_logits: torch.Tensor, k: int, *, temperature: float = 1.0,
+                   estimator: str = "unbiased", generator: torch.Generator | None = None):
+    """(N, V) teacher logits -> (ids int32 (N, k), weights fp16 (N, k)); padding slots have weight 0."""
+    logp = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    n, vocab = logp.shape
+    if estimator == "unbiased":
+        ids = torch.multinomial(logp.exp(), k, replacement=True, generator=generator)
+        ids, _ = ids.sort(dim=-1)
+        weights = torch.full((n, k), 1.0 / k)
+    elif estimator == "renormalized":
+        kk = min(k, vocab)
+        uniform = torch.rand(logp.shape, generator=generator).clamp_(1e-20, 1.0)
+        ids = torch.topk(logp - torch.log(-torch.log(uniform)), kk, dim=-1).indices  # Gumbel top-k
+        ids, _ = ids.sort(dim=-1)
+        p = logp.gather(-1, ids).exp()
+        weights = p / p.sum(-1, keepdim=True)
+        if kk < k:
+            ids = F.pad(ids, (0, k - kk))
+            weights = F.pad(weights, (0, k - kk))
+    else:
+        raise UserError(f"unknown estimator '{estimator}' (expected 'unbiased' or 'renormalized')")
+    return ids.to(torch.int32), weights.to(torch.float16)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. The loss
+
+
+def _chunk_ce(hidden: torch.Tensor, lm_head: torch.nn.Module, ids: torch.Tensor, weights: torch.Tensor,
+              softcap: float | None) -> torch.Tensor:
+    logits = lm_head(hidden)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    logits = logits.float()
+    logp = logits.gather(-1, ids.long()) - torch.logsumexp(logits, dim=-1, keepdim=True)
+    return -(weights.float() * logp).sum()
+
+
+def sparse_kd_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, target_ids: torch.Tensor,
+                   target_weights: torch.Tensor, *, chunk_size: int = 256, softcap: float | None = None):
+    """Sum over target positions of -sum_k w_k log p_S(id_k). `hidden` holds only the target positions
+    (N, D); each chunk's logits are recomputed in backward instead of stored."""
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_size):
+        sl = slice(start, start + chunk_size)
+        args = (hidden[sl], lm_head, target_ids[sl], target_weights[sl], softcap)
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_chunk_ce, *args, use_reentrant=False)
+        else:
+            total = total + _chunk_ce(*args)
+    return total
+
+
+def full_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0):
+    """Exact full-vocabulary cross-entropy to the teacher, summed over positions (the reference)."""
+    p_t = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    return -(p_t * F.log_softmax(student_logits.float(), dim=-1)).sum()
+
+
+def target_positions(loss_mask: list[bool]) -> list[int]:
+    """Positions p whose next token p+1 is a model-turn token: where the student predicts a target."""
+    return [p for p in range(len(loss_mask) - 1) if loss_mask[p + 1]]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The stage
+
+
+@dataclasses.dataclass
+class Config:
+    data: str = doc("data/demo/sft.jsonl", "chat dataset (.jsonl, .parquet or datasets dir) with 'messages'")
+    output_dir: str = doc("outputs/sft", "where the student HF dir, metrics and checkpoints go")
+    teacher: str = doc("gemma3-270m", "teacher model: HF dir, .gguf file, 'gemma3-270m' (embedded) or 'tiny:...'")
+    student: str = doc("gemma3-270m", "student init: same kinds of spec as teacher")
+    student_layers: list[int] | None = doc(None, "keep only these layers of the student spec (None = all)")
+    max_length: int = doc(512, "tokens per example (longer examples are truncated)")
+    eval_size: int = doc(16, "rows held out to report the KD loss before/after training")
+    k: int = doc(256, "teacher token ids sampled per target token")
+    estimator: str = doc("unbiased", "'unbiased' (with replacement, count/K) or 'renormalized' (distinct ids)")
+    teacher_temperature: float = doc(1.0, "temperature of the teacher distribution targets are drawn from")
+    teacher_dtype: str = doc("float32", "teacher forward dtype: float32 or bfloat16")
+    teacher_workers: int = doc(2, "Ray actors computing teacher targets")
+    target_shards: int = doc(4, "shards the teacher targets are split into")
+    target_cache: str | None = doc(None, "target cache dir (default: $POSTTRAIN_CACHE/targets)")
+    seed: int = doc(0, "seed for target sampling, init and data order")
+    epochs: float = doc(1.0, "passes over the training data")
+    max_steps: int = doc(-1, "optimizer steps (overrides epochs when > 0)")
+    batch_size: int = doc(4, "examples per device per micro-batch")
+    gradient_accumulation_steps: int = doc(1, "micro-batches per optimizer step")
+    learning_rate: float = doc(5e-5, "peak learning rate")
+    lr_scheduler: str = doc("linear", "HF scheduler name: linear, cosine, constant, ...")
+    warmup_steps: int = doc(0, "linear warm-up steps")
+    weight_decay: float = doc(0.0, "AdamW weight decay")
+    max_grad_norm: float = doc(1.0, "gradient clipping norm")
+    logit_chunk: int = doc(256, "target positions per student log-softmax chunk")
+    bf16: bool = doc(True, "bf16 autocast for student forward/backward (fp32 master weights and softmax)")
+    freeze_embeddings: bool = doc(False, "freeze the (tied) embedding / LM head matrix")
+    lora_r: int = doc(0, "LoRA rank (0 = full fine-tuning)")
+    lora_alpha: int = doc(16, "LoRA alpha")
+    lora_dropout: float = doc(0.0, "LoRA dropout")
+    lora_target_modules: list[str] = doc(["q_proj", "k_proj", "v_proj", "o_proj"], "LoRA target modules")
+    save_steps: int = doc(50, "checkpoint every N optimizer steps (atomic)")
+    save_total_limit: int = doc(2, "checkpoints kept")
+    logging_steps: int = doc(1, "log metrics every N steps")
+    deepspeed: str | None = doc(None, "DeepSpeed JSON config passed to the HF Trainer (e.g. ZeRO-3)")
+    ray_address: str | None = doc(None, "Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
+    resume: bool = doc(False, "continue from the latest checkpoint in output_dir")
+    overwrite: bool = doc(False, "replace a finished run in output_dir")
+
+
+def _collate(batch: list[dict], pad_id: int) -> dict:
+    width = max(len(ex["input_ids"]) for ex in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    flat_pos, ids, weights = [], [], []
+    for b, ex in enumerate(batch):
+        n = len(ex["input_ids"])
+        input_ids[b, :n] = torch.tensor(ex["input_ids"])
+        attention[b, :n] = 1
+        flat_pos += [b * width + p for p in ex["positions"]]
+        ids.append(ex["target_ids"])
+        weights.append(ex["target_weights"])
+    return {"input_ids": input_ids, "attention_mask": attention, "target_pos": torch.tensor(flat_pos),
+            "target_ids": torch.cat(ids), "target_weights": torch.cat(weights)}
+
+
+def kd_forward(model, batch: dict, chunk: int) -> tuple[torch.Tensor, int]:
+    """(summed loss, target count) for a collated batch."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1])[batch["target_pos"]]
+    softcap = getattr(base.config, "final_logit_softcapping", None)
+    loss = sparse_kd_loss(hidden, base.lm_head, batch["target_ids"], batch["target_weights"],
+                          chunk_size=chunk, softcap=softcap)
+    return loss, int(batch["target_pos"].numel())
+
+
+def _make_trainer(model, train_set, eval_set, config: Config, out: Path, pad_id: int, callbacks: list):
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_utils import rotate_checkpoints
+
+    class KDTrainer(Trainer):
+        """HF Trainer with the sparse KD loss and atomically published checkpoints."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, n = kd_forward(model, inputs, config.logit_chunk)
+            loss = loss / max(n, 1)
+            return (loss, None) if return_outputs else loss
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            with torch.no_grad(), self.autocast_smart_context_manager():
+                loss, n = kd_forward(model, self._prepare_inputs(inputs), config.logit_chunk)
+            return (loss / max(n, 1)).detach(), None, None
+
+        def _get_output_dir(self, trial):
+            return getattr(self, "_staging", None) or super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model, trial):
+            # Save into a staging dir, then rename: a checkpoint-N dir is always complete.
+            final_root = Path(self.args.output_dir)
+            self._staging = str(artifacts.atomic_dir(final_root / "staging"))
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                staging, self._staging = Path(self._staging), None
+            for ckpt in staging.glob("checkpoint-*"):
+                artifacts.publish_dir(ckpt, final_root / ckpt.name)
+            staging.rmdir()
+            if self.args.should_save:
+                rotate_checkpoints(output_dir=str(final_root), save_total_limit=self.args.save_total_limit,
+                                   best_model_checkpoint=None, use_mtime=False)
+
+    use_bf16 = config.bf16 and (not torch.cuda.is_available() or torch.cuda.is_bf16_supported())
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"), per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size, num_train_epochs=config.epochs,
+        max_steps=config.max_steps, learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, bf16=use_bf16,
+        logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit, seed=config.seed, data_seed=config.seed,
+        remove_unused_columns=False, report_to="none", deepspeed=config.deepspeed,
+        dataloader_num_workers=0, disable_tqdm=False, eval_strategy="no", use_cpu=not torch.cuda.is_available(),
+    )
+    return KDTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                     data_collator=lambda b: _collate(b, pad_id), callbacks=callbacks)
+
+
+def _metrics_callbacks(out: Path):
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import TrainerCallback
+    from transformers.integrations import TensorBoardCallback
+
+    class JsonlMetrics(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if state.is_world_process_zero and logs:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    return [JsonlMetrics(), TensorBoardCallback(tb_writer=SummaryWriter(str(out / "tensorboard")))]
+
+
+def latest_checkpoint(out: Path) -> str | None:
+    ckpts = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def run(config: Config) -> Path:
+    from posttrain import data, models, teacher
+
+    torch.manual_seed(config.seed)
+    out = artifacts.prepare_output(config.output_dir, overwrite=config.overwrite, resume=config.resume)
+    rows = data.read_rows(config.data)
+    teacher_dir = models.resolve(config.teacher)
+    student_dir = models.resolve(config.student)
+    if config.student_layers:
+        student_dir = models.derive_student(student_dir, config.student_layers)
+    tokenizer = models.load_tokenizer(str(student_dir))
+    teacher_vocab = models.load_tokenizer(str(teacher_dir)).get_vocab()
+    if teacher_vocab != tokenizer.get_vocab():
+        raise UserError(f"teacher {config.teacher} and student {config.student} have different tokenizers; "
+                        "sampled-logit KD needs a shared vocabulary")
+
+    examples = data.tokenize_rows(tokenizer, rows, config.max_length)
+    for ex in examples:
+        ex["positions"] = target_positions(ex["loss_mask"])
+    targets = teacher.build_targets(examples, teacher_spec=str(teacher_dir), config=config)
+    for ex, (ids, weights) in zip(examples, teacher.load_targets(targets)):
+        ex["target_ids"], ex["target_weights"] = ids, weights
+    if len(examples) <= config.eval_size:
+        raise UserError(f"{config.data}: {len(examples)} rows, need more than eval_size={config.eval_size}")
+    eval_set, train_set = examples[: config.eval_size], examples[config.eval_size:]
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+    if config.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    model = models.apply_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                              target_modules=config.lora_target_modules)
+    trainer = _make_trainer(model, train_set, eval_set, config, out, tokenizer.pad_token_id,
+                            _metrics_callbacks(out))
+    resume_from = latest_checkpoint(out) if config.resume else None
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train(resume_from_checkpoint=resume_from)
+    after = trainer.evaluate()["eval_loss"]
+
+    final = trainer.model.merge_and_unload() if config.lora_r > 0 else trainer.model
+    staging = artifacts.atomic_dir(out / "model")
+    final.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    for item in staging.iterdir():
+        os.replace(item, out / item.name)
+    staging.rmdir()
+    summary = {"eval_kd_loss_before": before, "eval_kd_loss_after": after,
+               "train_examples": len(train_set), "steps": trainer.state.global_step}
+    artifacts.write_manifest(out, stage="sft", config=cfg.to_dict(config), extra={"summary": summary},
+                             inputs={"data": config.data, "data_sha256": artifacts.file_sha256(config.data)
+                                     if Path(config.data).is_file() else None,
+                                     "teacher": str(teacher_dir), "student_init": str(student_dir),
+                                     "targets": str(targets)})
+    artifacts.mark_done(out)
+    _print_summary(summary)
+    return out
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="posttrain sft: student KD loss on held-out rows (nats/token)")
+    table.add_column("before")
+    table.add_column("after")
+    table.add_column("steps")
+    table.add_row(f"{summary['eval_kd_loss_before']:.4f}", f"{summary['eval_kd_loss_after']:.4f}",
+                  str(summary["steps"]))
+    Console().print(table)
+    if not math.isfinite(summary["eval_kd_loss_after"]):
+        raise UserError("training diverged: the final loss is not finite")
