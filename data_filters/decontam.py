@@ -1,0 +1,129 @@
+"""Decontamination: drop rows that share a word n-gram (13 by default) with an evaluation set.
+
+Eval files are read once in the driver (`prepare`): every string in every row (prompt, answer, tests,
+messages), lower-cased words, all n-grams into a set. A training turn is contaminated when any of its
+n-grams is in that set. Eval texts shorter than n words are matched whole, as a contiguous word sequence.
+The set holds word tuples, not hashes, so it means the same in every worker process.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from data_filters.base import FilterResult, turns
+
+DEFAULTS = {
+    "eval_files": ["data/demo/eval_math.jsonl", "data/demo/eval_code.jsonl"],
+    "n": 13,
+    "roles": ["system", "user", "assistant"],
+    "fields": [],  # eval row fields to read; [] = every string anywhere in the row
+    "min_words": 6,  # eval texts shorter than this are too generic to match on
+}
+
+_WORD = re.compile(r"\w+")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def load_ngrams(paths, n: int, fields=(), min_words: int = 6) -> tuple[frozenset, frozenset, dict]:
+    """(n-grams, whole short texts, stats) of the eval files; a missing or unreadable file is a UserError."""
+    from posttrain.errors import UserError
+
+    grams, short, stats = set(), set(), {"files": {}, "texts": 0, "short_texts": 0}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"decontam: eval file not found: {path} (set decontam.eval_files)")
+        rows = 0
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"decontam: {path}:{lineno}: not valid JSON ({e.msg})") from None
+                rows += 1
+                values = [row.get(k) for k in fields] if fields and isinstance(row, dict) else [row]
+                for text in _strings(values):
+                    toks = words(text)
+                    if len(toks) < min_words:
+                        continue
+                    stats["texts"] += 1
+                    if len(toks) < n:
+                        short.add(tuple(toks))
+                        stats["short_texts"] += 1
+                    else:
+                        grams.update(zip(*(toks[i:] for i in range(n))))
+        stats["files"][str(path)] = rows
+    stats["ngrams"] = len(grams)
+    return frozenset(grams), frozenset(short), stats
+
+
+def find(text: str, ngrams: frozenset, short: frozenset, n: int) -> tuple[int, int, str] | None:
+    """The first contaminated (start, end, matched words) span of `text`, or None."""
+    toks = words(text)
+    hit = None
+    if len(toks) >= n:
+        for i, g in enumerate(zip(*(toks[j:] for j in range(n)))):
+            if g in ngrams:
+                hit = (i, n)
+                break
+    if hit is None and short:
+        lengths = {len(s) for s in short}
+        for k in lengths:
+            for i in range(len(toks) - k + 1):
+                if tuple(toks[i:i + k]) in short:
+                    hit = (i, k)
+                    break
+            if hit:
+                break
+    if hit is None:
+        return None
+    # Map the word window back to characters for the rejects file.
+    spans = [m.span() for m in _WORD.finditer(text)]
+    start, end = spans[hit[0]][0], spans[hit[0] + hit[1] - 1][1]
+    return start, end, " ".join(toks[hit[0]:hit[0] + hit[1]])
+
+
+def apply(batch: dict[str, list], *, ngrams=frozenset(), short=frozenset(), n=13,
+          roles=("system", "user", "assistant")) -> FilterResult:
+    size = len(batch["messages"])
+    keep, reasons = [True] * size, [[] for _ in range(size)]
+    for r, messages in enumerate(batch["messages"]):
+        for i, text in turns(messages, roles):
+            hit = find(text, ngrams, short, n)
+            if hit:
+                keep[r] = False
+                reasons[r].append({"filter": "decontam", "reason": f"shares a {n}-gram with an eval set",
+                                   "turn": i, "span": [hit[0], hit[1]], "text": text[hit[0]:hit[1]]})
+                break
+    return FilterResult(keep, {}, reasons)
+
+
+def prepare(options: dict) -> dict:
+    """Options -> `apply` keyword arguments: the eval n-gram sets replace the file list."""
+    from posttrain.errors import UserError
+
+    if int(options["n"]) < 1:
+        raise UserError(f"decontam: n must be >= 1, got {options['n']}")
+    if not options["eval_files"]:
+        raise UserError("decontam: no eval_files given")
+    grams, short, stats = load_ngrams(options["eval_files"], int(options["n"]), options["fields"],
+                                      int(options["min_words"]))
+    return {"ngrams": grams, "short": short, "n": int(options["n"]), "roles": options["roles"], "_stats": stats}
