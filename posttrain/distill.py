@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 from pathlib import Path
 
 import torch
@@ -237,7 +238,17 @@ def _metrics_callbacks(out: Path):
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
-    return [JsonlMetrics(), TensorBoardCallback(tb_writer=SummaryWriter(str(out / "tensorboard")))]
+    callbacks = [JsonlMetrics(), TensorBoardCallback(tb_writer=SummaryWriter(str(out / "tensorboard")))]
+    if os.environ.get("POSTTRAIN_KILL_AT_STEP"):  # test hook: a real SIGKILL at a deterministic step
+        kill_at = int(os.environ["POSTTRAIN_KILL_AT_STEP"])
+
+        class KillAtStep(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                if state.global_step == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        callbacks.append(KillAtStep())
+    return callbacks
 
 
 def latest_checkpoint(out: Path) -> str | None:

@@ -59,15 +59,22 @@ def target_key(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def target_inputs(examples: list[dict], teacher_dir: Path, config) -> dict:
+    """Everything the targets depend on; its hash is the cache key."""
+    from posttrain import data
+
+    return {"format": FORMAT_VERSION, "teacher_sha256": artifacts.dir_sha256(teacher_dir),
+            "teacher_dtype": config.teacher_dtype, "k": config.k, "temperature": config.teacher_temperature,
+            "estimator": config.estimator, "seed": config.seed, "data_sha256": data.examples_hash(examples)}
+
+
 def build_targets(examples: list[dict], *, teacher_spec: str, config) -> Path:
     """The target set for these examples: reused from the cache, or computed by Ray actors."""
-    from posttrain import cluster, data, models
+    from posttrain import cluster, models
     from safetensors.numpy import save_file
 
     teacher_dir = models.resolve(teacher_spec)
-    inputs = {"format": FORMAT_VERSION, "teacher_sha256": artifacts.dir_sha256(teacher_dir),
-              "teacher_dtype": config.teacher_dtype, "k": config.k, "temperature": config.teacher_temperature,
-              "estimator": config.estimator, "seed": config.seed, "data_sha256": data.examples_hash(examples)}
+    inputs = target_inputs(examples, teacher_dir, config)
     root = Path(config.target_cache) if config.target_cache else models.cache_root() / "targets"
     out = root / target_key(inputs)
     if (out / "manifest.json").is_file():

@@ -1,0 +1,124 @@
+"""`posttrain sft` through the CLI on tiny models: artifacts, loss, resume after SIGKILL, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from posttrain import distill
+from tests.conftest import ROOT
+
+TINY = str(ROOT / "configs" / "tiny" / "sft.yaml")
+
+
+def posttrain(*args, env=None, check=True):
+    proc = subprocess.run([sys.executable, "-m", "posttrain.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def test_sft_end_to_end_writes_a_loadable_hf_dir_and_lowers_the_loss(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "sft"
+    posttrain("sft", "--config", TINY, f"output_dir={out}", "--max_steps", "12")
+    assert (out / "DONE").is_file() and (out / "model.safetensors").is_file()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.model_type == "gemma3_text" and tok.convert_tokens_to_ids("<end_of_turn>") > 0
+    record = json.loads((out / "posttrain.json").read_text())
+    assert record["stage"] == "sft" and record["config"]["max_steps"] == 12  # the --max_steps flag took effect
+    assert record["versions"]["torch"] and record["inputs"]["data_sha256"]
+    summary = record["summary"]
+    assert summary["steps"] == 12
+    assert summary["eval_kd_loss_after"] < summary["eval_kd_loss_before"] - 0.05, summary
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged if "loss" in m] == list(range(1, 13))
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_help_documents_every_config_field():
+    text = posttrain("sft", "--help").stdout
+    for field in distill.Config.__dataclass_fields__:
+        assert f"  {field} (" in text, field
+    assert "--ray-address" in text and "--resume" in text and "--overwrite" in text
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
+    args = ("sft", "--config", TINY, "max_steps=10", "save_steps=3")
+    posttrain(*args, f"output_dir={tmp_path / 'straight'}")
+
+    killed = tmp_path / "killed"
+    proc = posttrain(*args, f"output_dir={killed}", env={"POSTTRAIN_KILL_AT_STEP": "5"}, check=False)
+    assert proc.returncode == -9
+    assert not (killed / "DONE").exists()
+    assert sorted(p.name for p in (killed / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3"]
+
+    refused = posttrain(*args, f"output_dir={killed}", check=False)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+
+    posttrain(*args, f"output_dir={killed}", "--resume")
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(killed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # and training did move the weights
+    student_init = json.loads((killed / "posttrain.json").read_text())["inputs"]["student_init"]
+    init = load_file(os.path.join(student_init, "model.safetensors"))
+    assert any(not torch.equal(a[k], init[k]) for k in a)
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+GOOD = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+
+
+@pytest.mark.parametrize("case", ["bad_json", "no_messages", "unknown_role", "empty", "unknown_key",
+                                  "missing_model", "finished_output", "missing_data"])
+def test_bad_input_gets_one_clear_error_and_no_finished_output(tmp_path, case):
+    out = tmp_path / "out"
+    data = _write(tmp_path / "d.jsonl", GOOD * 8)
+    extra, expect = [], None
+    if case == "bad_json":
+        data = _write(tmp_path / "d.jsonl", GOOD * 2 + '{"messages": [\n' + GOOD)
+        expect = f"{data}:3: not valid JSON"
+    elif case == "no_messages":
+        data = _write(tmp_path / "d.jsonl", GOOD + '{"text": "hello"}\n')
+        expect = f"{data}:2: row has no 'messages'"
+    elif case == "unknown_role":
+        data = _write(tmp_path / "d.jsonl", GOOD + GOOD.replace('"user"', '"robot"'))
+        expect = f"{data}:2: messages[0] has unknown role 'robot'"
+    elif case == "empty":
+        data = _write(tmp_path / "d.jsonl", "\n")
+        expect = "the dataset is empty"
+    elif case == "unknown_key":
+        extra = ["learning_rat=0.1"]
+        expect = "unknown config key 'learning_rat' (did you mean 'learning_rate'?)"
+    elif case == "missing_model":
+        extra = [f"teacher={tmp_path / 'nope'}"]
+        expect = "model not found"
+    elif case == "missing_data":
+        data = tmp_path / "absent.jsonl"
+        expect = f"dataset not found: {data}"
+    elif case == "finished_output":
+        out.mkdir()
+        (out / "DONE").write_text("")
+        (out / "config.json").write_text("{}")
+        expect = "already holds a finished run; pass --overwrite"
+    proc = posttrain("sft", "--config", TINY, f"data={data}", f"output_dir={out}", *extra, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expect in errors[0], proc.stderr
+    if case != "finished_output":
+        assert not (out / "DONE").exists()
