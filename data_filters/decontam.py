@@ -8,6 +8,7 @@ The set holds word tuples, not hashes, so it means the same in every worker proc
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -75,6 +76,15 @@ def load_ngrams(paths, n: int, fields=(), min_words: int = 6) -> tuple[frozenset
     return frozenset(grams), frozenset(short), stats
 
 
+@functools.lru_cache(maxsize=4)
+def _by_first(short: frozenset) -> dict[str, tuple[int, ...]]:
+    """First word -> the lengths of the short eval texts starting with it, so only those windows are tried."""
+    out: dict[str, set] = {}
+    for s in short:
+        out.setdefault(s[0], set()).add(len(s))
+    return {k: tuple(sorted(v)) for k, v in out.items()}
+
+
 def find(text: str, ngrams: frozenset, short: frozenset, n: int) -> tuple[int, int, str] | None:
     """The first contaminated (start, end, matched words) span of `text`, or None."""
     toks = words(text)
@@ -85,9 +95,9 @@ def find(text: str, ngrams: frozenset, short: frozenset, n: int) -> tuple[int, i
                 hit = (i, n)
                 break
     if hit is None and short:
-        lengths = {len(s) for s in short}
-        for k in lengths:
-            for i in range(len(toks) - k + 1):
+        by_first = _by_first(short)
+        for i, tok in enumerate(toks):
+            for k in by_first.get(tok, ()):
                 if tuple(toks[i:i + k]) in short:
                     hit = (i, k)
                     break

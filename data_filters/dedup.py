@@ -8,6 +8,7 @@ most of the cost and run in parallel with the other filters; `decide` only touch
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -37,12 +38,22 @@ def normalise(messages: list[dict], roles) -> list[str]:
     return words
 
 
+@functools.lru_cache(maxsize=None)
+def _scheme() -> dict:
+    # datasketch >= 2 wants the scheme named when a MinHash is rebuilt from stored values; 1.x has one scheme.
+    import inspect
+
+    from datasketch import MinHash
+
+    return {"scheme": "affine32"} if "scheme" in inspect.signature(MinHash).parameters else {}
+
+
 def minhash(words: list[str], k: int, num_perm: int) -> np.ndarray:
-    """datasketch MinHash (affine32, seed 1, its default stable hash) of a row's set of k-word shingles."""
+    """datasketch MinHash (seed 1, its default stable hash) of a row's set of k-word shingles."""
     from datasketch import MinHash
 
     grams = {" ".join(words[i:i + k]) for i in range(max(1, len(words) - k + 1))}
-    m = MinHash(num_perm=num_perm, seed=1, scheme="affine32")
+    m = MinHash(num_perm=num_perm, seed=1, **_scheme())
     m.update_batch([g.encode() for g in grams])
     return m.hashvalues
 
@@ -67,6 +78,8 @@ def decide(hashes: list[str], sigs: list, alive: list[bool], ids: list, *, exact
     keep, reasons = [True] * n, [[] for _ in range(n)]
     first: dict[str, int] = {}
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm) if near else None
+    scheme = _scheme()
+    dtype = MinHash(num_perm=num_perm, **scheme).hashvalues.dtype
     kept_sigs: dict[str, np.ndarray] = {}
     for r in range(n):
         if not alive[r]:
@@ -77,8 +90,8 @@ def decide(hashes: list[str], sigs: list, alive: list[bool], ids: list, *, exact
             continue
         first.setdefault(hashes[r], r)
         if lsh is not None:
-            sig = np.asarray(sigs[r], dtype=np.uint32)
-            m = MinHash(num_perm=num_perm, hashvalues=sig, scheme="affine32")
+            sig = np.asarray(sigs[r], dtype=dtype)
+            m = MinHash(num_perm=num_perm, hashvalues=sig, **scheme)
             best = None
             for key in lsh.query(m):
                 sim = float(np.mean(kept_sigs[key] == sig))

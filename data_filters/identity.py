@@ -25,7 +25,7 @@ DEFAULTS = {
                          "01.AI", "Moonshot AI", "TII", "LMSYS", "Stanford"],
 }
 
-_I = r"(?:\bI(?:'m| am|’m)|\bI was|\bI've been|\bI have been|\bI'm just|\bmy name is|\bcall me)"
+_I = r"(?:\bI(?:'m| am|’m)|\bI was|\bI've been|\bI have been|\bI'm just|\b[Mm]y name is|\b[Cc]all me)"
 _MODEL = r"(?:(?:large )?language model|LLM|AI(?: model| assistant| system| chatbot)?|assistant|chatbot|model|bot)"
 _MADE = r"(?:trained|developed|created|made|built|designed|programmed|engineered|released|owned|brought to you)"
 

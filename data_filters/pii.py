@@ -217,12 +217,22 @@ def _long_token(m, text, region):
     return (m.start(), m.end(), "SECRET") if ok else None
 
 
+def _starts_word(text: str, start: int) -> bool:
+    return start == 0 or not (text[start - 1].isalnum() or text[start - 1] == "_")
+
+
 def _address(m, text, region):
-    return (m.start(), m.end(), "ADDRESS") if _clean_edges(text, m.start(), m.start()) else None
+    return (m.start(), m.end(), "ADDRESS") if _starts_word(text, m.start()) else None
+
+
+# "My name is Gemma" is an assistant introducing itself, not a person's name.
+NOT_PERSONS = {"Gemma", "ChatGPT", "Claude", "Bard", "Gemini", "Llama", "Siri", "Alexa", "Copilot", "Cortana",
+               "Assistant", "Bot", "User", "Admin", "Python", "Google", "Microsoft", "Apple", "Amazon"}
 
 
 def _name(m, text, region):
-    return (m.start(1), m.end(1), "NAME") if _clean_edges(text, m.start(), m.start()) else None
+    ok = _starts_word(text, m.start()) and m.group(1).split()[0] not in NOT_PERSONS
+    return (m.start(1), m.end(1), "NAME") if ok else None
 
 
 def _secret(m, text, region):

@@ -35,8 +35,9 @@ CLEAN, REJECTS, REPORT = "clean.jsonl", "rejects.jsonl", "report.json"
 class Config:
     input: str = doc("data/demo/raw.jsonl", "chat dataset: a .jsonl or .parquet file, or an HF datasets dir")
     output: str = doc("runs/demo/filter", "output dir: clean.jsonl, rejects.jsonl, report.json, DONE")
-    filters: list[str] = doc(["pii", "safety", "identity", "decontam", "dedup"],
-                             "filters in order: pii, safety, identity, dedup, decontam, or 'module:function'")
+    filters: list[str] = doc(["safety", "identity", "decontam", "pii", "dedup"],
+                             "filters in order (pii, safety, identity, dedup, decontam, or 'module:function'); "
+                             "each sees the rows the earlier ones kept, with their redactions")
     pii: dict = doc({}, "PII options: action (redact|drop), actions {TYPE: drop}, types, roles, allow, phone_region")
     safety: dict = doc({}, "safety options: roles, categories, extra_patterns, classifier (module:fn or model dir), "
                            "threshold, unsafe_label")
