@@ -1,0 +1,77 @@
+"""Many sandboxed programs at once: one warm `Sandbox` per worker, as many workers as usable cores.
+
+Each worker's sandbox runs one program at a time, so plain threads suffice to drive them (the work is in
+the sandboxed processes). In RL this pool lives inside each Ray reward actor, sized to that actor's CPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from sandboxes.sandbox import Limits, Result, Sandbox
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class Pool:
+    def __init__(self, limits: Limits = Limits(), workers: int | None = None):
+        self.limits = limits
+        self.workers = max(1, workers or available_cores())
+        self._idle: queue.SimpleQueue[Sandbox] = queue.SimpleQueue()
+        self._all: list[Sandbox] = []
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _acquire(self) -> Sandbox:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if len(self._all) < self.workers:
+                sandbox = Sandbox(self.limits)
+                self._all.append(sandbox)
+                return sandbox
+        return self._idle.get()
+
+    def run(self, code: str, stdin: str | None = None) -> Result:
+        sandbox = self._acquire()
+        try:
+            return sandbox.run(code, stdin)
+        finally:
+            self._idle.put(sandbox)
+
+    def map(self, codes: list[str], stdins: list[str | None] | None = None) -> list[Result]:
+        """Run every program, `workers` at a time; results in order."""
+        if stdins is not None and len(stdins) != len(codes):
+            raise ValueError(f"got {len(codes)} programs but {len(stdins)} stdins")
+        stdins = stdins if stdins is not None else [None] * len(codes)
+        return list(self._executor.map(self.run, codes, stdins))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        with self._lock:
+            for sandbox in self._all:
+                sandbox.close()
+            self._all.clear()
+
+
+def run_many(codes: list[str], *, stdins: list[str | None] | None = None, limits: Limits = Limits(),
+             workers: int | None = None) -> list[Result]:
+    """One-off `Pool(limits, workers).map(codes, stdins)`."""
+    with Pool(limits, workers) as pool:
+        return pool.map(codes, stdins)

@@ -1,0 +1,270 @@
+"""`run(code, stdin=None, limits=Limits()) -> Result`: one Python program in a bubblewrap sandbox.
+
+The sandbox: every namespace unshared (no network, no view of host processes or IPC), /usr and the
+interpreter bound read-only, the root read-only, fresh size-capped tmpfs for the working dir (/sandbox)
+and /tmp, nothing else of the host (no home, no project, no /etc), an empty environment,
+die-with-parent, no further user namespaces, no capabilities, and as root the host uid `nobody` (the
+kernel exempts uid 0 from RLIMIT_NPROC even inside a user namespace). Inside, `zygote.py` runs each
+program in a fresh fork under rlimits (CPU, address space, file size, processes, open files), with a
+wall-clock timeout and capped stdout/stderr, and destroys whatever it left before the next one.
+
+`Sandbox` keeps one sandbox up for many programs (what `Pool` uses); `run` is a one-shot sandbox.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+STATUSES = ("ok", "failed", "timeout", "memory", "output_limit", "killed", "sandbox_error")
+ISOLATIONS = ("bwrap", "rlimits")
+WORKDIR = "/sandbox"
+SANDBOX_UID = 65534  # nobody
+GRACE = 5.0  # seconds past a program's timeout before the host gives up on the zygote itself
+INSTALL_HINT = (
+    "Install bubblewrap: `sudo apt-get install bubblewrap` (Debian/Ubuntu), `sudo dnf install bubblewrap` "
+    "(Fedora), or run `make setup`. In a container, user namespaces must be allowed (e.g. docker "
+    "--security-opt seccomp=unconfined, or sysctl kernel.unprivileged_userns_clone=1). To run untrusted "
+    "code without isolation anyway (unsafe), set the sandbox isolation to 'rlimits'.")
+_ZYGOTE = Path(__file__).with_name("zygote.py").read_text()
+_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": WORKDIR,
+        "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+class SandboxUnavailable(RuntimeError):
+    """bubblewrap is missing or cannot create namespaces here (the message says how to fix it)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    timeout: float = 10.0  # wall-clock seconds per program, everything it started included
+    cpu_seconds: int = 10  # RLIMIT_CPU per process
+    memory_mb: int = 1024  # RLIMIT_AS (address space) per process
+    file_size_mb: int = 16  # RLIMIT_FSIZE: the largest file a program may write
+    disk_mb: int = 64  # size of each tmpfs (/sandbox, /tmp)
+    processes: int = 64  # RLIMIT_NPROC, counted inside the sandbox's own user namespace
+    open_files: int = 256  # RLIMIT_NOFILE
+    output_bytes: int = 1 << 20  # cap on stdout and on stderr; past it the run ends as output_limit
+    isolation: str = "bwrap"  # "bwrap", or "rlimits": no namespaces at all (unsafe; warns loudly)
+    python: str | None = None  # interpreter in the sandbox; default: this one's if readable, else python3
+
+    def __post_init__(self):
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"sandbox isolation must be one of {ISOLATIONS}, got {self.isolation!r}")
+        if min(self.timeout, self.cpu_seconds, self.memory_mb, self.file_size_mb, self.disk_mb,
+               self.processes, self.open_files, self.output_bytes) <= 0:
+            raise ValueError(f"sandbox limits must be positive: {self}")
+
+
+@dataclasses.dataclass
+class Result:
+    status: str  # one of STATUSES
+    stdout: str
+    stderr: str
+    duration: float  # wall-clock seconds of the program
+    returncode: int | None = None  # negative: killed by that signal
+
+
+def _world_readable(path: str) -> bool:
+    """Whether an unprivileged user can reach and read `path` (every parent dir searchable by others)."""
+    try:
+        if not os.stat(path).st_mode & stat.S_IROTH:
+            return False
+        parent = os.path.dirname(path)
+        while parent != "/":
+            if not os.stat(parent).st_mode & stat.S_IXOTH:
+                return False
+            parent = os.path.dirname(parent)
+    except OSError:
+        return False
+    return True
+
+
+@functools.cache
+def _interpreter(python: str | None) -> tuple[str, tuple[str, ...]]:
+    """The interpreter to run in the sandbox and the host dirs to bind read-only for it.
+
+    As root the sandbox runs as `nobody`, so the interpreter must be readable by others; this process's
+    own may not be (pyenv under /root), and then the system python3 stands in: the programs under test
+    use the standard library only.
+    """
+    if python:
+        candidates = [os.path.realpath(python)]
+    else:
+        candidates = [os.path.realpath(os.path.join(sys.base_prefix, "bin", "python3")),
+                      os.path.realpath(sys.executable), "/usr/bin/python3", "/usr/local/bin/python3"]
+    usable = [c for c in candidates if os.path.isfile(c) and (os.geteuid() != 0 or _world_readable(c))]
+    if not usable:
+        raise SandboxUnavailable(
+            f"no Python interpreter the sandbox user can read among {candidates} (as root, programs run as "
+            f"uid {SANDBOX_UID}); install python3 under /usr or set the sandbox python to one others can read")
+    exe = os.path.realpath(usable[0])
+    dirs = sorted({"/usr", os.path.dirname(os.path.dirname(exe))} - {"/", ""})
+    return exe, tuple(d for d in dirs if not any(d.startswith(o + "/") for o in dirs))
+
+
+def _as_nobody() -> dict:
+    if os.geteuid() == 0:
+        return {"user": SANDBOX_UID, "group": SANDBOX_UID, "extra_groups": []}
+    return {}
+
+
+def _bwrap_argv(binds: tuple[str, ...], disk_bytes: int) -> list[str]:
+    argv = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--unshare-user", "--disable-userns",
+            "--die-with-parent", "--new-session", "--as-pid-1", "--cap-drop", "ALL",
+            "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
+            "--proc", "/proc", "--dev", "/dev"]
+    for d in binds:
+        argv += ["--ro-bind", d, d]
+    for link in ("bin", "lib", "lib64", "sbin"):  # merged-/usr layouts
+        if os.path.islink(f"/{link}"):
+            argv += ["--symlink", os.readlink(f"/{link}"), f"/{link}"]
+        elif os.path.isdir(f"/{link}"):
+            argv += ["--ro-bind", f"/{link}", f"/{link}"]
+    for d in ("/tmp", WORKDIR):
+        argv += ["--size", str(disk_bytes), "--perms", "1777", "--tmpfs", d]
+    return argv + ["--remount-ro", "/", "--chdir", WORKDIR]
+
+
+@functools.cache
+def _warn_unisolated() -> None:
+    msg = ("SANDBOX ISOLATION IS OFF (isolation='rlimits'): untrusted code runs with only rlimits and "
+           "timeouts, with a full view of this machine's files, network and processes. Install bubblewrap.")
+    warnings.warn(msg, RuntimeWarning, stacklevel=4)
+    print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+
+
+class Sandbox:
+    """One sandbox kept up for many programs, run one at a time. Restarts itself after a failure."""
+
+    def __init__(self, limits: Limits = Limits()):
+        self.limits = limits
+        self._proc: subprocess.Popen | None = None
+        self._hostdir: str | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _start(self) -> None:
+        limits = self.limits
+        python, binds = _interpreter(limits.python)
+        if limits.isolation == "bwrap":
+            if shutil.which("bwrap") is None:
+                raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed. {INSTALL_HINT}")
+            argv = _bwrap_argv(binds, limits.disk_mb << 20) + ["--", python, "-I", "-S", "-c", _ZYGOTE,
+                                                                "pid1", WORKDIR]
+            cwd, env = None, _ENV
+        else:
+            _warn_unisolated()
+            self._hostdir = tempfile.mkdtemp(prefix="sandbox-")
+            if os.geteuid() == 0:
+                os.chown(self._hostdir, SANDBOX_UID, SANDBOX_UID)
+            argv = [python, "-I", "-S", "-c", _ZYGOTE, "group", self._hostdir]
+            cwd, env = self._hostdir, dict(_ENV, HOME=self._hostdir, TMPDIR=self._hostdir)
+        self._stderr = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                      cwd=cwd, env=env, start_new_session=True, **_as_nobody())
+        reply = self._receive(time.monotonic() + 30)
+        if not (isinstance(reply, dict) and reply.get("ready")):
+            err = self._zygote_stderr()
+            self.close()
+            if limits.isolation == "bwrap":
+                raise SandboxUnavailable(f"bubblewrap cannot create a sandbox here: {err}. {INSTALL_HINT}")
+            raise SandboxUnavailable(f"the sandbox interpreter {python} did not start: {err}")
+
+    def _zygote_stderr(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read()[-2000:].decode(errors="replace").strip()
+
+    def _receive(self, deadline: float):
+        """One reply from the zygote, or None if it died or missed the deadline."""
+        import select
+
+        fd = self._proc.stdout.fileno()
+        buf = bytearray()
+        need = 4
+        while len(buf) < need:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, max(need - len(buf), 1 << 16))
+            if not chunk:
+                return None
+            buf += chunk
+            if need == 4 and len(buf) >= 4:
+                need = 4 + struct.unpack(">I", buf[:4])[0]
+        return json.loads(buf[4:need])
+
+    def run(self, code: str, stdin: str | None = None) -> Result:
+        """Run one program; never raises for anything the program does."""
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self.close()
+                self._start()
+            limits = self.limits
+            req = {"code": code, "stdin": stdin, **{k: getattr(limits, k) for k in (
+                "timeout", "cpu_seconds", "memory_mb", "file_size_mb", "processes", "open_files",
+                "output_bytes")}}
+            data = json.dumps(req).encode()
+            t0 = time.monotonic()
+            try:
+                self._proc.stdin.write(struct.pack(">I", len(data)) + data)
+                self._proc.stdin.flush()
+                reply = self._receive(t0 + limits.timeout + GRACE)
+            except (OSError, ValueError):
+                reply = None
+            if reply is None:  # the zygote died or hung: discard this sandbox, start afresh next time
+                err = self._zygote_stderr()
+                self.close()
+                return Result("sandbox_error", "", f"sandbox failed: {err}", time.monotonic() - t0)
+            return Result(reply["status"], reply["stdout"], reply["stderr"], reply["duration"],
+                          reply["returncode"])
+
+    def close(self) -> None:
+        if self._proc is not None:
+            # bwrap runs the zygote as PID 1 of the sandbox; killing it makes the kernel kill everything
+            # in that PID namespace, and waiting for bwrap waits for that teardown.
+            for f in (self._proc.stdin, self._proc.stdout):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+            try:
+                os.killpg(self._proc.pid, 9)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self._proc.kill()
+            self._proc.wait()
+            self._stderr.close()
+            self._proc = None
+        if self._hostdir:
+            shutil.rmtree(self._hostdir, ignore_errors=True)
+            self._hostdir = None
+
+
+def check(limits: Limits = Limits()) -> None:
+    """Raise SandboxUnavailable (saying how to install bubblewrap) if `limits` cannot be honoured here."""
+    with Sandbox(limits) as sandbox:
+        sandbox._start()
+
+
+def run(code: str, *, stdin: str | None = None, limits: Limits = Limits()) -> Result:
+    """Run `code` (a Python program) in a fresh sandbox. Raises only SandboxUnavailable."""
+    with Sandbox(limits) as sandbox:
+        return sandbox.run(code, stdin)
