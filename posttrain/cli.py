@@ -62,7 +62,7 @@ def run_stage(name: str, argv: list[str]) -> int:
 
     module = importlib.import_module(STAGES[name][0])
     cls = module.Config
-    args = _stage_parser(name, cls).parse_args(argv)
+    args = _stage_parser(name, cls).parse_intermixed_args(argv)
     overrides = list(args.overrides)
     for f in dataclasses.fields(cls):
         value = getattr(args, f"field_{f.name}", None)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 
 _started_here = False
+_embedded = False
 
 
 def init(address: str | None = None, *, num_cpus: int | None = None):
     """Connect to (or start) Ray once per process; returns the `ray` module."""
-    global _started_here
+    global _started_here, _embedded
     import ray
 
     if ray.is_initialized():
@@ -25,8 +26,18 @@ def init(address: str | None = None, *, num_cpus: int | None = None):
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
                  runtime_env=env, log_to_driver=True, configure_logging=False)
-    _started_here = True
+    _started_here, _embedded = True, not address
     return ray
+
+
+def describe() -> dict:
+    """Where this process's Ray runs, for run manifests."""
+    import ray
+
+    if not ray.is_initialized():
+        return {}
+    return {"gcs_address": ray.get_runtime_context().gcs_address, "embedded": _embedded,
+            "nodes": len(ray.nodes()), "cpus": ray.cluster_resources().get("CPU", 0)}
 
 
 def shutdown() -> None:
@@ -36,6 +47,7 @@ def shutdown() -> None:
 
         ray.shutdown()
         _started_here = False
+_embedded = False
 
 
 def available_cpus() -> int:

@@ -303,9 +303,11 @@ def run(config: Config) -> Path:
     for item in staging.iterdir():
         os.replace(item, out / item.name)
     staging.rmdir()
+    from posttrain import cluster
+
     summary = {"eval_kd_loss_before": before, "eval_kd_loss_after": after,
                "train_examples": len(train_set), "steps": trainer.state.global_step}
-    artifacts.write_manifest(out, stage="sft", config=cfg.to_dict(config), extra={"summary": summary},
+    artifacts.write_manifest(out, stage="sft", config=cfg.to_dict(config), extra={"summary": summary, "ray": cluster.describe()},
                              inputs={"data": config.data, "data_sha256": artifacts.file_sha256(config.data)
                                      if Path(config.data).is_file() else None,
                                      "teacher": str(teacher_dir), "student_init": str(student_dir),
