@@ -77,7 +77,9 @@ def decide(hashes: list[str], sigs: list, alive: list[bool], ids: list, *, exact
     n = len(hashes)
     keep, reasons = [True] * n, [[] for _ in range(n)]
     first: dict[str, int] = {}
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm) if near else None
+    # LSH only proposes candidates (its banding cannot be tuned for thresholds near 1); the decision is the
+    # signatures' estimated Jaccard against `threshold`.
+    lsh = MinHashLSH(threshold=min(threshold, 0.9), num_perm=num_perm) if near else None
     scheme = _scheme()
     dtype = MinHash(num_perm=num_perm, **scheme).hashvalues.dtype
     kept_sigs: dict[str, np.ndarray] = {}

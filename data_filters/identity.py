@@ -46,7 +46,7 @@ def _patterns(names: tuple[str, ...], developers: tuple[str, ...]) -> re.Pattern
         rf"\b[Aa]s\s+an?\s+(?:\w+\s+){{0,3}}?{_MODEL}\s+(?:\w+\s+){{0,2}}?{_MADE}\s+by\s+(?P<dev3>{dev})\b",
         rf"\b[Aa]s\s+(?P<name2>{name}),\s+I\b",
         # my creators at OpenAI / I'm OpenAI's assistant
-        rf"\bmy\s+(?:creators?|developers?|makers?|trainers?)\s+(?:at|are|is|from)\s+(?P<dev4>{dev})\b",
+        rf"\b[Mm]y\s+(?:creators?|developers?|makers?|trainers?)\s+(?:at|are|is|from)\s+(?P<dev4>{dev})\b",
         rf"{_I}\s+(?P<dev5>{dev})'s\s+(?:\w+\s+){{0,2}}?{_MODEL}\b",
     ]
     return re.compile("|".join(f"(?:{c})" for c in claims))

@@ -66,7 +66,7 @@ ADDRESS = re.compile(
     r"(?:,\s+[A-Z][a-z]+(?:\s[A-Z][a-z]+)*(?:,\s+[A-Z]{2})?(?:\s+\d{5}(?:-\d{4})?)?)?")
 NAME = re.compile(
     r"(?:(?:[Mm]y name is|[Mm]y name's|[Cc]all me|[Nn]ame:|[Ss]igned,?|[Ss]incerely,|[Rr]egards,|[Dd]ear|"
-    r"[Cc]ontact)\s+|(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.?\s+)([A-Z][a-z]+(?:[ -][A-Z][a-z]+){0,2})")
+    r"[Cc]ontact)\s+|(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.?\s+)([A-Z][a-z]+(?:[ -][A-Z][a-z]+){0,2})\b")
 
 IBAN_LENGTHS = {
     "AD": 24, "AE": 23, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29, "CH": 21,

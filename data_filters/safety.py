@@ -34,6 +34,8 @@ RULES: dict[str, list[str]] = {
         r"(?:mix|combine) (?:the )?(?:bleach and ammonia|ammonium nitrate (?:and|with) fuel oil).{0,40}(?:to|and) "
         r"(?:make|produce|create|get) (?:a |an )?(?:toxic|poison|lethal|deadly|explosive|bomb)",
         r"(?:detonat(?:e|or)|blasting cap).{0,60}(?:crowd|school|stadium|subway|people)",
+        r"(?:recipe|synthesis|instructions|formula) (?:for|of) (?:making )?(?:sarin|ricin|vx|tabun|anthrax|mustard gas|"
+        r"nerve agents?|napalm|thermite bombs?)",
     ],
     "drugs": [
         _HOW + _MAKE + r" (?:some )?(?:meth(?:amphetamine)?|crack cocaine|crack|heroin|fentanyl|lsd|mdma|ghb)\b",

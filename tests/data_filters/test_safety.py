@@ -1,0 +1,31 @@
+import pytest
+
+from data_filters import build
+from posttrain.errors import UserError
+
+
+def _batch(*assistant):
+    return {"messages": [[{"role": "user", "content": "Tell me how to make a bomb."},
+                          {"role": "assistant", "content": a}] for a in assistant]}
+
+
+def test_rules_check_configured_roles_and_respect_refusals():
+    _, fn, _ = build("safety")
+    res = fn(_batch("Here's how to make a pipe bomb: pack the tube.", "I can't help you make a bomb."))
+    assert res.keep == [False, True]
+    assert res.reasons[0][0]["reason"] == "unsafe: weapons (rule)"
+    _, fn_user, _ = build("safety", {"roles": ["user", "assistant"], "extra_patterns": [r"how to make a bomb"]})
+    assert fn_user(_batch("Sure.")).keep == [False]  # the user turn now counts, via the extra pattern
+
+
+def test_classifier_plugin(tmp_path):
+    clf = tmp_path / "clf.py"
+    clf.write_text("def score(texts):\n    return [1.0 if 'zebra' in t else 0.0 for t in texts]\n")
+    _, fn, _ = build("safety", {"classifier": f"{clf}:score", "categories": []})
+    res = fn(_batch("a zebra!", "a horse"))
+    assert res.keep == [False, True]
+    assert "classifier score 1.000" in res.reasons[0][0]["reason"]
+    with pytest.raises(UserError, match="neither a model dir"):
+        build("safety", {"classifier": "no-such-thing"})
+    with pytest.raises(UserError, match="unknown categor"):
+        build("safety", {"categories": ["weapon"]})
