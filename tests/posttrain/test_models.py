@@ -1,0 +1,86 @@
+"""Model specs: tiny builds, derived students, LoRA, and (slow) the real Gemma 3 270M GGUF conversion."""
+
+import json
+
+import pytest
+import torch
+
+from posttrain import models
+from posttrain.errors import UserError
+
+
+def test_tiny_model_is_deterministic_gemma3_with_chat_tokens():
+    a = models.tiny_model_dir(seed=5)
+    assert models.tiny_model_dir(seed=5) == a
+    config = json.loads((a / "config.json").read_text())
+    assert config["model_type"] == "gemma3_text"
+    assert config["layer_types"] == ["sliding_attention"] * 5 + ["full_attention"]
+    tok = models.load_tokenizer("tiny:seed=5")
+    assert tok.convert_tokens_to_ids("<start_of_turn>") != tok.unk_token_id
+    assert tok.convert_tokens_to_ids("<end_of_turn>") != tok.unk_token_id
+
+
+def test_derived_student_keeps_the_chosen_layers_exactly():
+    parent_dir = models.tiny_model_dir(num_hidden_layers=12, seed=3)
+    layers = [0, 1, 2, 3, 4, 5]
+    student, _ = models.load_causal_lm(str(parent_dir), layers=layers)
+    parent, _ = models.load_causal_lm(str(parent_dir))
+    assert student.config.num_hidden_layers == 6
+    assert student.config.layer_types == [parent.config.layer_types[i] for i in layers]
+    ps, ss = parent.state_dict(), student.state_dict()
+    for new, old in enumerate(layers):
+        for key, value in ss.items():
+            if f".layers.{new}." in key:
+                assert torch.equal(value, ps[key.replace(f".layers.{new}.", f".layers.{old}.")])
+    assert torch.equal(ss["model.embed_tokens.weight"], ps["model.embed_tokens.weight"])
+    with pytest.raises(UserError, match="student_layers"):
+        models.derive_student(parent_dir, [0, 12])
+
+
+def test_lora_wraps_only_the_targets():
+    model, _ = models.load_causal_lm("tiny")
+    wrapped = models.apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert models.apply_lora(model, r=0, alpha=8, dropout=0.0, target_modules=["q_proj"]) is model
+
+
+def test_bad_specs_are_clear_errors(tmp_path):
+    with pytest.raises(UserError, match="model not found"):
+        models.resolve(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not an HF model dir"):
+        models.resolve(str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="GGUF file not found"):
+        models.resolve(str(tmp_path / "x.gguf"))
+    with pytest.raises(UserError, match="unknown tiny model setting"):
+        models.resolve("tiny:hidden=3")
+
+
+@pytest.mark.slow
+def test_real_gemma3_270m_gguf_converts_once_and_derives_a_5_to_1_student():
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.data import prompt_ids
+
+    hf_dir = models.resolve(models.EMBEDDED)
+    assert models.resolve(models.EMBEDDED) == hf_dir  # cached: the second call converts nothing
+    config = json.loads((hf_dir / "config.json").read_text())
+    assert config["num_hidden_layers"] == 18 and config["vocab_size"] == 262144
+    assert "quantization_config" not in config
+    student_dir = models.derive_student(hf_dir, [0, 1, 2, 3, 4, 5])
+    student = AutoModelForCausalLM.from_pretrained(student_dir)
+    assert student.config.layer_types == ["sliding_attention"] * 5 + ["full_attention"]
+    tok = models.load_tokenizer(str(student_dir))
+    ids = prompt_ids(tok, [{"role": "user", "content": "What is 2 + 3?"}])
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    assert tok.convert_tokens_to_ids("<start_of_turn>") in ids
+    teacher = AutoModelForCausalLM.from_pretrained(hf_dir)
+    with torch.no_grad():
+        logits = teacher(torch.tensor([ids])).logits[0, -1]
+    assert torch.isfinite(logits).all()
+    # the pretrained base has learnt language: its next token after "2 + 3 =" is far from uniform
+    with torch.no_grad():
+        text = tok("2 + 3 =", add_special_tokens=True, return_tensors="pt")
+        p = torch.softmax(teacher(**text).logits[0, -1].float(), -1)
+    assert p.max() > 0.05
