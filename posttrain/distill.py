@@ -110,7 +110,7 @@ def target_positions(loss_mask: list[bool]) -> list[int]:
 @dataclasses.dataclass
 class Config:
     data: str = doc("data/demo/sft.jsonl", "chat dataset (.jsonl, .parquet or datasets dir) with 'messages'")
-    output_dir: str = doc("outputs/sft", "where the student HF dir, metrics and checkpoints go")
+    output_dir: str = doc("runs/sft", "where the student HF dir, metrics and checkpoints go")
     teacher: str = doc("gemma3-270m", "teacher model: HF dir, .gguf file, 'gemma3-270m' (embedded) or 'tiny:...'")
     student: str = doc("gemma3-270m", "student init: same kinds of spec as teacher")
     student_layers: list[int] | None = doc(None, "keep only these layers of the student spec (None = all)")
