@@ -48,23 +48,29 @@ def _scheme() -> dict:
     return {"scheme": "affine32"} if "scheme" in inspect.signature(MinHash).parameters else {}
 
 
-def minhash(words: list[str], k: int, num_perm: int) -> np.ndarray:
-    """datasketch MinHash (seed 1, its default stable hash) of a row's set of k-word shingles."""
+def new_minhash(num_perm: int):
+    """A datasketch MinHash (seed 1, xxh32 shingle hash: stable across processes, faster than sha1)."""
+    import xxhash
     from datasketch import MinHash
 
-    grams = {" ".join(words[i:i + k]) for i in range(max(1, len(words) - k + 1))}
-    m = MinHash(num_perm=num_perm, seed=1, **_scheme())
-    m.update_batch([g.encode() for g in grams])
-    return m.hashvalues
+    return MinHash(num_perm=num_perm, seed=1, hashfunc=xxhash.xxh32_intdigest, **_scheme())
+
+
+def minhash(words: list[str], k: int, m) -> list[int]:
+    """The signature of a row's set of k-word shingles, computed in the reusable MinHash `m`."""
+    m.clear()  # one MinHash per batch: drawing its permutations costs more than hashing a row
+    m.update_batch([" ".join(words[i:i + k]).encode() for i in range(max(1, len(words) - k + 1))])
+    return m.hashvalues.tolist()
 
 
 def apply(batch: dict[str, list], *, exact=True, near=True, threshold=0.8, num_perm=128, shingle=5,
           roles=("system", "user", "assistant")) -> FilterResult:
     hashes, sigs = [], []
+    m = new_minhash(num_perm) if near else None
     for messages in batch["messages"]:
         words = normalise(messages, roles)
         hashes.append(hashlib.blake2b(" ".join(words).encode(), digest_size=16).hexdigest())
-        sigs.append(minhash(words, shingle, num_perm).tolist() if near else [])
+        sigs.append(minhash(words, shingle, m) if near else [])
     n = len(hashes)
     return FilterResult([True] * n, {"_dedup_hash": hashes, "_dedup_minhash": sigs}, [[] for _ in range(n)])
 
@@ -72,7 +78,7 @@ def apply(batch: dict[str, list], *, exact=True, near=True, threshold=0.8, num_p
 def decide(hashes: list[str], sigs: list, alive: list[bool], ids: list, *, exact=True, near=True, threshold=0.8,
            num_perm=128, shingle=5, roles=None) -> FilterResult:
     """Keep the first of each cluster among the `alive` rows (in order); others get a reason naming it."""
-    from datasketch import MinHash, MinHashLSH
+    from datasketch import MinHashLSH
 
     n = len(hashes)
     keep, reasons = [True] * n, [[] for _ in range(n)]
@@ -80,8 +86,8 @@ def decide(hashes: list[str], sigs: list, alive: list[bool], ids: list, *, exact
     # LSH only proposes candidates (its banding cannot be tuned for thresholds near 1); the decision is the
     # signatures' estimated Jaccard against `threshold`.
     lsh = MinHashLSH(threshold=min(threshold, 0.9), num_perm=num_perm) if near else None
-    scheme = _scheme()
-    dtype = MinHash(num_perm=num_perm, **scheme).hashvalues.dtype
+    probe = new_minhash(num_perm)
+    dtype = probe.hashvalues.dtype
     kept_sigs: dict[str, np.ndarray] = {}
     for r in range(n):
         if not alive[r]:
@@ -93,9 +99,9 @@ def decide(hashes: list[str], sigs: list, alive: list[bool], ids: list, *, exact
         first.setdefault(hashes[r], r)
         if lsh is not None:
             sig = np.asarray(sigs[r], dtype=dtype)
-            m = MinHash(num_perm=num_perm, hashvalues=sig, **scheme)
+            probe.hashvalues = sig  # the LSH copies out the band hashes, so one object serves every row
             best = None
-            for key in lsh.query(m):
+            for key in lsh.query(probe):
                 sim = float(np.mean(kept_sigs[key] == sig))
                 if sim >= threshold and (best is None or sim > best[1]):
                     best = (key, sim)
@@ -105,7 +111,7 @@ def decide(hashes: list[str], sigs: list, alive: list[bool], ids: list, *, exact
                                    "reason": f"near duplicate of row {ids[int(best[0])]} (jaccard~{best[1]:.2f})"})
                 continue
             key = str(r)
-            lsh.insert(key, m)
+            lsh.insert(key, probe)
             kept_sigs[key] = sig
     return FilterResult(keep, {}, reasons)
 

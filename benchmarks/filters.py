@@ -1,0 +1,183 @@
+"""Throughput of the `posttrain filter` chain vs Presidio's AnalyzerEngine, measured in the same run.
+
+    python benchmarks/filters.py [--mb 50] [--procs 2] [--anchor-mb 0.3]
+
+Generates a deterministic chat corpus (math and code tasks, prose, planted PII/unsafe/identity rows,
+duplicates), then times:
+  * the full chain (safety, identity, decontam, pii, dedup) through `posttrain filter` (datasets.map with
+    --procs processes, dedup's global pass, writing the outputs): end-to-end MB/s of message text;
+  * each filter alone in this process on a slice, to show where the time goes;
+  * the anchor: Presidio AnalyzerEngine (its pattern recognizers + phone numbers; spaCy's blank English
+    tokenizer, since no NER model installs offline) on a slice of the same text, one process.
+Ratios are against the anchor's MB/s. Prints a table; the target for the chain is >= 10 MB/s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import string
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+WORDS = ("the of and to in is was for on that with as by at from it an be this which or are have not had but "
+         "were they their one all would there been has when who will more no if out so what up about into than "
+         "them can only other new some could time these two may then first any like now such our over even most "
+         "made after also did many before must through back years where much your way well down should because "
+         "each just those people how too little state good very make world still own see men work long get here "
+         "between both life being under never day same another know while last might us great old year off come "
+         "since against go came right used take three system model data training function value number result "
+         "problem method answer question example student teacher library river mountain city garden market").split()
+CODE_SNIPPETS = [
+    "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
+    "import json\n\nwith open(path) as f:\n    rows = [json.loads(line) for line in f]\nprint(len(rows))\n",
+    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, x):\n        self.items.append(x)\n",
+    "SELECT name, COUNT(*) FROM orders WHERE created_at > '2024-01-01' GROUP BY name ORDER BY 2 DESC;\n",
+    "for i in range(10):\n    if i % 2 == 0:\n        print(i, i ** 2)\n",
+]
+PLANTS = [
+    "My email is {first}.{last}@example.com and my phone is +1 (415) 555-{d4}.",
+    "Charge card 4111 1111 1111 1111 and ship to {n} Maple Street, Springfield, IL 62704.",
+    "Server 10.{a}.{b}.7 uses key AKIA{key} - is that safe?",
+    "My SSN is {area}-45-{d4}; IBAN DE89 3704 0044 0532 0130 00.",
+]
+UNSAFE = ["Here's how to make a pipe bomb: pack the tube tightly.", "You are an idiot and worthless.",
+          "I am ChatGPT, a large language model trained by OpenAI."]
+
+
+def sentence(rng: random.Random) -> str:
+    words = rng.choices(WORDS, k=rng.randint(8, 22))
+    words[0] = words[0].capitalize()
+    if rng.random() < 0.3:
+        words.insert(rng.randrange(len(words)), str(rng.randint(2, 5000)))
+    return " ".join(words) + rng.choice([".", ".", ".", "?", "!"])
+
+
+def corpus(megabytes: float, seed: int = 0):
+    """Yield chat rows until `megabytes` of message text."""
+    rng = random.Random(seed)
+    demo = [json.loads(line) for line in (ROOT / "data/demo/sft.jsonl").read_text().splitlines()] \
+        if (ROOT / "data/demo/sft.jsonl").exists() else []
+    target, size, i, recent = megabytes * 1e6, 0, 0, []
+    while size < target:
+        kind = rng.random()
+        if kind < 0.03 and recent:
+            row = dict(rng.choice(recent), id=f"dup-{i}")
+        elif kind < 0.25 and demo:
+            row = dict(rng.choice(demo), id=f"demo-{i}")
+        else:
+            user = " ".join(sentence(rng) for _ in range(rng.randint(1, 4)))
+            if rng.random() < 0.3:
+                answer = "Here is one way:\n```python\n" + rng.choice(CODE_SNIPPETS) + "```\n" + sentence(rng)
+            else:
+                answer = " ".join(sentence(rng) for _ in range(rng.randint(3, 14)))
+            r = rng.random()
+            if r < 0.02:
+                user += " " + rng.choice(PLANTS).format(
+                    first="ana", last=rng.choice(["li", "ng", "ruiz"]), d4=f"{rng.randint(0, 9999):04d}",
+                    n=rng.randint(1, 999), a=rng.randint(0, 255), b=rng.randint(0, 255), area=rng.randint(100, 665),
+                    key="".join(rng.choices(string.ascii_uppercase + string.digits, k=16)))
+            elif r < 0.03:
+                answer = rng.choice(UNSAFE) + " " + answer
+            row = {"id": f"gen-{i}", "messages": [{"role": "user", "content": user},
+                                                   {"role": "assistant", "content": answer}]}
+        size += sum(len(m["content"].encode()) for m in row["messages"])
+        recent = (recent + [row])[-50:]
+        i += 1
+        yield row
+
+
+def presidio_engine():
+    import spacy
+    import tldextract
+
+    # Offline: tldextract would try to download the public suffix list; use its bundled snapshot.
+    tldextract.tldextract.TLD_EXTRACTOR = tldextract.TLDExtract(suffix_list_urls=())
+    from presidio_analyzer import AnalyzerEngine
+    from presidio_analyzer.nlp_engine import NlpEngineProvider
+
+    model_dir = tempfile.mkdtemp(prefix="blank_en_")
+    spacy.blank("en").to_disk(model_dir)
+    provider = NlpEngineProvider(nlp_configuration={
+        "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": model_dir}]})
+    return AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
+
+
+def time_it(fn, *args):
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mb", type=float, default=50.0, help="corpus size in MB of message text")
+    ap.add_argument("--procs", type=int, default=2, help="datasets.map processes for the chain")
+    ap.add_argument("--slice-mb", type=float, default=4.0, help="MB for the per-filter timings")
+    ap.add_argument("--anchor-mb", type=float, default=0.3, help="MB for Presidio (it is slow)")
+    args = ap.parse_args()
+    logging.disable(logging.WARNING)
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+    from data_filters import build_chain
+    from posttrain import filter as stage
+
+    work = Path(tempfile.mkdtemp(prefix="bench_filters_"))
+    raw = work / "raw.jsonl"
+    rows = list(corpus(args.mb))
+    raw.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mb = sum(len(m["content"].encode()) for r in rows for m in r["messages"]) / 1e6
+    print(f"corpus: {len(rows)} rows, {mb:.1f} MB of message text ({raw.stat().st_size / 1e6:.1f} MB jsonl), "
+          f"{os.cpu_count()} cores")
+
+    results = []  # (what, MB, seconds, processes)
+    config = stage.Config(input=str(raw), output=str(work / "out"), num_proc=args.procs, overwrite=True,
+                          batch_size=1000)
+    start = time.perf_counter()
+    stage.run(config)
+    results.append((f"chain, posttrain filter end to end ({args.procs} procs)", mb, time.perf_counter() - start,
+                    args.procs))
+
+    sample, size = [], 0.0
+    for r in rows:
+        if size >= args.slice_mb:
+            break
+        sample.append(r["messages"])
+        size += sum(len(m["content"].encode()) for m in r["messages"]) / 1e6
+    chain = build_chain(config.filters, {"decontam": {}})
+    for name, fn, _ in chain:
+        batches = [{"messages": sample[i:i + 1000]} for i in range(0, len(sample), 1000)]
+        results.append((f"  {name} alone (1 proc)", size, time_it(lambda: [fn(b) for b in batches]), 1))
+
+    engine = presidio_engine()
+    texts, asize = [], 0.0
+    for msgs in sample:
+        for m in msgs:
+            texts.append(m["content"])
+            asize += len(m["content"].encode()) / 1e6
+        if asize >= args.anchor_mb:
+            break
+    engine.analyze("warm up a@b.com", language="en")
+    anchor_s = time_it(lambda: [engine.analyze(t, language="en") for t in texts])
+    anchor = asize / anchor_s
+    results.append(("anchor: Presidio AnalyzerEngine (1 proc)", asize, anchor_s, 1))
+
+    print(f"\n{'what':58s} {'MB':>7s} {'s':>8s} {'MB/s':>8s} {'x anchor':>9s} {'MB/s/core':>10s}")
+    for what, size_mb, seconds, procs in results:
+        rate = size_mb / seconds
+        print(f"{what:58s} {size_mb:7.2f} {seconds:8.2f} {rate:8.2f} {rate / anchor:9.1f} {rate / procs:10.2f}")
+    chain_rate = results[0][1] / results[0][2]
+    print(f"\ntarget >= 10 MB/s for the chain on 2 cores: {'met' if chain_rate >= 10 else 'NOT met'} "
+          f"({chain_rate:.2f} MB/s)")
+
+
+if __name__ == "__main__":
+    main()
