@@ -1,0 +1,223 @@
+"""Reward calls in worker processes, each under a hard wall-clock timeout.
+
+A reward that hangs, loops, segfaults, leaks memory or calls `os._exit` must cost only its own samples.
+Threads cannot give that (nothing can stop a thread; math-verify's own timeout is `signal.alarm`, which
+works only in a process's main thread), so every call runs in the main thread of a worker process
+(`python -m rewards.workers`). A call that times out gets its worker killed (with its whole process
+group) and replaced; a worker that dies is replaced. A failed batch call is then retried one sample at a
+time, so only the samples that trigger the failure score None, each with its reason logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import queue
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+log = logging.getLogger("rewards")
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class _Worker:
+    def __init__(self, memory_mb: int | None):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+                   POSTTRAIN_REWARD_MEMORY_MB=str(memory_mb or 0), PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen([sys.executable, "-m", "rewards.workers"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, start_new_session=True)
+
+    def call(self, request: tuple, timeout: float) -> tuple[str, object]:
+        """('ok', scores) | ('error' | 'memory' | 'timeout' | 'died', reason)."""
+        data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            self.proc.stdin.write(struct.pack(">Q", len(data)) + data)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return "died", self._death()
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        buf, need = bytearray(), 8
+        while len(buf) < need:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                self.kill()
+                return "timeout", f"no answer within {timeout:g} s (worker killed)"
+            chunk = os.read(fd, max(need - len(buf), 1 << 20))
+            if not chunk:
+                return "died", self._death()
+            buf += chunk
+            if need == 8 and len(buf) >= 8:
+                need = 8 + struct.unpack(">Q", buf[:8])[0]
+        return pickle.loads(bytes(buf[8:need]))
+
+    def _death(self) -> str:
+        try:
+            rc = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            rc = self.proc.returncode
+        how = f"signal {signal.Signals(-rc).name}" if rc is not None and rc < 0 else f"exit code {rc}"
+        return f"worker process died ({how})"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the reward's own children too
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+class Workers:
+    """A few reward worker processes, started on demand and reused across calls."""
+
+    def __init__(self, processes: int | None = None, memory_mb: int | None = 8192):
+        self.processes = max(1, processes or min(4, _available_cores()))
+        self.memory_mb = memory_mb
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._count = 0
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(self.processes, thread_name_prefix="reward")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _acquire(self) -> _Worker:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if self._count < self.processes:
+                self._count += 1
+                return _Worker(self.memory_mb)
+        return self._idle.get()
+
+    def _release(self, worker: _Worker, status: str) -> None:
+        if status in ("ok", "error") and worker.alive:
+            self._idle.put(worker)
+            return
+        worker.kill()
+        self._idle.put(_Worker(self.memory_mb))
+
+    def call(self, reward, prompts: list, completions: list, columns: dict) -> tuple[list | None, str | None]:
+        """One reward call in a worker: (scores, None) or (None, reason)."""
+        worker = self._acquire()
+        status = "died"
+        try:
+            status, payload = worker.call((reward.spec, reward.options, prompts, completions, columns),
+                                          reward.timeout)
+        finally:
+            self._release(worker, status)
+        if status == "ok":
+            return payload, None
+        return None, f"{status}: {payload}"
+
+    def score(self, rewards: list, prompts: list, completions: list, columns: dict):
+        """Every reward on the whole batch; a failed batch call is retried per sample."""
+        n = len(completions)
+        if len(prompts) != n or any(len(v) != n for v in columns.values()):
+            raise ValueError(f"prompts, completions and every column must have the same length ({n})")
+        per = {r.name: [None] * n for r in rewards}
+        reasons = {r.name: [None] * n for r in rewards}
+        batch = {r.name: self._executor.submit(self.call, r, prompts, completions, columns) for r in rewards}
+        retries = {}
+        for r in rewards:
+            scores, reason = batch[r.name].result()
+            if scores is not None:
+                per[r.name] = scores
+            elif n == 1:
+                reasons[r.name][0] = reason
+                log.warning("reward %s scored None for sample 0: %s", r.name, reason)
+            else:
+                log.warning("reward %s failed on a batch of %d (%s); retrying sample by sample", r.name, n, reason)
+                for i in range(n):
+                    cols = {k: v[i:i + 1] for k, v in columns.items()}
+                    retries[r.name, i] = self._executor.submit(self.call, r, prompts[i:i + 1],
+                                                               completions[i:i + 1], cols)
+        for (name, i), future in retries.items():
+            scores, reason = future.result()
+            if scores is not None:
+                per[name][i] = scores[0]
+            else:
+                reasons[name][i] = reason
+                log.warning("reward %s scored None for sample %d: %s", name, i, reason)
+        return per, reasons
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        while True:
+            try:
+                self._idle.get_nowait().kill()
+            except queue.Empty:
+                break
+
+
+def _serve() -> None:
+    """Worker main loop: length-prefixed pickles in on stdin, out on a private copy of stdout."""
+    import resource
+
+    import rewards
+
+    proto_in = os.fdopen(os.dup(0), "rb")
+    proto_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a reward's prints go to stderr, never into the protocol
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    memory_mb = int(os.environ.get("POSTTRAIN_REWARD_MEMORY_MB") or 0)
+    if memory_mb:
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, hard))  # soft only: children may set theirs
+    loaded = {}
+
+    def reply(obj) -> None:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        proto_out.write(struct.pack(">Q", len(data)) + data)
+        proto_out.flush()
+
+    while True:
+        header = proto_in.read(8)
+        if len(header) < 8:
+            return
+        spec, options, prompts, completions, columns = pickle.loads(proto_in.read(struct.unpack(">Q", header)[0]))
+        try:
+            key = (spec, repr(sorted(options.items())))
+            if key not in loaded:
+                loaded[key] = rewards.load(spec, **options)
+            scores = rewards.check_scores(loaded[key](prompts, completions, **columns), len(completions), spec)
+            reply(("ok", scores))
+        except MemoryError:
+            reply(("memory", "MemoryError (worker replaced)"))
+            os._exit(1)
+        except BaseException as e:  # noqa: BLE001 - a reward's SystemExit/KeyboardInterrupt is its failure too
+            reply(("error", f"{type(e).__name__}: {e}"[:2000]))
+
+
+if __name__ == "__main__":
+    _serve()

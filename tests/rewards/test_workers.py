@@ -1,0 +1,57 @@
+"""A reward that hangs, loops, segfaults, leaks memory or calls os._exit costs only its own samples."""
+from pathlib import Path
+
+import pytest
+
+from rewards import Reward, score
+from rewards.workers import Workers
+
+EVIL = str(Path(__file__).with_name("evil.py"))
+
+
+@pytest.fixture(scope="module")
+def workers():
+    with Workers(processes=2, memory_mb=1024) as w:
+        yield w
+
+
+@pytest.mark.parametrize("bad", ["hang", "loop", "segfault", "exit", "raise", "leak"])
+def test_a_bad_sample_costs_only_itself(workers, bad):
+    completions = ["ok", bad, "fine!"]
+    s = score([Reward(f"{EVIL}:evil", timeout=2.0, name="evil")], ["p"] * 3, completions, {}, workers=workers)
+    assert s.per_reward["evil"] == [2.0, None, 5.0]
+    reason = s.reasons["evil"][1]
+    expected = {"hang": "timeout", "loop": "timeout", "segfault": "SIGSEGV", "exit": "exit code 7",
+                "raise": "KeyError", "leak": "memory"}[bad]
+    assert expected in reason, reason
+    assert s.reasons["evil"][0] is None and s.combined == [2.0, None, 5.0]
+    # and the workers carry on
+    again = score([Reward(f"{EVIL}:evil", name="evil")], ["p"], ["again"], {}, workers=workers)
+    assert again.per_reward["evil"] == [5.0]
+
+
+def test_prints_do_not_break_the_protocol(workers):
+    s = score([Reward(f"{EVIL}:evil", name="evil")], ["p"] * 2, ["print", "x"], {}, workers=workers)
+    assert s.per_reward["evil"] == [5.0, 1.0]
+
+
+def test_contract_violations_are_reported(workers, caplog):
+    s = score([Reward(f"{EVIL}:not_numbers", name="r")], ["p"] * 2, ["a", "b"], {}, workers=workers)
+    assert s.per_reward["r"] == [None, None]
+    assert all("non-number score" in r for r in s.reasons["r"])
+    # A wrong-length batch is logged, then scored sample by sample (where a length of 1 is right).
+    s = score([Reward(f"{EVIL}:wrong_length", name="r")], ["p"] * 2, ["a", "b"], {}, workers=workers)
+    assert "must return a list of 2 scores" in caplog.text and s.per_reward["r"] == [1.0, 1.0]
+
+
+def test_builtin_rewards_in_workers_with_weights(workers):
+    completions = ["The answer is \\boxed{4}", "The answer is \\boxed{5}"]
+    s = score([Reward("math", weight=2.0), Reward("format", weight=0.5)], ["q"] * 2, completions,
+              {"answer": ["4", "4"]}, workers=workers)
+    assert s.per_reward == {"math": [1.0, 0.0], "format": [1.0, 1.0]}
+    assert s.combined == [2.5, 0.5]
+
+
+def test_length_mismatch_is_an_error(workers):
+    with pytest.raises(ValueError, match="same length"):
+        score([Reward("math")], ["q"], ["a", "b"], {}, workers=workers)
