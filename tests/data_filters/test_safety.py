@@ -29,3 +29,25 @@ def test_classifier_plugin(tmp_path):
         build("safety", {"classifier": "no-such-thing"})
     with pytest.raises(UserError, match="unknown categor"):
         build("safety", {"categories": ["weapon"]})
+
+
+def test_hf_classifier_model_dir(tmp_path):
+    """A sequence-classifier dir (here a tiny random BERT saved offline) plugs in as `classifier`."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "zebra", "horse", "!"]) + "\n")
+    model_dir = tmp_path / "clf"
+    BertTokenizer(str(vocab)).save_pretrained(model_dir)
+    config = BertConfig(vocab_size=9, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16, max_position_embeddings=64, num_labels=2,
+                        id2label={0: "safe", 1: "unsafe"}, label2id={"safe": 0, "unsafe": 1})
+    BertForSequenceClassification(config).save_pretrained(model_dir)
+    batch = _batch("a zebra!", "a horse")
+    _, fn, _ = build("safety", {"classifier": str(model_dir), "threshold": 0.0, "categories": []})
+    res = fn(batch)
+    assert res.keep == [False, False]  # every score is >= 0
+    scores = [float(r[0]["reason"].rsplit(" ", 1)[1]) for r in res.reasons]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    _, fn, _ = build("safety", {"classifier": str(model_dir), "threshold": 1.01, "categories": []})
+    assert fn(batch).keep == [True, True]
