@@ -115,6 +115,7 @@ class Config:
     student: str = doc("gemma3-270m", "student init: same kinds of spec as teacher")
     student_layers: list[int] | None = doc(None, "keep only these layers of the student spec (None = all)")
     max_length: int = doc(512, "tokens per example (longer examples are truncated)")
+    max_examples: int | None = doc(None, "use only the first N rows of the data (None = all)")
     eval_size: int = doc(16, "rows held out to report the KD loss before/after training")
     k: int = doc(256, "teacher token ids sampled per target token")
     estimator: str = doc("unbiased", "'unbiased' (with replacement, count/K) or 'renormalized' (distinct ids)")
@@ -179,19 +180,30 @@ def kd_forward(model, batch: dict, chunk: int) -> tuple[torch.Tensor, int]:
 def _make_trainer(model, train_set, eval_set, config: Config, out: Path, pad_id: int, callbacks: list):
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import rotate_checkpoints
+    from trl.models.utils import _ForwardRedirection
 
     class KDTrainer(Trainer):
         """HF Trainer with the sparse KD loss and atomically published checkpoints."""
 
+        def _kd(self, model, inputs):
+            # Run the loss inside the wrapper's forward (DeepSpeed engine, DDP) so its hooks fire: ZeRO-3
+            # gathers the partitioned weights of every submodule we call, the chunked LM head included.
+            inner = self.accelerator.unwrap_model(model)
+            if inner is model:
+                loss, n = kd_forward(model, inputs, config.logit_chunk)
+            else:
+                loss, n = _ForwardRedirection()(model, inner, lambda b: kd_forward(inner, b, config.logit_chunk),
+                                                inputs)
+            return loss / max(n, 1)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss, n = kd_forward(model, inputs, config.logit_chunk)
-            loss = loss / max(n, 1)
+            loss = self._kd(model, inputs)
             return (loss, None) if return_outputs else loss
 
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             with torch.no_grad(), self.autocast_smart_context_manager():
-                loss, n = kd_forward(model, self._prepare_inputs(inputs), config.logit_chunk)
-            return (loss / max(n, 1)).detach(), None, None
+                loss = self._kd(model, self._prepare_inputs(inputs))
+            return loss.detach(), None, None
 
         def _get_output_dir(self, trial):
             return getattr(self, "_staging", None) or super()._get_output_dir(trial)
@@ -251,6 +263,24 @@ def _metrics_callbacks(out: Path):
     return callbacks
 
 
+@torch.no_grad()
+def _eval_loss(model, examples: list[dict], config: Config, pad_id: int) -> float:
+    """Mean over batches of per-token KD loss, weighted by batch size, as Trainer.evaluate computes it."""
+    model.eval()
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    use_bf16 = config.bf16 and (device.type == "cpu" or torch.cuda.is_bf16_supported())
+    for start in range(0, len(examples), config.batch_size):
+        chunk = examples[start:start + config.batch_size]
+        batch = {k: v.to(device) for k, v in _collate(chunk, pad_id).items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss, n = kd_forward(model, batch, config.logit_chunk)
+        total += (loss / max(n, 1)).item() * len(chunk)
+        count += len(chunk)
+    model.train()
+    return total / count
+
+
 def latest_checkpoint(out: Path) -> str | None:
     ckpts = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return str(ckpts[-1]) if ckpts else None
@@ -261,7 +291,7 @@ def run(config: Config) -> Path:
 
     torch.manual_seed(config.seed)
     out = artifacts.prepare_output(config.output_dir, overwrite=config.overwrite, resume=config.resume)
-    rows = data.read_rows(config.data)
+    rows = data.read_rows(config.data)[: config.max_examples]
     teacher_dir = models.resolve(config.teacher)
     student_dir = models.resolve(config.student)
     if config.student_layers:
@@ -292,13 +322,15 @@ def run(config: Config) -> Path:
     trainer = _make_trainer(model, train_set, eval_set, config, out, tokenizer.pad_token_id,
                             _metrics_callbacks(out))
     resume_from = latest_checkpoint(out) if config.resume else None
-    before = trainer.evaluate()["eval_loss"]
+    before = _eval_loss(model, eval_set, config, tokenizer.pad_token_id)  # before the Trainer wraps the model
     trainer.train(resume_from_checkpoint=resume_from)
     after = trainer.evaluate()["eval_loss"]
 
-    final = trainer.model.merge_and_unload() if config.lora_r > 0 else trainer.model
     staging = artifacts.atomic_dir(out / "model")
-    final.save_pretrained(staging, safe_serialization=True)
+    if config.lora_r > 0:
+        trainer.model.merge_and_unload().save_pretrained(staging)
+    else:
+        trainer.save_model(str(staging))  # gathers ZeRO-3 partitions (stage3_gather_16bit_weights_on_model_save)
     tokenizer.save_pretrained(staging)
     for item in staging.iterdir():
         os.replace(item, out / item.name)

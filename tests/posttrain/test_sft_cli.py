@@ -122,3 +122,21 @@ def test_bad_input_gets_one_clear_error_and_no_finished_output(tmp_path, case):
     assert len(errors) == 1 and expect in errors[0], proc.stderr
     if case != "finished_output":
         assert not (out / "DONE").exists()
+
+
+def test_deepspeed_zero3_config_passes_through(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    ds = tmp_path / "zero3.json"
+    ds.write_text(json.dumps({
+        "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
+        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+        "train_batch_size": "auto", "gradient_clipping": "auto", "bf16": {"enabled": "auto"}}))
+    out = tmp_path / "sft"
+    # one process of a one-process "distributed" job, as a launcher (deepspeed/torchrun) would set it up
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}
+    posttrain("sft", "--config", TINY, f"output_dir={out}", "max_steps=2", f"deepspeed={ds}", env=env)
+    record = json.loads((out / "posttrain.json").read_text())
+    assert record["config"]["deepspeed"] == str(ds) and record["summary"]["steps"] == 2
+    model = AutoModelForCausalLM.from_pretrained(out)  # the gathered full weights, not ZeRO-3 shards
+    assert model.model.embed_tokens.weight.shape == (model.config.vocab_size, model.config.hidden_size)
