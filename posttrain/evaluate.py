@@ -1,0 +1,271 @@
+"""`posttrain eval`: generate for held-out prompts (greedy, and n samples) and score them with the rewards.
+
+Reports, per reward and overall: greedy accuracy (mean score of the greedy completion) and pass@k from
+the n samples with the unbiased estimator of Chen et al. 2021 (a sample passes a reward when it scores
+1.0; "overall" means every reward that applies to the row passes). Writes `report.json`,
+`completions.jsonl` (every completion with its scores and, where a score is None, why), `metrics.jsonl`,
+TensorBoard scalars, `posttrain.json` and `DONE`, and prints a table.
+
+    posttrain eval --model runs/sft --data data/demo/eval_math.jsonl,data/demo/eval_code.jsonl --rewards math,code
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from posttrain import artifacts
+from posttrain import config as cfg
+from posttrain.config import doc
+from posttrain.errors import UserError
+
+SKIP_COLUMNS = ("messages", "_where")
+
+
+@dataclasses.dataclass
+class Config:
+    model: str = doc("gemma3-270m", "model to evaluate: an HF dir (e.g. a stage's output dir), a .gguf file, "
+                     "'gemma3-270m' (embedded) or 'tiny:...'")
+    data: list[str] = doc(["data/demo/eval_math.jsonl", "data/demo/eval_code.jsonl"],
+                          "held-out eval files (.jsonl, .parquet or datasets dirs): rows with 'messages' plus "
+                          "the rewards' columns (answer; prompt/test/entry_point or tests)")
+    rewards: list[str] = doc(["math", "code"], "rewards: built-in names (math, code, format), "
+                             "package.module:function or path/to/file.py:function")
+    reward_weights: list[float] | None = doc(None, "one weight per reward for the combined score (default 1)")
+    output_dir: str = doc("runs/eval", "where report.json, completions.jsonl and metrics go")
+    max_examples: int | None = doc(None, "evaluate only the first N rows of each file (None = all)")
+    samples: int = doc(4, "sampled completions per prompt (n) for pass@k; 0 = greedy only")
+    pass_k: list[int] = doc([1, 4], "k values for pass@k (each <= samples)")
+    temperature: float = doc(0.8, "sampling temperature")
+    top_p: float = doc(0.95, "nucleus sampling threshold")
+    max_new_tokens: int = doc(256, "generation budget per completion")
+    batch_size: int = doc(8, "prompts per generation batch")
+    seed: int = doc(0, "seed for sampling")
+    reward_timeout: float = doc(300.0, "hard wall-clock limit per reward call, in seconds")
+    reward_workers: int = doc(2, "reward worker processes")
+    code_timeout: float = doc(10.0, "wall-clock limit per program run by the code reward, in seconds")
+    sandbox_isolation: str = doc("bwrap", "code sandbox: 'bwrap', or 'rlimits' (no isolation: unsafe)")
+    torch_threads: int | None = doc(None, "CPU threads for generation (None = torch's default); 1 avoids "
+                                    "OpenMP spinning on a busy machine")
+    overwrite: bool = doc(False, "replace a finished evaluation in output_dir")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c pass: 1 - C(n-c, k) / C(n, k), computed stably."""
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def _check(config: Config) -> None:
+    if not config.rewards:
+        raise UserError("eval needs at least one reward (--rewards math,code)")
+    if config.reward_weights is not None and len(config.reward_weights) != len(config.rewards):
+        raise UserError(f"reward_weights has {len(config.reward_weights)} values for {len(config.rewards)} rewards")
+    if config.samples < 0 or config.max_new_tokens < 1 or config.batch_size < 1:
+        raise UserError("samples must be >= 0, max_new_tokens and batch_size >= 1")
+    bad = [k for k in config.pass_k if k < 1 or k > config.samples]
+    if config.samples and bad:
+        raise UserError(f"pass_k values {bad} must be between 1 and samples={config.samples}")
+    if config.sandbox_isolation not in ("bwrap", "rlimits"):
+        raise UserError(f"sandbox_isolation must be 'bwrap' or 'rlimits', got '{config.sandbox_isolation}'")
+
+
+def _rewards(config: Config) -> list:
+    import rewards
+
+    weights = config.reward_weights or [1.0] * len(config.rewards)
+    out = []
+    for spec, weight in zip(config.rewards, weights):
+        options = {}
+        if spec == "code":
+            options = {"timeout": config.code_timeout, "isolation": config.sandbox_isolation}
+        try:
+            rewards.load(spec, **options)  # fail now, with a clear message, not inside a worker
+        except rewards.RewardSpecError as e:
+            raise UserError(str(e)) from None
+        out.append(rewards.Reward(spec, weight=weight, options=options, timeout=config.reward_timeout))
+    if "code" in config.rewards:
+        import sandboxes
+
+        try:
+            sandboxes.check(sandboxes.Limits(isolation=config.sandbox_isolation))
+        except sandboxes.SandboxUnavailable as e:
+            raise UserError(str(e)) from None
+    return out
+
+
+def _prompt_messages(row: dict) -> list[dict]:
+    messages = list(row["messages"])
+    while messages and messages[-1]["role"] in ("assistant", "model"):
+        messages.pop()  # the reference reply is not part of the prompt
+    if not messages:
+        raise UserError(f"{row.get('_where', '?')}: no user turn to prompt with")
+    return messages
+
+
+def generate(model, tokenizer, prompts: list[list[int]], *, n: int, sample: bool, config: Config) -> list[list[str]]:
+    """`n` completions per prompt (greedy when not `sample`), cut at the end of the model's turn."""
+    import torch
+
+    from posttrain.data import END_OF_TURN
+
+    eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    stop = [t for t in {eot, tokenizer.eos_token_id} if t is not None]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    out = []
+    for start in range(0, len(prompts), config.batch_size):
+        batch = prompts[start:start + config.batch_size]
+        width = max(map(len, batch))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])  # left padding
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+        torch.manual_seed(config.seed + start)
+        kwargs = dict(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0,
+                      num_return_sequences=n) if sample else dict(do_sample=False)
+        with torch.no_grad():
+            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=config.max_new_tokens,
+                                 eos_token_id=stop, pad_token_id=pad, **kwargs)
+        texts = []
+        for seq in gen[:, width:].tolist():
+            cut = next((i for i, t in enumerate(seq) if t in stop), len(seq))
+            texts.append(tokenizer.decode(seq[:cut], skip_special_tokens=True))
+        out += [texts[i * n:(i + 1) * n] for i in range(len(batch))]
+    return out
+
+
+def summarize(names: list[str], greedy: dict[str, list], sampled: dict[str, list[list]], combined: list,
+              pass_k: list[int]) -> dict:
+    """Per reward and overall: greedy accuracy, sampled mean, pass@k over the rows each reward applies to."""
+
+    def block(greedy_scores: list, sample_scores: list[list]) -> dict:
+        rows = [i for i, s in enumerate(greedy_scores) if s is not None]
+        res = {"rows": len(rows),
+               "greedy_accuracy": sum(greedy_scores[i] for i in rows) / len(rows) if rows else None}
+        if sample_scores and any(sample_scores):
+            flat = [s for row in sample_scores for s in row if s is not None]
+            res["sampled_mean"] = sum(flat) / len(flat) if flat else None
+            for k in pass_k:
+                vals = [pass_at_k(len(ok), sum(s >= 1.0 for s in ok), k)
+                        for ok in ([s for s in row if s is not None] for row in sample_scores) if len(ok) >= k]
+                res[f"pass@{k}"] = sum(vals) / len(vals) if vals else None
+        return res
+
+    def all_pass(scores: list) -> float | None:
+        present = [s for s in scores if s is not None]
+        return float(all(s >= 1.0 for s in present)) if present else None
+
+    per = {name: block(greedy[name], sampled.get(name, [])) for name in names}
+    n_rows = len(combined)
+    overall_greedy = [all_pass([greedy[name][i] for name in names]) for i in range(n_rows)]
+    overall_sampled = []
+    if sampled:
+        n = len(next(iter(sampled.values()))[0]) if n_rows else 0
+        overall_sampled = [[all_pass([sampled[name][i][j] for name in names]) for j in range(n)]
+                           for i in range(n_rows)]
+    overall = block(overall_greedy, overall_sampled)
+    present = [c for c in combined if c is not None]
+    overall["combined_greedy_mean"] = sum(present) / len(present) if present else None
+    return {"per_reward": per, "overall": overall}
+
+
+def _print_table(report: dict, pass_k: list[int]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    table = Table(title=f"posttrain eval: {report['model']} ({report['rows']} prompts, n={report['samples']})")
+    cols = ["rows", "greedy_accuracy", "sampled_mean"] + [f"pass@{k}" for k in pass_k]
+    table.add_column("reward")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for name, res in [*report["per_reward"].items(), ("overall", report["overall"])]:
+        table.add_row(name, *[str(res.get(c, "-")) if c == "rows" else fmt(res.get(c)) for c in cols])
+    Console().print(table)
+
+
+def run(config: Config) -> Path:
+    import rewards
+    from rewards.workers import Workers
+
+    from posttrain import data, models
+
+    _check(config)
+    reward_list = _rewards(config)
+    rows = []
+    for path in config.data:
+        rows += data.read_rows(path)[: config.max_examples]
+    if Path(config.model).is_dir():
+        artifacts.require_done(config.model, "model")
+    out = artifacts.prepare_output(config.output_dir, overwrite=config.overwrite, resume=False)
+
+    import torch
+
+    model, tokenizer = models.load_causal_lm(config.model)
+    model.eval()
+    messages = [_prompt_messages(r) for r in rows]
+    prompts = [data.prompt_ids(tokenizer, m) for m in messages]
+    print(f"[posttrain eval] generating for {len(rows)} prompts (greedy + {config.samples} samples)", flush=True)
+    threads = torch.get_num_threads()
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    try:
+        greedy = [c[0] for c in generate(model, tokenizer, prompts, n=1, sample=False, config=config)]
+        samples = generate(model, tokenizer, prompts, n=config.samples, sample=True, config=config) \
+            if config.samples else [[] for _ in rows]
+    finally:
+        torch.set_num_threads(threads)
+    del model
+
+    keys = sorted({k for r in rows for k in r if k not in SKIP_COLUMNS})
+    columns = {k: [r.get(k) for r in rows] for k in keys}
+    names = [r.name for r in reward_list]
+    with Workers(processes=config.reward_workers) as workers:
+        g = rewards.score(reward_list, messages, greedy, columns, workers=workers)
+        flat = [s for row in samples for s in row]
+        rep = {k: [v for v in vals for _ in range(config.samples)] for k, vals in columns.items()}
+        s = rewards.score(reward_list, [m for m in messages for _ in range(config.samples)], flat, rep,
+                          workers=workers) if flat else None
+    sampled = {}
+    if s is not None:
+        sampled = {name: [s.per_reward[name][i * config.samples:(i + 1) * config.samples]
+                          for i in range(len(rows))] for name in names}
+
+    report = {"model": config.model, "data": config.data, "rows": len(rows), "samples": config.samples,
+              "rewards": {r.name: r.weight for r in reward_list},
+              **summarize(names, g.per_reward, sampled, g.combined, config.pass_k if config.samples else [])}
+    with open(out / "completions.jsonl", "w") as f:
+        for i, row in enumerate(rows):
+            rec = {"id": row.get("id", i), "where": row.get("_where"), "greedy": greedy[i],
+                   "greedy_scores": {n: g.per_reward[n][i] for n in names},
+                   "greedy_reasons": {n: g.reasons[n][i] for n in names if g.reasons[n][i]},
+                   "samples": samples[i]}
+            if s is not None:
+                span = range(i * config.samples, (i + 1) * config.samples)
+                rec["sample_scores"] = {n: [s.per_reward[n][j] for j in span] for n in names}
+                rec["sample_reasons"] = {n: [s.reasons[n][j] for j in span] for n in names
+                                         if any(s.reasons[n][j] for j in span)}
+            f.write(json.dumps(rec) + "\n")
+    flat_metrics = {f"{name}/{k}": v for name, res in [*report["per_reward"].items(),
+                                                       ("overall", report["overall"])]
+                    for k, v in res.items() if isinstance(v, (int, float))}
+    (out / "metrics.jsonl").write_text(json.dumps({"step": 0, **flat_metrics}) + "\n")
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(out / "tensorboard")) as tb:
+        for key, value in flat_metrics.items():
+            tb.add_scalar(f"eval/{key}", value, 0)
+    artifacts.atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    inputs = {"model": config.model, "data": {p: artifacts.file_sha256(p) if Path(p).is_file() else None
+                                              for p in config.data}}
+    artifacts.write_manifest(out, stage="eval", config=cfg.to_dict(config), inputs=inputs,
+                             extra={"summary": report["overall"]})
+    artifacts.mark_done(out)
+    _print_table(report, config.pass_k if config.samples else [])
+    return out
