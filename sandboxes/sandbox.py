@@ -178,8 +178,13 @@ class Sandbox:
             argv = [python, "-I", "-S", "-c", _ZYGOTE, "group", self._hostdir]
             cwd, env = self._hostdir, dict(_ENV, HOME=self._hostdir, TMPDIR=self._hostdir)
         self._stderr = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-                                      cwd=cwd, env=env, start_new_session=True, **_as_nobody())
+        try:
+            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=self._stderr, cwd=cwd, env=env, start_new_session=True,
+                                          **_as_nobody())
+        except OSError as e:
+            self.close()
+            raise SandboxUnavailable(f"cannot start the sandbox ({argv[0]}): {e}. {INSTALL_HINT}") from None
         reply = self._receive(time.monotonic() + 30)
         if not (isinstance(reply, dict) and reply.get("ready")):
             err = self._zygote_stderr()
@@ -237,6 +242,8 @@ class Sandbox:
                           reply["returncode"])
 
     def close(self) -> None:
+        if self._proc is None and getattr(self, "_stderr", None) is not None:
+            self._stderr.close()
         if self._proc is not None:
             # bwrap runs the zygote as PID 1 of the sandbox; killing it makes the kernel kill everything
             # in that PID namespace, and waiting for bwrap waits for that teardown.

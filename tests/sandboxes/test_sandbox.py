@@ -1,8 +1,10 @@
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
-import time
+from pathlib import Path
 
 import pytest
 
@@ -87,6 +89,19 @@ def test_missing_bubblewrap_refuses_with_install_instructions(monkeypatch, tmp_p
     assert "apt-get install bubblewrap" in str(e.value) and "rlimits" in str(e.value)
 
 
+def test_bubblewrap_that_cannot_create_namespaces_is_refused_with_its_reason(monkeypatch):
+    tmp_path = Path(tempfile.mkdtemp())  # readable by the sandbox user, unlike pytest's tmp_path as root
+    tmp_path.chmod(0o755)
+    fake = tmp_path / "bwrap"  # what a container without user namespaces makes bwrap say
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(SandboxUnavailable) as e:
+        run("print(1)", limits=FAST)
+    shutil.rmtree(tmp_path)
+    assert "No permissions to creating new namespace" in str(e.value) and "bubblewrap" in str(e.value)
+
+
 def test_rlimits_only_mode_warns_loudly_and_still_limits(capfd):
     from sandboxes import sandbox as sandbox_module
 
@@ -109,7 +124,8 @@ def test_limits_are_validated():
 
 
 def test_imports_without_torch_or_ray():
-    code = ("import sys, sandboxes, rewards\nimport rewards.math, rewards.code\n"
+    code = ("import sys, sandboxes, rewards\nimport rewards.math, rewards.code, rewards.format, rewards.workers\n"
+            "rewards.load('math'), rewards.load('code')\n"
             "assert 'torch' not in sys.modules and 'ray' not in sys.modules, "
             "[m for m in sys.modules if m.startswith(('torch', 'ray'))]")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
