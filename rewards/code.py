@@ -107,7 +107,7 @@ def _outcome(result: sandboxes.Result, token: str, fraction: bool) -> float | No
 
 
 def code_reward(prompts: list, completions: list, *, fraction: bool = False, timeout: float = 10.0,
-                memory_mb: int = 1024, isolation: str = "bwrap", workers: int | None = None,
+                memory_mb: int = 512, isolation: str = "bwrap", workers: int | None = None,
                 **columns) -> list[float | None]:
     """1.0 if the completion's program passes all of its row's tests (or the fraction passed)."""
     n = len(completions)

@@ -51,10 +51,12 @@ class SandboxUnavailable(RuntimeError):
 class Limits:
     timeout: float = 10.0  # wall-clock seconds per program, everything it started included
     cpu_seconds: int = 10  # RLIMIT_CPU per process
-    memory_mb: int = 1024  # RLIMIT_AS (address space) per process
+    memory_mb: int = 512  # RLIMIT_AS (address space) per process
     file_size_mb: int = 16  # RLIMIT_FSIZE: the largest file a program may write
-    disk_mb: int = 64  # size of each tmpfs (/sandbox, /tmp)
-    processes: int = 64  # RLIMIT_NPROC, counted inside the sandbox's own user namespace
+    disk_mb: int = 64  # size of each tmpfs (/sandbox, /tmp, /dev/shm)
+    # RLIMIT_NPROC, counted inside the sandbox's own user namespace. With no cgroup, the memory of a whole
+    # sandbox is bounded only by processes * memory_mb, so keep that product modest.
+    processes: int = 16
     open_files: int = 256  # RLIMIT_NOFILE
     output_bytes: int = 1 << 20  # cap on stdout and on stderr; past it the run ends as output_limit
     isolation: str = "bwrap"  # "bwrap", or "rlimits": no namespaces at all (unsafe; warns loudly)
@@ -133,9 +135,11 @@ def _bwrap_argv(binds: tuple[str, ...], disk_bytes: int) -> list[str]:
             argv += ["--symlink", os.readlink(f"/{link}"), f"/{link}"]
         elif os.path.isdir(f"/{link}"):
             argv += ["--ro-bind", f"/{link}", f"/{link}"]
-    for d in ("/tmp", WORKDIR):
+    # Every writable place is a size-capped tmpfs: bwrap's own /dev is an uncapped tmpfs (half the RAM),
+    # so /dev/shm gets its own and /dev is made read-only (device nodes still work).
+    for d in ("/tmp", WORKDIR, "/dev/shm"):
         argv += ["--size", str(disk_bytes), "--perms", "1777", "--tmpfs", d]
-    return argv + ["--remount-ro", "/", "--chdir", WORKDIR]
+    return argv + ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORKDIR]
 
 
 @functools.cache

@@ -285,18 +285,22 @@ def test_huge_stdout_is_capped(sandbox):
 def test_filling_the_disk(sandbox):
     r = attack(sandbox, """
         import os
-        written = 0
-        try:
-            for i in range(10_000):
-                for d in (".", "/tmp"):
+        for d in (".", "/tmp", "/dev/shm", "/dev", "/"):
+            written = 0
+            try:
+                for i in range(10_000):
                     with open(f"{d}/fill{i}", "wb") as f:
                         f.write(b"x" * (1 << 20))
                     written += 1
-        except OSError as e:
-            print("stopped after", written, "MB:", e)
+            except OSError as e:
+                print(d, written, e.errno)
     """)
-    assert r.status in ("ok", "failed") and "stopped after" in r.stdout + r.stderr or "File too large" in r.stderr
-    # the sandbox's tmpfs filled up, not the host's disk: `attack` checked both dirs are empty again
+    stopped = {line.split()[0]: (int(line.split()[1]), int(line.split()[2])) for line in r.stdout.splitlines()}
+    assert r.status == "ok" and set(stopped) == {".", "/tmp", "/dev/shm", "/dev", "/"}, r
+    for d in (".", "/tmp", "/dev/shm"):  # each a tmpfs capped at disk_mb: ENOSPC
+        assert stopped[d][0] <= LIMITS.disk_mb and stopped[d][1] == 28, (d, stopped[d])
+    assert stopped["/dev"] == (0, 30) and stopped["/"] == (0, 30)  # read-only: EROFS
+    # `attack` checked that the writable dirs are empty again for the next program
 
 
 def test_many_open_files(sandbox):
