@@ -1,8 +1,8 @@
 """`run(code, stdin=None, limits=Limits()) -> Result`: one Python program in a bubblewrap sandbox.
 
 The sandbox: every namespace unshared (no network, no view of host processes or IPC), /usr and the
-interpreter bound read-only, the root read-only, fresh size-capped tmpfs for the working dir (/sandbox)
-and /tmp, nothing else of the host (no home, no project, no /etc), an empty environment,
+interpreter bound read-only, the root and /dev read-only, fresh size-capped tmpfs for the working dir
+(/sandbox), /tmp and /dev/shm, nothing else of the host (no home, no project, no /etc), an empty environment,
 die-with-parent, no further user namespaces, no capabilities, and as root the host uid `nobody` (the
 kernel exempts uid 0 from RLIMIT_NPROC even inside a user namespace). Inside, `zygote.py` runs each
 program in a fresh fork under rlimits (CPU, address space, file size, processes, open files), with a
