@@ -8,6 +8,7 @@ list per column (`answer`, `test`, ...). `None` means "no score": not applicable
     load("math") / load("my_pkg.rewards:fn") / load("path/to/file.py:fn")    -> the function
     score([Reward("math"), Reward("code", weight=0.5)], prompts, completions, columns)
         -> Scores: each reward's scores, the weighted sum over the non-None ones, reasons for every None
+    as_trl(Reward("code"))  -> a TRL reward function that runs the reward in a worker under its timeout
 
 `score` runs every call in a worker process with a hard wall-clock timeout (see `rewards.workers`).
 Imports neither torch nor Ray at module level.
@@ -155,5 +156,23 @@ def score(rewards: list[Reward], prompts: list, completions: list, columns: dict
     return Scores(per, combine(per, {r.name: r.weight for r in rewards}), reasons)
 
 
-__all__ = ["BUILTINS", "Reward", "RewardSpecError", "Scores", "check_scores", "combine", "completion_text",
-           "load", "score"]
+def as_trl(reward: Reward, workers=None) -> Callable:
+    """`reward` as a TRL reward function (e.g. GRPOTrainer's `reward_funcs`), each call in a worker process
+    under the reward's timeout. TRL's extra keyword arguments that are not per-sample columns are dropped."""
+    from rewards.workers import Workers
+
+    workers = workers or Workers()
+
+    def fn(prompts, completions, **columns):
+        columns = {k: v for k, v in columns.items() if isinstance(v, list) and len(v) == len(completions)}
+        columns.pop("completion_ids", None)
+        per, _ = workers.score([reward], list(prompts), list(completions), columns)
+        return per[reward.name]
+
+    fn.__name__ = fn.__qualname__ = reward.name
+    fn.workers = workers
+    return fn
+
+
+__all__ = ["BUILTINS", "Reward", "RewardSpecError", "Scores", "as_trl", "check_scores", "combine",
+           "completion_text", "load", "score"]

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from rewards import Reward, score
+from rewards import Reward, as_trl, score
 from rewards.workers import Workers
 
 EVIL = str(Path(__file__).with_name("evil.py"))
@@ -55,3 +55,12 @@ def test_builtin_rewards_in_workers_with_weights(workers):
 def test_length_mismatch_is_an_error(workers):
     with pytest.raises(ValueError, match="same length"):
         score([Reward("math")], ["q"], ["a", "b"], {}, workers=workers)
+
+
+def test_as_trl_wraps_a_reward_for_trainers(workers):
+    fn = as_trl(Reward(f"{EVIL}:evil", timeout=1.0, name="evil"), workers)
+    assert fn.__name__ == "evil"
+    # TRL passes extra keyword arguments, some per sample (completion_ids), some not (trainer_state)
+    out = fn(prompts=["p"] * 3, completions=["ab", "hang", "abc"], completion_ids=[[1], [2], [3]],
+             trainer_state=object(), answer=["x", "y", "z"])
+    assert out == [2.0, None, 3.0]
