@@ -35,7 +35,7 @@ EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-
                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24}\b")
 # Patterns start with a character class, not a look-behind, so `re` can skip ahead to candidate starts;
 # the word-boundary checks a look-behind would do happen in `_clean_edges` instead.
-# Digit runs that may be a card or a phone: digits, separators, an optional + and (area code).
+# Digit runs that may be a card, a phone, an SSN or an IPv4: digits, separators, + and (area code).
 DIGITS = re.compile(r"[+(\d][\d \t.\-/()]{5,24}\d")
 SSN = re.compile(r"(\d{3})([- ])(\d{2})\2(\d{4})")
 SSN_CONTEXT = re.compile(r"(?i)\b(?:ssn|social security(?: number| no\.?)?)\s*(?:is|:|#)?\s*(\d{9})\b")
@@ -44,7 +44,7 @@ IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
 IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{0,4}|(?:\d{1,3}\.){3}\d{1,3})(?![\w:])")
 SECRET_FORMATS = [
     ("aws_access_key", ("AKIA", "ASIA"), re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
-    ("github_token", ("gh",), re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b")),
+    ("github_token", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b")),
     ("github_token", ("github_pat_",), re.compile(r"\bgithub_pat_[A-Za-z0-9_]{60,255}\b")),
     ("slack_token", ("xox",), re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b")),
     ("stripe_key", ("_live_",), re.compile(r"\b[sr]k_live_[A-Za-z0-9]{20,}\b")),
@@ -157,19 +157,24 @@ def _number_continues(text: str, end: int) -> bool:
     return end + 1 < len(text) and text[end] == "." and text[end + 1].isdigit()
 
 
-def _card_or_phone(m, text, region):
+def _digit_run(m, text, region):
+    """A digit run is a card, a phone, or holds SSNs / IPv4 addresses (one scan finds all four)."""
     cand, start, end = m.group(), m.start(), m.end()
     if cand.endswith(")"):
         cand, end = cand[:-1], end - 1
-    if not _clean_edges(text, start, end, ".+-", "-") or _number_continues(text, end):
-        return None
-    digits = "".join(c for c in cand if c.isdigit())
-    if 13 <= len(digits) <= 19 and set(cand) <= set("0123456789 -") and "  " not in cand \
-            and card_issuer(digits) and luhn(digits):
-        return start, end, "CREDIT_CARD"
-    if _phone(cand, region):
-        return start, end, "PHONE"
-    return None
+    if _clean_edges(text, start, end, ".+-", "-") and not _number_continues(text, end):
+        digits = "".join(c for c in cand if c.isdigit())
+        if 13 <= len(digits) <= 19 and set(cand) <= set("0123456789 -") and "  " not in cand \
+                and card_issuer(digits) and luhn(digits):
+            return [(start, end, "CREDIT_CARD")]
+        if _phone(cand, region):
+            return [(start, end, "PHONE")]
+    out = []
+    if "-" in cand or " " in cand:
+        out += [s for s in (_ssn(x, text, region) for x in SSN.finditer(text, m.start(), m.end())) if s]
+    if "." in cand:
+        out += [s for s in (_ipv4(x, text, region) for x in IPV4.finditer(text, m.start(), m.end())) if s]
+    return out
 
 
 def _ssn(m, text, region):
@@ -240,28 +245,37 @@ def _secret(m, text, region):
 
 
 _has_digit = re.compile(r"\d").search
-_SECRET_WORDS = ("key", "KEY", "Key", "secret", "SECRET", "Secret", "token", "TOKEN", "Token", "passw", "PASSW",
-                 "Passw", "pwd", "PWD")
-_NAME_WORDS = ("name", "Name", "all me", "igned", "incerely", "egards", "Dear", "dear", "ontact", "Mr", "Ms",
-               "Miss", "Dr", "Prof")
-
-# (types it can report, cheap per-text pre-check, pattern, match -> (start, end, type) | None)
+_DIGITS = "digits"  # trigger: texts with a digit (tested per text, C speed)
+# (types it can report, trigger, pattern, match -> (start, end, type) | None). A trigger picks the texts
+# worth scanning: a tuple of literals (found with str.find over the joined batch), `_DIGITS`, or a test.
 DETECTORS = [
-    (("EMAIL",), lambda t: "@" in t, EMAIL, lambda m, t, r: (m.start(), m.end(), "EMAIL")),
-    (("CREDIT_CARD", "PHONE"), _has_digit, DIGITS, _card_or_phone),
-    (("SSN",), _has_digit, SSN, _ssn),
-    (("SSN",), lambda t: "SSN" in t or "ocial" in t or "ssn" in t, SSN_CONTEXT, _ssn_context),
-    (("IBAN",), _has_digit, IBAN, _iban),
-    (("IP_ADDRESS",), lambda t: "." in t, IPV4, _ipv4),
-    (("IP_ADDRESS",), lambda t: "::" in t or t.count(":") >= 5, IPV6, _ipv6),
-    *[(("SECRET",), lambda t, ms=markers: any(x in t for x in ms), pattern, _secret)
+    (("EMAIL",), ("@",), EMAIL, lambda m, t, r: (m.start(), m.end(), "EMAIL")),
+    (("CREDIT_CARD", "PHONE", "SSN", "IP_ADDRESS"), _DIGITS, DIGITS, _digit_run),
+    (("SSN",), ("SSN", "ssn", "ocial"), SSN_CONTEXT, _ssn_context),
+    (("IBAN",), _DIGITS, IBAN, _iban),
+    (("IP_ADDRESS",), lambda t: "::" in t or t.count(":") >= 7, IPV6, _ipv6),
+    *[(("SECRET",), markers, pattern, _secret)
       for _, markers, pattern in SECRET_FORMATS],
-    (("SECRET",), lambda t: any(w in t for w in _SECRET_WORDS), ASSIGNED_SECRET, _assigned),
+    (("SECRET",), ("key", "KEY", "Key", "secret", "SECRET", "Secret", "token", "TOKEN", "Token", "passw", "PASSW",
+                   "Passw", "pwd", "PWD"), ASSIGNED_SECRET, _assigned),
     (("SECRET",), lambda t: len(t) >= 32, LONG_TOKEN, _long_token),
-    (("ADDRESS",), _has_digit, ADDRESS, _address),
-    (("NAME",), lambda t: any(w in t for w in _NAME_WORDS), NAME, _name),
+    (("ADDRESS",), _DIGITS, ADDRESS, _address),
+    (("NAME",), ("name", "Name", "all me", "igned", "incerely", "egards", "Dear", "dear", "ontact", "Mr", "Ms",
+                 "Miss", "Dr", "Prof"), NAME, _name),
 ]
 SEP = "\x00"  # joins texts for one regex pass per detector; no pattern matches across it
+
+
+def _texts_containing(literals, everything: str, offsets: list[int]) -> list[int]:
+    """Indices of the texts (joined in `everything`, starting at `offsets`) holding any of `literals`."""
+    found = set()
+    for lit in literals:
+        i = everything.find(lit)
+        while i != -1:
+            j = bisect.bisect_right(offsets, i) - 1
+            found.add(j)
+            i = everything.find(lit, offsets[j + 1]) if j + 1 < len(offsets) else -1  # on to the next text
+    return sorted(found)
 
 
 def find_many(texts: list[str], types=TYPES, phone_region: str = "US") -> list[list[tuple[int, int, str]]]:
@@ -273,26 +287,41 @@ def find_many(texts: list[str], types=TYPES, phone_region: str = "US") -> list[l
     out: list[list] = [[] for _ in texts]
     want = set(types)
     everything = SEP.join(texts)
-    for kinds, precheck, pattern, accept in DETECTORS:
-        # The pre-check on the whole batch first: one C-speed scan usually rules a detector out.
-        if not want.intersection(kinds) or not precheck(everything):
+    offsets, pos = [], 0
+    for t in texts:
+        offsets.append(pos)
+        pos += len(t) + 1
+    with_digits = None
+    for kinds, trigger, pattern, accept in DETECTORS:
+        if not want.intersection(kinds):
             continue
-        idx = [i for i, t in enumerate(texts) if precheck(t)]
+        if trigger is _DIGITS:
+            if with_digits is None:
+                with_digits = [i for i, t in enumerate(texts) if _has_digit(t)]
+            idx = with_digits
+        elif isinstance(trigger, tuple):
+            idx = _texts_containing(trigger, everything, offsets)
+        else:
+            idx = [i for i, t in enumerate(texts) if trigger(t)]
         if not idx:
             continue
-        starts, pos = [], 0
-        for i in idx:
-            starts.append(pos)
-            pos += len(texts[i]) + 1
-        joined = SEP.join(texts[i] for i in idx)
+        if len(idx) == len(texts):
+            starts, joined = offsets, everything
+        else:
+            starts, pos = [], 0
+            for i in idx:
+                starts.append(pos)
+                pos += len(texts[i]) + 1
+            joined = SEP.join(texts[i] for i in idx)
         for m in pattern.finditer(joined):
-            span = accept(m, joined, phone_region)
-            if span is None or span[2] not in want:
-                continue
-            j = bisect.bisect_right(starts, span[0]) - 1
-            base = starts[j]
-            end = min(span[1], base + len(texts[idx[j]]))
-            out[idx[j]].append((span[0] - base, end - base, span[2]))
+            found = accept(m, joined, phone_region)
+            for span in [found] if isinstance(found, tuple) else found or ():
+                if span[2] not in want:
+                    continue
+                j = bisect.bisect_right(starts, span[0]) - 1
+                base = starts[j]
+                end = min(span[1], base + len(texts[idx[j]]))
+                out[idx[j]].append((span[0] - base, end - base, span[2]))
     return out
 
 
