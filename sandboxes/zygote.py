@@ -1,11 +1,12 @@
-# The in-sandbox server: `python -I -S -c <this file's text> MODE WORKDIR TMPDIR`, one per sandbox.
+# The in-sandbox server: `python -I -S -c <this file's text> MODE WORKDIR`, one per sandbox; MODE is "pid1"
+# (inside bubblewrap, as PID 1 of the sandbox) or "group" (rlimits-only mode, on the host).
 #
-# Starting a fresh bubblewrap sandbox plus a Python interpreter costs ~25 ms; forking this warm process
-# costs ~1 ms. So a sandbox stays up and runs programs one at a time, each in a fresh fork with its own
-# rlimits, and afterwards everything the program left is destroyed before the next one starts: every
-# process (as PID 1 of the sandbox's PID namespace, `kill(-1)` reaches them all, detached or not), every
-# file in the writable dirs, every SysV IPC object. The zygote is non-dumpable, so a program running as the
-# same uid can neither ptrace it nor open its /proc files; as PID 1 it cannot be killed from inside.
+# Starting a fresh bubblewrap sandbox plus a Python interpreter costs tens of ms; forking this warm
+# process costs about one. So a sandbox stays up and runs programs one at a time, each in a fresh fork with
+# its own rlimits, and afterwards everything the program left is destroyed before the next one starts:
+# every process (as PID 1 of the sandbox's PID namespace, `kill(-1)` reaches them all, detached or not),
+# every file in the writable dirs, every SysV IPC object. The zygote is non-dumpable, so a program running
+# as the same uid can neither ptrace it nor open its /proc files; as PID 1 it cannot be killed from inside.
 #
 # Protocol on fds 0/1: requests and replies are 4-byte big-endian lengths followed by JSON.
 # Standalone on purpose: imports only the standard library (the project is not visible in the sandbox).
