@@ -15,7 +15,6 @@ import json
 import os
 import resource
 import selectors
-import shutil
 import signal
 import struct
 import sys
@@ -225,14 +224,32 @@ def cleanup(mode, pid, workdir):
             pass
         dirs = (workdir,)
     for d in dirs:
+        wipe(d)
+
+
+def wipe(top):
+    """Empty `top` and restore its mode, whatever modes the program set on it or on anything inside
+    (a chmod 0 left behind would break the next program). Iterative: trees may be deeper than recursion."""
+    stack = [(top, False)]
+    while stack:
+        path, emptied = stack.pop()
+        if emptied:
+            if path != top:
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass
+            continue
         try:
-            entries = list(os.scandir(d))
+            os.chmod(path, 0o1777 if path == top else 0o700)
+            entries = list(os.scandir(path))
         except OSError:
             continue
+        stack.append((path, True))
         for e in entries:
             try:
                 if e.is_dir(follow_symlinks=False):
-                    shutil.rmtree(e.path, ignore_errors=True)
+                    stack.append((e.path, False))
                 else:
                     os.unlink(e.path)
             except OSError:

@@ -303,6 +303,23 @@ def test_filling_the_disk(sandbox):
     # `attack` checked that the writable dirs are empty again for the next program
 
 
+def test_tampering_with_the_shared_dirs_does_not_reach_the_next_program(sandbox):
+    r = attack(sandbox, """
+        import os
+        path = "/tmp"
+        for i in range(300):  # deeper than Python's recursion limit
+            path = os.path.join(path, "d")
+            os.mkdir(path)
+        os.chmod("/tmp/d", 0)
+        os.makedirs("locked/inner")
+        os.chmod("locked", 0)
+        for d in ("/sandbox", "/tmp", "/dev/shm"):
+            os.chmod(d, 0)
+        print("tampered")
+    """)
+    assert r.status == "ok" and r.stdout == "tampered\n", r  # `attack` then checks the next program
+
+
 def test_many_open_files(sandbox):
     r = attack(sandbox, """
         files = []
