@@ -52,3 +52,16 @@ def test_rows_dropped_earlier_are_not_reference_copies():
     res = dedup.decide(out["_dedup_hash"], out["_dedup_minhash"], [False, True], ["a", "b"], **chain[0][1].keywords)
     assert res.keep == [True, True]  # row a was dropped by an earlier filter, so b is the first copy kept
     assert json.loads(out["_reasons"][0]) == []
+
+
+def test_batched_signatures_equal_datasketch():
+    """The batch-vectorised signatures are exactly datasketch's MinHash over the same shingle hashes."""
+    from datasketch import MinHash
+
+    rows = [dedup.normalise(_row(t), ("user", "assistant")) for t in (LONG, "short one", "", LONG[:90])]
+    hashes = [dedup.shingle_hashes(w, 5) for w in rows]
+    ours = dedup.signatures(hashes, dedup.new_minhash(128).permutations, chunk=40)  # several chunks
+    for h, sig in zip(hashes, ours):
+        m = MinHash(num_perm=128, seed=1, scheme="affine32", hashfunc=int)
+        m.update_batch(h.tolist())
+        assert m.hashvalues.tolist() == sig
