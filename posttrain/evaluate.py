@@ -203,11 +203,12 @@ def run(config: Config) -> Path:
         rows += data.read_rows(path)[: config.max_examples]
     if Path(config.model).is_dir():
         artifacts.require_done(config.model, "model")
+    model_dir = models.resolve(config.model)  # before the output dir exists: a bad spec leaves nothing behind
     out = artifacts.prepare_output(config.output_dir, overwrite=config.overwrite, resume=False)
 
     import torch
 
-    model, tokenizer = models.load_causal_lm(config.model)
+    model, tokenizer = models.load_causal_lm(str(model_dir))
     model.eval()
     messages = [_prompt_messages(r) for r in rows]
     prompts = [data.prompt_ids(tokenizer, m) for m in messages]

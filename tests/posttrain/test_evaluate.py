@@ -135,11 +135,13 @@ def test_eval_end_to_end_on_a_tiny_model(tmp_path, eval_data, capsys):
     (["--data", "/no/such/file.jsonl"], "dataset not found"),
     (["reward_weights=[1.0]"], "reward_weights has 1 values for 3 rewards"),
     (["sandbox_isolation=docker"], "sandbox_isolation"),
+    (["--model", "/no/such/model"], "model not found"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, eval_data, capsys, extra, message):
     assert run_eval(tmp_path / "out", eval_data, *extra) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing half-made left behind
 
 
 def test_unfinished_model_dir_is_refused(tmp_path, eval_data, capsys):
