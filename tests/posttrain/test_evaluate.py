@@ -153,3 +153,11 @@ def test_unfinished_model_dir_is_refused(tmp_path, eval_data, capsys):
             f"output_dir={tmp_path / 'out'}"]
     assert cli.main(argv) == 2
     assert "unfinished posttrain run" in capsys.readouterr().err
+
+
+def test_greedy_only(tmp_path, eval_data):
+    assert run_eval(tmp_path / "g", eval_data, "samples=0", "pass_k=[]") == 0
+    report = json.loads((tmp_path / "g" / "report.json").read_text())
+    assert report["samples"] == 0 and report["overall"]["rows"] == 4
+    assert not [k for k in report["overall"] if k.startswith("pass@")]
+    assert all(r["samples"] == [] for r in read_jsonl(tmp_path / "g" / "completions.jsonl"))
