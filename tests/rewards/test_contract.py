@@ -75,3 +75,12 @@ def test_reward_names_default_to_spec_and_must_be_unique():
     assert Reward("math").name == "math"
     with pytest.raises(RewardSpecError, match="unique"):
         rewards.score([Reward("math"), Reward("math")], ["q"], ["a"], {"answer": ["1"]})
+
+
+def test_format_reward():
+    fmt = load("format")
+    completions = ["The answer is 4.", "so 4", "```python\ndef f(): pass\n```", "def f(): pass",
+                   "\\boxed{4}<end_of_turn>"]
+    cols = {"task": ["math", "math", "code", "code", "math"], "test": [None, None, "t", "t", None]}
+    assert fmt(["q"] * 5, completions, **cols) == [1.0, 0.0, 1.0, 0.0, 0.0]
+    assert fmt(["q"], ["```\nx\n```"], tests=[["assert x"]]) == [1.0]  # rows with tests are code rows
