@@ -9,6 +9,7 @@ num_proc=N)` and Ray Data's `map_batches` and gives the same answer.
 
 from __future__ import annotations
 
+import bisect
 from typing import NamedTuple
 
 
@@ -23,6 +24,19 @@ class FilterResult(NamedTuple):
 def turns(messages: list[dict], roles) -> list[tuple[int, str]]:
     """(turn index, content) of the turns whose role is in `roles`."""
     return [(i, m["content"]) for i, m in enumerate(messages) if m["role"] in roles]
+
+
+def texts_containing(literals, everything: str, offsets: list[int]) -> list[int]:
+    """Indices of the texts (joined into `everything`, text i starting at `offsets[i]`) that hold any of
+    `literals`: str.find over the whole batch, jumping to the next text after a hit."""
+    found = set()
+    for lit in literals:
+        i = everything.find(lit)
+        while i != -1:
+            j = bisect.bisect_right(offsets, i) - 1
+            found.add(j)
+            i = everything.find(lit, offsets[j + 1]) if j + 1 < len(offsets) else -1
+    return sorted(found)
 
 
 def redact(text: str, spans: list[tuple[int, int, str]]) -> str:

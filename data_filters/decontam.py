@@ -85,24 +85,39 @@ def _by_first(short: frozenset) -> dict[str, tuple[int, ...]]:
     return {k: tuple(sorted(v)) for k, v in out.items()}
 
 
+@functools.lru_cache(maxsize=4)
+def _vocab(ngrams: frozenset, short: frozenset) -> tuple[frozenset, int]:
+    """Every eval word, and the shortest match length: a match needs that many eval words in a row."""
+    vocab = {w for g in ngrams for w in g} | {w for s in short for w in s}
+    lengths = [len(s) for s in short] + ([len(next(iter(ngrams)))] if ngrams else [])
+    return frozenset(vocab), min(lengths, default=1)
+
+
 def find(text: str, ngrams: frozenset, short: frozenset, n: int) -> tuple[int, int, str] | None:
     """The first contaminated (start, end, matched words) span of `text`, or None."""
     toks = words(text)
+    vocab, shortest = _vocab(ngrams, short)
     hit = None
-    if len(toks) >= n:
-        for i, g in enumerate(zip(*(toks[j:] for j in range(n)))):
-            if g in ngrams:
-                hit = (i, n)
-                break
-    if hit is None and short:
-        by_first = _by_first(short)
-        for i, tok in enumerate(toks):
-            for k in by_first.get(tok, ()):
-                if tuple(toks[i:i + k]) in short:
-                    hit = (i, k)
+    # Only runs of >= `shortest` consecutive eval words can hold a match; finding them is one bytes regex.
+    flags = bytes(w in vocab for w in toks)
+    for run in re.finditer(b"\x01{%d,}" % shortest, flags):
+        lo, hi = run.span()
+        if hi - lo >= n:
+            for i, g in enumerate(zip(*(toks[lo + j:hi] for j in range(n))), lo):
+                if g in ngrams:
+                    hit = (i, n)
                     break
-            if hit:
-                break
+        if hit is None and short:
+            by_first = _by_first(short)
+            for i in range(lo, hi):
+                for k in by_first.get(toks[i], ()):
+                    if i + k <= hi and tuple(toks[i:i + k]) in short:
+                        hit = (i, k)
+                        break
+                if hit:
+                    break
+        if hit:
+            break
     if hit is None:
         return None
     # Map the word window back to characters for the rejects file.

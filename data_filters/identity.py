@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 
-from data_filters.base import FilterResult, turns
+from data_filters.base import FilterResult, texts_containing, turns
 
 DEFAULTS = {
     "name": "Gemma",
@@ -68,10 +68,17 @@ def apply(batch: dict[str, list], *, name="Gemma", developers=("Google DeepMind"
           other_names=(), other_developers=()) -> FilterResult:
     n = len(batch["messages"])
     keep, reasons = [True] * n, [[] for _ in range(n)]
-    for r, messages in enumerate(batch["messages"]):
-        for i, text in turns(messages, roles):
-            for start, end, who in find(text, name, developers, other_names, other_developers):
-                keep[r] = False
-                reasons[r].append({"filter": "identity", "reason": f"claims to be {who} (configured: {name})",
-                                   "turn": i, "span": [start, end], "text": text[start:end]})
+    where = [(r, i, text) for r, messages in enumerate(batch["messages"]) for i, text in turns(messages, roles)]
+    offsets, pos = [], 0
+    for _, _, text in where:
+        offsets.append(pos)
+        pos += len(text) + 1
+    # A claim names another assistant or company: only texts holding one of those names are worth a regex.
+    candidates = texts_containing(tuple(other_names) + tuple(other_developers), "\x00".join(w[2] for w in where),
+                                  offsets)
+    for r, i, text in (where[k] for k in candidates):
+        for start, end, who in find(text, name, developers, other_names, other_developers):
+            keep[r] = False
+            reasons[r].append({"filter": "identity", "reason": f"claims to be {who} (configured: {name})",
+                               "turn": i, "span": [start, end], "text": text[start:end]})
     return FilterResult(keep, {}, reasons)

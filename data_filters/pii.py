@@ -17,7 +17,7 @@ import math
 import re
 from collections import Counter
 
-from data_filters.base import FilterResult, merge_spans, redact, turns
+from data_filters.base import FilterResult, merge_spans, redact, texts_containing, turns
 
 TYPES = ["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS", "SECRET", "ADDRESS", "NAME"]
 PLACEHOLDER = {t: f"<{t}>" for t in TYPES}
@@ -266,18 +266,6 @@ DETECTORS = [
 SEP = "\x00"  # joins texts for one regex pass per detector; no pattern matches across it
 
 
-def _texts_containing(literals, everything: str, offsets: list[int]) -> list[int]:
-    """Indices of the texts (joined in `everything`, starting at `offsets`) holding any of `literals`."""
-    found = set()
-    for lit in literals:
-        i = everything.find(lit)
-        while i != -1:
-            j = bisect.bisect_right(offsets, i) - 1
-            found.add(j)
-            i = everything.find(lit, offsets[j + 1]) if j + 1 < len(offsets) else -1  # on to the next text
-    return sorted(found)
-
-
 def find_many(texts: list[str], types=TYPES, phone_region: str = "US") -> list[list[tuple[int, int, str]]]:
     """(start, end, type) PII spans for each text, unmerged.
 
@@ -300,7 +288,7 @@ def find_many(texts: list[str], types=TYPES, phone_region: str = "US") -> list[l
                 with_digits = [i for i, t in enumerate(texts) if _has_digit(t)]
             idx = with_digits
         elif isinstance(trigger, tuple):
-            idx = _texts_containing(trigger, everything, offsets)
+            idx = texts_containing(trigger, everything, offsets)
         else:
             idx = [i for i, t in enumerate(texts) if trigger(t)]
         if not idx:

@@ -79,23 +79,31 @@ RULES: dict[str, list[str]] = {
     ],
 }
 CATEGORIES = list(RULES)
-# Words at least one of which every rule of a category contains: a category's regex runs only on text with
-# one of them (lower-cased substring test, C speed), so clean text costs a few `in` scans, not a regex pass.
+# Words every rule of a category needs: one of each group (sexual_minors needs a sexual and a minor word).
+# A category's regex runs only on text holding them (lower-cased substring tests, C speed), so clean text
+# costs a few `in` scans, not a regex pass.
 TRIGGERS = {
-    "weapons": ("bomb", "explosive", "ied", "molotov", "napalm", "nerve agent", "sarin", "ricin", "bioweapon",
-                "chemical weapon", "gun", "bleach", "ammonium", "detonat", "blasting", "vx", "tabun", "anthrax",
-                "mustard gas", "thermite"),
-    "drugs": ("meth", "crack", "heroin", "fentanyl", "lsd", "mdma", "ghb", "pseudoephedrine", "phosphorus",
-              "anhydrous"),
-    "self_harm": ("yourself", "kys", "life", "suicide", "die"),
-    "violence": ("kill", "murder", "hurt", "stab", "shoot", "poison", "strangle", "kidnap", "exterminate"),
-    "hate": ("subhuman", "vermin", "animals", "disease", "parasites", "exterminated", "wiped out", "gassed",
-             "eradicated", "deported", "inferior", "mongrel", "degenerate"),
-    "sexual_minors": ("child", "minor", "kid", "underage", "preteen", "year", "csam"),
-    "cyber": ("ransomware", "keylogger", "malware", "trojan", "worm", "rootkit", "botnet", "stealer", "hack",
-              "break into", "steal", "launder"),
-    "insult": ("idiot", "moron", "imbecile", "retard", "worthless", "pathetic", "shit", "loser", "fuck"),
+    "weapons": (("bomb", "explosive", " ied", "molotov", "napalm", "nerve agent", "sarin", "ricin", "bioweapon",
+                 "chemical weapon", "ghost gun", "untraceable gun", "bleach and ammonia", "ammonium nitrate",
+                 "detonat", "blasting cap", "vx", "tabun", "anthrax", "mustard gas", "thermite"),),
+    "drugs": (("meth", "crack", "heroin", "fentanyl", "lsd", "mdma", "ghb", "pseudoephedrine", "red phosphorus",
+               "anhydrous ammonia"),),
+    "self_harm": (("yourself", "kys", "your life", "your own life", "suicide", "to die", "should die"),),
+    "violence": (("kill", "murder", "hurt", "stab", "shoot", "poison", "strangle", "kidnap", "exterminate"),),
+    "hate": (("subhuman", "vermin", "animals", "a disease", "parasites", "exterminated", "wiped out", "gassed",
+              "eradicated", "deported and", "inferior", "mongrel", "degenerate"),),
+    "sexual_minors": (("sexual", "sexy", "explicit", "nude", "naked", "erotic", "porn", "abuse material", "csam"),
+                      ("child", "minor", "kid", "underage", "preteen", "year", "csam")),
+    "cyber": (("ransomware", "keylogger", "malware", "trojan", "worm", "rootkit", "botnet", "stealer", "hack",
+               "break into", "steal", "launder"),),
+    "insult": (("idiot", "moron", "imbecile", "retard", "worthless", "pathetic", "shit", "loser", "fuck"),),
 }
+
+
+def _triggered(category: str, low: str) -> bool:
+    return category == "custom" or all(any(t in low for t in group) for group in TRIGGERS[category])
+
+
 _REFUSAL = re.compile(r"(?i)\b(?:i can(?:no|')t|i cannot|i won'?t|i will not|i'?m (?:sorry|not able|unable)|"
                       r"i am (?:sorry|not able|unable)|never|do not|don'?t|not (?:help|assist|provide))\b")
 _SENTENCE_END = re.compile(r"[.!?\n]")
@@ -120,7 +128,7 @@ def find(text: str, categories=CATEGORIES, extra_patterns=()) -> list[tuple[int,
     out = []
     low = text.lower()
     for category, pattern in _compiled(tuple(categories), tuple(extra_patterns)):
-        if category != "custom" and not any(t in low for t in TRIGGERS[category]):
+        if not _triggered(category, low):
             continue
         for m in pattern.finditer(text):
             if not _refused(text, m.start()):
@@ -136,7 +144,7 @@ def apply(batch: dict[str, list], *, roles=("assistant",), categories=None, extr
     keep, reasons = [True] * n, [[] for _ in range(n)]
     where = [(r, i, text) for r, messages in enumerate(batch["messages"]) for i, text in turns(messages, roles)]
     everything = "\x00".join(w[2] for w in where).lower()
-    active = [c for c in categories if any(t in everything for t in TRIGGERS[c])]  # most batches: few
+    active = [c for c in categories if _triggered(c, everything)]  # most batches: few
     for r, i, text in where:
         for start, end, category in find(text, active, extra_patterns):
             keep[r] = False
