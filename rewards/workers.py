@@ -33,6 +33,13 @@ def _available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _readable(fd: int, timeout: float) -> bool:
+    # poll, not select: select() fails outright on fd numbers >= 1024 (busy processes such as Ray workers).
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
 class _Worker:
     def __init__(self, memory_mb: int | None):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
@@ -53,7 +60,7 @@ class _Worker:
         buf, need = bytearray(), 8
         while len(buf) < need:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0 or not _readable(fd, left):
                 self.kill()
                 return "timeout", f"no answer within {timeout:g} s (worker killed)"
             chunk = os.read(fd, max(need - len(buf), 1 << 20))

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import json
 import os
+import select
 import shutil
 import stat
 import struct
@@ -41,6 +42,13 @@ INSTALL_HINT = (
 _ZYGOTE = Path(__file__).with_name("zygote.py").read_text()
 _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": WORKDIR,
         "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    # poll, not select: select() fails outright on fd numbers >= 1024 (busy processes such as Ray workers).
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 class SandboxUnavailable(RuntimeError):
@@ -203,14 +211,12 @@ class Sandbox:
 
     def _receive(self, deadline: float):
         """One reply from the zygote, or None if it died or missed the deadline."""
-        import select
-
         fd = self._proc.stdout.fileno()
         buf = bytearray()
         need = 4
         while len(buf) < need:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0 or not _readable(fd, left):
                 return None
             chunk = os.read(fd, max(need - len(buf), 1 << 16))
             if not chunk:
