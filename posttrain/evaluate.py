@@ -44,6 +44,7 @@ class Config:
     batch_size: int = doc(8, "prompts per generation batch")
     seed: int = doc(0, "seed for sampling")
     reward_timeout: float = doc(300.0, "hard wall-clock limit per reward call, in seconds")
+    reward_batch_size: int = doc(64, "samples per reward call (calls run in parallel in the workers)")
     reward_workers: int = doc(2, "reward worker processes")
     code_timeout: float = doc(10.0, "wall-clock limit per program run by the code reward, in seconds")
     sandbox_isolation: str = doc("bwrap", "code sandbox: 'bwrap', or 'rlimits' (no isolation: unsafe)")
@@ -67,8 +68,8 @@ def _check(config: Config) -> None:
         raise UserError("eval needs at least one reward (--rewards math,code)")
     if config.reward_weights is not None and len(config.reward_weights) != len(config.rewards):
         raise UserError(f"reward_weights has {len(config.reward_weights)} values for {len(config.rewards)} rewards")
-    if config.samples < 0 or config.max_new_tokens < 1 or config.batch_size < 1:
-        raise UserError("samples must be >= 0, max_new_tokens and batch_size >= 1")
+    if config.samples < 0 or min(config.max_new_tokens, config.batch_size, config.reward_batch_size) < 1:
+        raise UserError("samples must be >= 0; max_new_tokens, batch_size and reward_batch_size >= 1")
     bad = [k for k in config.pass_k if k < 1 or k > config.samples]
     if config.samples and bad:
         raise UserError(f"pass_k values {bad} must be between 1 and samples={config.samples}")
@@ -89,7 +90,8 @@ def _rewards(config: Config) -> list:
             rewards.load(spec, **options)  # fail now, with a clear message, not inside a worker
         except rewards.RewardSpecError as e:
             raise UserError(str(e)) from None
-        out.append(rewards.Reward(spec, weight=weight, options=options, timeout=config.reward_timeout))
+        out.append(rewards.Reward(spec, weight=weight, options=options, timeout=config.reward_timeout,
+                                  batch_size=config.reward_batch_size))
     if "code" in config.rewards:
         import sandboxes
 

@@ -126,6 +126,7 @@ class Reward:
     weight: float = 1.0
     options: dict = dataclasses.field(default_factory=dict)  # keyword arguments bound to the function
     timeout: float = 120.0  # hard wall-clock limit per call, in seconds
+    batch_size: int = 64  # samples per call: calls run in parallel, and a failure costs at most one call
     name: str = ""  # key in logs and reports; default: the spec
 
     def __post_init__(self):

@@ -147,27 +147,33 @@ class Workers:
         return None, f"{status}: {payload}"
 
     def score(self, rewards: list, prompts: list, completions: list, columns: dict):
-        """Every reward on the whole batch; a failed batch call is retried per sample."""
+        """Every reward on every sample, in calls of `reward.batch_size` samples spread over the workers;
+        a failed call is retried one sample at a time."""
         n = len(completions)
         if len(prompts) != n or any(len(v) != n for v in columns.values()):
             raise ValueError(f"prompts, completions and every column must have the same length ({n})")
         per = {r.name: [None] * n for r in rewards}
         reasons = {r.name: [None] * n for r in rewards}
-        batch = {r.name: self._executor.submit(self.call, r, prompts, completions, columns) for r in rewards}
+
+        def submit(r, lo, hi):
+            cols = {k: v[lo:hi] for k, v in columns.items()}
+            return self._executor.submit(self.call, r, prompts[lo:hi], completions[lo:hi], cols)
+
+        calls = {(r.name, lo): (r, lo, min(lo + r.batch_size, n), submit(r, lo, min(lo + r.batch_size, n)))
+                 for r in rewards for lo in range(0, n, max(1, r.batch_size))}
         retries = {}
-        for r in rewards:
-            scores, reason = batch[r.name].result()
+        for (name, lo), (r, lo, hi, future) in calls.items():
+            scores, reason = future.result()
             if scores is not None:
-                per[r.name] = scores
-            elif n == 1:
-                reasons[r.name][0] = reason
-                log.warning("reward %s scored None for sample 0: %s", r.name, reason)
+                per[name][lo:hi] = scores
+            elif hi - lo == 1:
+                reasons[name][lo] = reason
+                log.warning("reward %s scored None for sample %d: %s", name, lo, reason)
             else:
-                log.warning("reward %s failed on a batch of %d (%s); retrying sample by sample", r.name, n, reason)
-                for i in range(n):
-                    cols = {k: v[i:i + 1] for k, v in columns.items()}
-                    retries[r.name, i] = self._executor.submit(self.call, r, prompts[i:i + 1],
-                                                               completions[i:i + 1], cols)
+                log.warning("reward %s failed on samples %d..%d (%s); retrying them one by one", name, lo,
+                            hi - 1, reason)
+                for i in range(lo, hi):
+                    retries[name, i] = submit(r, i, i + 1)
         for (name, i), future in retries.items():
             scores, reason = future.result()
             if scores is not None:

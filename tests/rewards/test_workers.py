@@ -64,3 +64,11 @@ def test_as_trl_wraps_a_reward_for_trainers(workers):
     out = fn(prompts=["p"] * 3, completions=["ab", "hang", "abc"], completion_ids=[[1], [2], [3]],
              trainer_state=object(), answer=["x", "y", "z"])
     assert out == [2.0, None, 3.0]
+
+
+def test_calls_are_batched_and_a_failure_costs_only_its_batch(workers, caplog):
+    completions = ["a", "bb", "raise", "dddd", "eeeee"]
+    s = score([Reward(f"{EVIL}:evil", name="evil", batch_size=2)], ["p"] * 5, completions, {}, workers=workers)
+    assert s.per_reward["evil"] == [1.0, 2.0, None, 4.0, 5.0]
+    retried = [r for r in caplog.records if "retrying them one by one" in r.getMessage()]
+    assert len(retried) == 1 and "samples 2..3" in retried[0].getMessage()  # only the failing call's batch
