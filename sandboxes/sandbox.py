@@ -2,11 +2,12 @@
 
 The sandbox: every namespace unshared (no network, no view of host processes or IPC), /usr and the
 interpreter bound read-only, the root and /dev read-only, fresh size-capped tmpfs for the working dir
-(/sandbox), /tmp and /dev/shm, nothing else of the host (no home, no project, no /etc), an empty environment,
-die-with-parent, no further user namespaces, no capabilities, and as root the host uid `nobody` (the
-kernel exempts uid 0 from RLIMIT_NPROC even inside a user namespace). Inside, `zygote.py` runs each
-program in a fresh fork under rlimits (CPU, address space, file size, processes, open files), with a
-wall-clock timeout and capped stdout/stderr, and destroys whatever it left before the next one.
+(/sandbox), /tmp and /dev/shm, nothing else of the host (no home, no project, no /etc), an empty
+environment, die-with-parent, no further user namespaces, no capabilities, a seccomp filter refusing the
+kernel-attack-surface syscalls (`seccomp.py`), and as root the host uid `nobody` (the kernel exempts uid 0
+from RLIMIT_NPROC even inside a user namespace). Inside, `zygote.py` runs each program in a fresh fork
+under rlimits (CPU, address space, file size, processes, open files), with a wall-clock timeout and
+capped stdout/stderr, and destroys whatever it left before the next one.
 
 `Sandbox` keeps one sandbox up for many programs (what `Pool` uses); `run` is a one-shot sandbox.
 """
@@ -28,6 +29,8 @@ import threading
 import time
 import warnings
 from pathlib import Path
+
+from sandboxes import seccomp
 
 STATUSES = ("ok", "failed", "timeout", "memory", "output_limit", "killed", "sandbox_error")
 ISOLATIONS = ("bwrap", "rlimits")
@@ -176,11 +179,19 @@ class Sandbox:
     def _start(self) -> None:
         limits = self.limits
         python, binds = _interpreter(limits.python)
+        pass_fds: tuple[int, ...] = ()
         if limits.isolation == "bwrap":
             if shutil.which("bwrap") is None:
                 raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed. {INSTALL_HINT}")
-            argv = _bwrap_argv(binds, limits.disk_mb << 20) + ["--", python, "-I", "-S", "-c", _ZYGOTE,
-                                                                "pid1", WORKDIR]
+            argv = _bwrap_argv(binds, limits.disk_mb << 20)
+            program = seccomp.deny_filter()
+            if program is not None:  # a few hundred bytes: fits the pipe buffer, so no writer thread
+                filter_r, filter_w = os.pipe()
+                os.write(filter_w, program)
+                os.close(filter_w)
+                argv += ["--seccomp", str(filter_r)]
+                pass_fds = (filter_r,)
+            argv += ["--", python, "-I", "-S", "-c", _ZYGOTE, "pid1", WORKDIR]
             cwd, env = None, _ENV
         else:
             _warn_unisolated()
@@ -193,10 +204,13 @@ class Sandbox:
         try:
             self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           stderr=self._stderr, cwd=cwd, env=env, start_new_session=True,
-                                          **_as_nobody())
+                                          pass_fds=pass_fds, **_as_nobody())
         except OSError as e:
             self.close()
             raise SandboxUnavailable(f"cannot start the sandbox ({argv[0]}): {e}. {INSTALL_HINT}") from None
+        finally:
+            for fd in pass_fds:
+                os.close(fd)
         reply = self._receive(time.monotonic() + 30)
         if not (isinstance(reply, dict) and reply.get("ready")):
             err = self._zygote_stderr()

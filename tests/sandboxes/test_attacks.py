@@ -353,6 +353,27 @@ def test_os_system_subprocess_and_ctypes_stay_inside(sandbox, monkeypatch):
     assert "from-libc-system" in out and "[project]" not in out and "root:" not in out, out
 
 
+def test_kernel_attack_surface_syscalls_are_refused(sandbox):
+    from sandboxes.seccomp import DENIED_X86_64, deny_filter
+
+    if deny_filter() is None:
+        pytest.skip("the seccomp filter has a syscall table for x86-64 only")
+    names = ["bpf", "perf_event_open", "io_uring_setup", "userfaultfd", "keyctl", "add_key", "ptrace",
+             "process_vm_readv", "init_module", "kexec_load", "setns", "unshare", "fsopen", "open_by_handle_at"]
+    r = attack(sandbox, f"""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        for name, nr in {[(n, DENIED_X86_64[n]) for n in names]!r}:
+            ctypes.set_errno(0)
+            print(name, libc.syscall(nr, 0, 0, 0, 0, 0), ctypes.get_errno())
+        print("getpid", libc.syscall(39), 0)
+    """)
+    lines = dict((line.split()[0], line.split()[1:]) for line in r.stdout.splitlines())
+    for name in names:
+        assert lines[name] == ["-1", "1"], (name, lines[name])  # EPERM
+    assert lines["getpid"][0] != "-1"
+
+
 def test_segfault(sandbox):
     r = attack(sandbox, "import ctypes\nctypes.string_at(0)\n")
     assert r.status == "killed" and r.returncode == -signal.SIGSEGV
