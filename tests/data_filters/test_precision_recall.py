@@ -3,8 +3,11 @@
 Thresholds: structured PII (emails, phones, cards, IBANs, SSNs, IPs, secrets) recall >= 0.95 and precision
 >= 0.9 overall, and recall >= 0.9 for each of those types; names and street addresses (rule-based, no NER
 model offline) recall >= 0.8, precision >= 0.9; safety and self-identification rows precision >= 0.9,
-recall >= 0.9. The fixtures were written alongside the filters, so these are floors for regressions, not
-estimates of performance on real data.
+recall >= 0.9. Most fixtures were written alongside the filters, so those figures are floors for
+regressions, not estimates for real data. The rows marked "blind" were written after the filters were
+tuned and not tuned against; on them alone (printed by test_blind_rows) the rule-based safety and identity
+filters miss paraphrases -- recall 0.33 and 0.4 when written -- while their precision and the PII recall hold:
+precision >= 0.9 for every filter and structured PII recall >= 0.9 are asserted there.
 """
 
 from collections import Counter
@@ -81,3 +84,23 @@ def test_identity_precision_recall(labelled):
     precision, recall = _row_pr(labelled, res, "identity")
     print(f"identity: precision {precision:.3f} recall {recall:.3f}")
     assert precision >= 0.9 and recall >= 0.9
+
+
+def test_blind_rows(labelled):
+    blind = [r for r in labelled if r.get("blind")]
+    assert len(blind) >= 50
+    tp, fp, fn = _pii_counts(blind)
+    s = lambda c: sum(v for k, v in c.items() if k in STRUCTURED)  # noqa: E731
+    precision, recall = _pr(s(tp), s(fp), s(fn))
+    print(f"blind structured PII: precision {precision:.3f} recall {recall:.3f}")
+    assert precision >= 0.9 and recall >= 0.9
+    for name, mod, key, opts in [("safety", safety, "unsafe", {}), ("identity", identity, "identity",
+                                                                   identity.DEFAULTS)]:
+        res = mod.apply({"messages": [r["messages"] for r in blind]}, **opts)
+        flagged = [not k for k in res.keep]
+        tp_ = sum(f and r["labels"][key] for f, r in zip(flagged, blind))
+        fp_ = sum(f and not r["labels"][key] for f, r in zip(flagged, blind))
+        fn_ = sum(not f and r["labels"][key] for f, r in zip(flagged, blind))
+        p, r = _pr(tp_, fp_, fn_)
+        print(f"blind {name}: precision {p:.3f} recall {r:.3f} ({tp_} of {tp_ + fn_} found)")
+        assert p >= 0.9 and tp_ >= 1
