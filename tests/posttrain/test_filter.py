@@ -164,3 +164,19 @@ def test_datasets_and_ray_data_give_the_same_output(tmp_path):
     ra, rb = (json.loads((d / "report.json").read_text()) for d in (a, b))
     assert ra["engine"] == "datasets" and rb["engine"] == "ray"
     assert ra["per_filter"] == rb["per_filter"] and ra["rows_kept"] == rb["rows_kept"] > 300
+
+
+def test_other_columns_and_message_keys_round_trip(capsys, tmp_path):
+    row = {"meta": {"source": "forum", "tags": ["a", "b"]}, "id": "x1", "score": 0.5,
+           "messages": [{"role": "system", "content": "Be brief.", "name": "sys"},
+                        {"role": "user", "content": "Mail me: ann@corp.io"},
+                        {"role": "assistant", "content": "Done.", "weight": 0}]}
+    other = {"id": "x2", "messages": [{"role": "user", "content": "plain"}], "score": None}
+    src = _write(tmp_path / "in.jsonl", [json.dumps(row), json.dumps(other)])
+    code, _, err = _run(capsys, "--input", str(src), "--output", str(tmp_path / "o"), "filters=[pii]")
+    assert code == 0, err
+    clean = _jsonl(tmp_path / "o" / "clean.jsonl")
+    expected = json.loads(json.dumps(row))
+    expected["messages"][1]["content"] = "Mail me: <EMAIL>"
+    assert clean == [expected, other]
+    assert list(clean[0]) == list(row)  # key order kept
