@@ -17,14 +17,17 @@ from posttrain.config import doc
 @dataclasses.dataclass
 class Config:
     configs: str = doc("configs/demo", "dir holding filter.yaml and sft.yaml")
+    output_root: str | None = doc(None, "put every stage's output under this dir (default: as each config says)")
     overwrite: bool = doc(False, "rerun stages whose output is already finished")
     ray_address: str | None = doc(None, "Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
 
 
-def _stage(module, path: Path, overrides: list[str], output_key: str, overwrite: bool):
+def _stage(module, path: Path, overrides: list[str], output_key: str, config: Config):
+    if config.output_root:
+        overrides = overrides + [f"{output_key}={Path(config.output_root) / path.stem}"]
     stage_config = cfg.load(module.Config, path, overrides)
     out = Path(getattr(stage_config, output_key))
-    if artifacts.is_done(out) and not overwrite:
+    if artifacts.is_done(out) and not config.overwrite:
         print(f"[posttrain demo] {path.name}: reusing finished {out}")
         return out
     stage_config = dataclasses.replace(stage_config, overwrite=True)
@@ -36,9 +39,8 @@ def run(config: Config) -> Path:
 
     root = Path(config.configs)
     ray = [f"ray_address={config.ray_address}"] if config.ray_address else []
-    clean_dir = _stage(filter_stage, root / "filter.yaml", ray, "output", config.overwrite)
-    sft_dir = _stage(distill, root / "sft.yaml", ray + [f"data={clean_dir / 'clean.jsonl'}"], "output_dir",
-                     config.overwrite)
+    clean_dir = _stage(filter_stage, root / "filter.yaml", ray, "output", config)
+    sft_dir = _stage(distill, root / "sft.yaml", ray + [f"data={clean_dir / 'clean.jsonl'}"], "output_dir", config)
     import json
 
     summary = json.loads((sft_dir / artifacts.MANIFEST).read_text())["summary"]

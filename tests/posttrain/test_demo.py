@@ -1,0 +1,16 @@
+"""`posttrain demo` chains the stages: filter's clean output is what sft trains on."""
+
+import json
+
+from tests.posttrain.test_sft_cli import posttrain
+
+
+def test_demo_pipeline_on_tiny_configs(tmp_path):
+    proc = posttrain("demo", "configs=configs/tiny", f"output_root={tmp_path}")
+    sft = json.loads((tmp_path / "sft" / "posttrain.json").read_text())
+    assert (tmp_path / "filter" / "DONE").is_file() and (tmp_path / "sft" / "DONE").is_file()
+    assert sft["inputs"]["data"] == str(tmp_path / "filter" / "clean.jsonl")
+    assert "student KD loss on held-out rows: before" in proc.stdout
+    # a second run reuses both finished stages
+    again = posttrain("demo", "configs=configs/tiny", f"output_root={tmp_path}")
+    assert again.stdout.count("reusing finished") == 2
