@@ -29,6 +29,9 @@ DEFAULTS = {
     "roles": ["system", "user", "assistant"],
     "allow": [],  # exact strings never treated as PII (e.g. a support address you want to keep)
     "phone_region": "US",  # region for numbers written without a +country code
+    "engine": "builtin",  # builtin | presidio | both (Presidio's AnalyzerEngine: far slower, see pii_presidio)
+    "spacy_model": None,  # presidio engine: a trained spaCy model dir for its PERSON/LOCATION recognizers
+    "score_threshold": 0.3,  # presidio engine: minimum score (its phone recognizer scores 0.4)
 }
 
 EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
@@ -318,11 +321,16 @@ def find(text: str, types=TYPES, phone_region: str = "US") -> list[tuple[int, in
 
 
 def apply(batch: dict[str, list], *, action="redact", actions=None, types=TYPES, roles=("system", "user", "assistant"),
-          allow=(), phone_region="US") -> FilterResult:
+          allow=(), phone_region="US", engine="builtin", spacy_model=None, score_threshold=0.3) -> FilterResult:
     actions = actions or {}
     allow = set(allow)
     where = [(r, i, content) for r, messages in enumerate(batch["messages"]) for i, content in turns(messages, roles)]
-    found = find_many([w[2] for w in where], types, phone_region)
+    texts = [w[2] for w in where]
+    found = find_many(texts, types, phone_region) if engine != "presidio" else [[] for _ in texts]
+    if engine != "builtin":
+        from data_filters import pii_presidio
+
+        found = [a + b for a, b in zip(found, pii_presidio.find_many(texts, types, spacy_model, score_threshold))]
     keep = [True] * len(batch["messages"])
     messages_out = list(batch["messages"])
     reasons: list[list[dict]] = [[] for _ in keep]
@@ -349,6 +357,12 @@ def prepare(options: dict) -> dict:
     for kind, act in options["actions"].items():
         if kind not in TYPES or act not in ("redact", "drop"):
             raise UserError(f"pii: actions must map a type in {TYPES} to 'redact' or 'drop', got {kind}: {act}")
+    if options["engine"] not in ("builtin", "presidio", "both"):
+        raise UserError(f"pii: engine must be 'builtin', 'presidio' or 'both', got {options['engine']!r}")
+    if options["engine"] != "builtin":
+        from data_filters import pii_presidio
+
+        pii_presidio.engine(options["spacy_model"])  # fail here, once, if Presidio cannot start
     unknown = [t for t in options["types"] if t not in TYPES]
     if unknown:
         raise UserError(f"pii: unknown PII type(s) {unknown}; valid: {TYPES}")

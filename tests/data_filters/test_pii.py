@@ -78,3 +78,18 @@ def test_bad_options_are_user_errors():
         build("pii", {"actoin": "drop"})
     with pytest.raises(UserError, match="unknown PII type"):
         build("pii", {"types": ["EMAILS"]})
+
+
+def test_presidio_engine_offline():
+    """Presidio's recognizers run offline on a blank spaCy pipeline, as an alternative engine."""
+    batch = {"messages": [_msgs("Mail jane@corp.com, card 4111 1111 1111 1111, IBAN GB82 WEST 1234 5698 7654 32."),
+                          _msgs("The sum of 12 and 30 is 42.")]}
+    _, fn, _ = build("pii", {"engine": "presidio"})
+    res = fn(batch)
+    assert {x["type"] for x in res.reasons[0]} >= {"EMAIL", "CREDIT_CARD", "IBAN"}
+    assert res.columns["messages"][0][0]["content"] == "Mail <EMAIL>, card <CREDIT_CARD>, IBAN <IBAN>."
+    assert res.reasons[1] == []
+    _, both, _ = build("pii", {"engine": "both"})
+    assert both(batch).columns["messages"] == res.columns["messages"]
+    with pytest.raises(UserError, match="engine must be"):
+        build("pii", {"engine": "spacy"})
