@@ -95,22 +95,6 @@ def corpus(megabytes: float, seed: int = 0):
         yield row
 
 
-def presidio_engine():
-    import spacy
-    import tldextract
-
-    # Offline: tldextract would try to download the public suffix list; use its bundled snapshot.
-    tldextract.tldextract.TLD_EXTRACTOR = tldextract.TLDExtract(suffix_list_urls=())
-    from presidio_analyzer import AnalyzerEngine
-    from presidio_analyzer.nlp_engine import NlpEngineProvider
-
-    model_dir = tempfile.mkdtemp(prefix="blank_en_")
-    spacy.blank("en").to_disk(model_dir)
-    provider = NlpEngineProvider(nlp_configuration={
-        "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": model_dir}]})
-    return AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
-
-
 def cpu_seconds() -> float:
     """CPU time of this process and its finished children (datasets.map workers)."""
     import resource
@@ -169,7 +153,9 @@ def main() -> None:
         wall, cpu = time_it(lambda: [fn(b) for b in batches])
         results.append((f"  {name} alone (1 proc)", size, wall, cpu, 1))
 
-    engine = presidio_engine()
+    from data_filters import pii_presidio
+
+    engine = pii_presidio.engine()  # Presidio AnalyzerEngine, all its default recognizers, offline
     texts, asize = [], 0.0
     for msgs in sample:
         for m in msgs:
