@@ -2,8 +2,9 @@
 # (inside bubblewrap, as PID 1 of the sandbox) or "group" (rlimits-only mode, on the host).
 #
 # Starting a fresh bubblewrap sandbox plus a Python interpreter costs tens of ms; forking this warm
-# process costs about one. So a sandbox stays up and runs programs one at a time, each in a fresh fork with
-# its own rlimits, and afterwards everything the program left is destroyed before the next one starts:
+# process costs about one. So a sandbox stays up and runs programs one at a time, each in a fresh fork
+# (made ahead of its request, right after the previous reply) with its own rlimits, and afterwards
+# everything the program left is destroyed before the next one starts:
 # every process (as PID 1 of the sandbox's PID namespace, `kill(-1)` reaches them all, detached or not),
 # every file in the writable dirs, every SysV IPC object. The zygote is non-dumpable, so a program running
 # as the same uid can neither ptrace it nor open its /proc files; as PID 1 it cannot be killed from inside.
@@ -39,9 +40,11 @@ def read_exact(fd, n):
 
 
 def send(fd, obj):
-    data = json.dumps(obj).encode()
-    data = struct.pack(">I", len(data)) + data
-    view = memoryview(data)
+    send_raw(fd, json.dumps(obj).encode())
+
+
+def send_raw(fd, data):
+    view = memoryview(struct.pack(">I", len(data)) + data)
     while view:
         view = view[os.write(fd, view):]
 
@@ -96,20 +99,36 @@ def child(req, path, workdir, fds):
     os._exit(rc & 0xFF)
 
 
-def run_one(req, mode, workdir):
-    path = os.path.join(workdir, "main.py")
+def spawn(workdir):
+    """Fork the next program's process ahead of its request (it waits for it on a pipe), so that the fork
+    overlaps the host's turn-around instead of adding to every run."""
+    req_r, req_w = os.pipe()
     stdin_r, stdin_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    t0 = time.monotonic()
     pid = os.fork()
     if pid == 0:
         try:
-            child(req, path, workdir, (stdin_r, out_w, err_w))
+            for fd in (req_w, stdin_w, out_r, err_r):
+                os.close(fd)
+            (n,) = struct.unpack(">I", read_exact(req_r, 4))
+            req = json.loads(read_exact(req_r, n))
+            child(req, os.path.join(workdir, "main.py"), workdir, (stdin_r, out_w, err_w))
         finally:
             os._exit(70)
-    for fd in (stdin_r, out_w, err_w):
+    for fd in (req_r, stdin_r, out_w, err_w):
         os.close(fd)
+    return pid, req_w, stdin_w, out_r, err_r
+
+
+def run_one(req, raw, spare, mode, workdir):
+    pid, req_w, stdin_w, out_r, err_r = spare
+    t0 = time.monotonic()
+    try:
+        send_raw(req_w, raw)
+    except OSError:
+        pass  # the child died before its request: reported from its exit status below
+    os.close(req_w)
     deadline = t0 + req["timeout"]
     cap = req["output_bytes"]
     bufs = {out_r: bytearray(), err_r: bytearray()}
@@ -266,14 +285,17 @@ def main():
     # The first compile() in a process pays one-time set-up (~1 ms here); pay it once, before any fork.
     warm = "from typing import List\ndef f(xs: List[int]) -> int:\n    return sum(xs)\nassert f([1]) == 1\n"
     exec(compile(warm, "<warm-up>", "exec"), {"__name__": "__warmup__"})
+    spare = spawn(workdir)
     send(1, {"ready": True})
     while True:
         try:
             (n,) = struct.unpack(">I", read_exact(0, 4))
-            req = json.loads(read_exact(0, n))
+            raw = read_exact(0, n)
         except EOFError:
             return
-        send(1, run_one(req, mode, workdir))
+        reply = run_one(json.loads(raw), raw, spare, mode, workdir)
+        send(1, reply)
+        spare = spawn(workdir)
 
 
 main()
