@@ -281,6 +281,13 @@ def _eval_loss(model, examples: list[dict], config: Config, pad_id: int) -> floa
     return total / count
 
 
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metrics logged up to `step` (a resumed run logs the later steps again)."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        artifacts.atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
 def latest_checkpoint(out: Path) -> str | None:
     ckpts = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return str(ckpts[-1]) if ckpts else None
@@ -322,6 +329,7 @@ def run(config: Config) -> Path:
     trainer = _make_trainer(model, train_set, eval_set, config, out, tokenizer.pad_token_id,
                             _metrics_callbacks(out))
     resume_from = latest_checkpoint(out) if config.resume else None
+    _truncate_metrics(out / "metrics.jsonl", int(resume_from.rsplit("-", 1)[1]) if resume_from else 0)
     before = _eval_loss(model, eval_set, config, tokenizer.pad_token_id)  # before the Trainer wraps the model
     trainer.train(resume_from_checkpoint=resume_from)
     after = trainer.evaluate()["eval_loss"]

@@ -64,6 +64,9 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     assert refused.returncode == 2 and "--resume" in refused.stderr
 
     posttrain(*args, f"output_dir={killed}", "--resume")
+    logged = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert logged == list(range(1, 11))  # steps 4-5 of the killed run are not logged twice
     a = load_file(str(tmp_path / "straight" / "model.safetensors"))
     b = load_file(str(killed / "model.safetensors"))
     assert a.keys() == b.keys()
