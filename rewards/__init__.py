@@ -20,11 +20,13 @@ import dataclasses
 import functools
 import importlib
 import importlib.util
+import logging
 import math as _math
 import os
 import sys
 from typing import Any, Callable
 
+_log = logging.getLogger("rewards")
 BUILTINS = {
     "math": "rewards.math:math_reward",
     "code": "rewards.code:code_reward",
@@ -154,6 +156,10 @@ def score(rewards: list[Reward], prompts: list, completions: list, columns: dict
     finally:
         if own:
             workers.close()
+    for name, values in per.items():
+        scored = [v for v in values if v is not None]
+        _log.info("reward %s: mean %s over %d scored, %d None", name,
+                  f"{sum(scored) / len(scored):.4f}" if scored else "-", len(scored), len(values) - len(scored))
     return Scores(per, combine(per, {r.name: r.weight for r in rewards}), reasons)
 
 

@@ -44,12 +44,16 @@ def test_contract_violations_are_reported(workers, caplog):
     assert "must return a list of 2 scores" in caplog.text and s.per_reward["r"] == [1.0, 1.0]
 
 
-def test_builtin_rewards_in_workers_with_weights(workers):
+def test_builtin_rewards_in_workers_with_weights(workers, caplog):
+    caplog.set_level("INFO", logger="rewards")
     completions = ["The answer is \\boxed{4}", "The answer is \\boxed{5}"]
     s = score([Reward("math", weight=2.0), Reward("format", weight=0.5)], ["q"] * 2, completions,
               {"answer": ["4", "4"]}, workers=workers)
     assert s.per_reward == {"math": [1.0, 0.0], "format": [1.0, 1.0]}
     assert s.combined == [2.5, 0.5]
+    # each reward's scores are logged on their own
+    assert "reward math: mean 0.5000 over 2 scored, 0 None" in caplog.text
+    assert "reward format: mean 1.0000 over 2 scored, 0 None" in caplog.text
 
 
 def test_length_mismatch_is_an_error(workers):
