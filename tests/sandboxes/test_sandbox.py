@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,7 @@ def test_failures_report_traceback_and_exit_code():
 
 def test_cpu_limit_reports_timeout():
     r = run("while True:\n    pass", limits=Limits(timeout=10, cpu_seconds=1))
-    assert r.status == "timeout" and r.returncode != 0 and r.duration < 10
+    assert r.status == "timeout" and r.returncode == -signal.SIGXCPU  # the CPU rlimit, not the wall clock
 
 
 def test_output_cap_applies_to_stderr_too():
