@@ -1,7 +1,7 @@
 """Code reward: run the completion's program against the row's unit tests in the sandbox.
 
 Rows carry HumanEval-style `prompt` (the function stub), `test` (defining `check(candidate)`) and
-`entry_point`, or `tests`: a list of assert statements. Reward 1.0 if every test passes, else 0.0
+`entry_point`, or `tests`: a list of assert statements (MBPP's `test_list` and `test_setup_code` too). Reward 1.0 if every test passes, else 0.0
 (`fraction=True`: the fraction of tests that pass); None where a row has no tests or the sandbox itself
 failed. A program "passes" only if it runs to a line printing a per-run random token after the tests,
 so a completion that calls `exit(0)` before the tests run does not pass.
@@ -52,7 +52,8 @@ def _counting(statements: list[ast.stmt]) -> tuple[list[ast.stmt], int]:
 
 def build_program(code: str, row: dict, *, fraction: bool, token: str) -> str | None:
     """The program to run for one completion, or None if the row has no tests."""
-    prompt, test, entry_point, tests = (row.get(k) for k in ("prompt", "test", "entry_point", "tests"))
+    prompt, test, entry_point = (row.get(k) for k in ("prompt", "test", "entry_point"))
+    tests = row.get("tests") or row.get("test_list")  # MBPP calls its assert list test_list
     if test and entry_point:
         # A completion that defines the function replaces the stub (whose docstring-only body is valid
         # Python, so the stub's imports and helpers stay); otherwise it continues the stub's body.
@@ -71,6 +72,7 @@ def build_program(code: str, row: dict, *, fraction: bool, token: str) -> str | 
     if tests:
         if isinstance(tests, str):
             tests = [tests]
+        tests = [row["test_setup_code"], *tests] if row.get("test_setup_code") else list(tests)
         if fraction:
             body, n = _counting(ast.parse("\n".join(tests)).body)
             checks = ast.unparse(ast.fix_missing_locations(ast.Module(body=body, type_ignores=[])))
@@ -111,7 +113,8 @@ def code_reward(prompts: list, completions: list, *, fraction: bool = False, tim
                 **columns) -> list[float | None]:
     """1.0 if the completion's program passes all of its row's tests (or the fraction passed)."""
     n = len(completions)
-    rows = [{k: columns[k][i] for k in ("prompt", "test", "entry_point", "tests") if k in columns}
+    rows = [{k: columns[k][i] for k in ("prompt", "test", "entry_point", "tests", "test_list", "test_setup_code")
+             if k in columns}
             for i in range(n)]
     for i, row in enumerate(rows):
         # TRL hands the dataset's `prompt` column over as `prompts`: then that is the stub.

@@ -69,6 +69,13 @@ def test_cheats_and_failures_score_zero(cheat):
     assert code_reward(["p"], [cheat], timeout=2, **columns(1)) == [0.0]
 
 
+def test_mbpp_style_rows():
+    cols = {"test_list": [["assert area(2) == 4", "assert area(3) == 9"]] * 2,
+            "test_setup_code": ["import math", "import math"]}
+    assert code_reward(["p"] * 2, ["def area(s):\n    return int(math.pow(s, 2))", "def area(s):\n    return s"],
+                       **cols) == [1.0, 0.0]
+
+
 def test_rows_without_tests_are_not_scored():
     assert code_reward(["p", "p"], ["def f(): pass", "def f(): pass"], answer=["1", "2"]) == [None, None]
     mixed = code_reward(["p"] * 2, ["def total(xs):\n    return sum(xs) + (xs == [5])"] * 2,
