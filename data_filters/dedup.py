@@ -71,28 +71,44 @@ def minhash(words: list[str], k: int, m) -> list[int]:
     return m.hashvalues.tolist()
 
 
-_WORD_HASH: dict[str, int] = {}
+_B = 0x01000193  # FNV prime: odd, so it has an inverse mod 2^32
+_B_INV = pow(_B, -1, 1 << 32)
 
 
-def _word_hash(word: str) -> int:
-    import xxhash
+def shingle_hashes(texts: list[str], k: int) -> list[np.ndarray]:
+    """uint32 hashes of each text's k-word shingles (texts: words joined by single spaces), all in numpy.
 
-    h = _WORD_HASH[word] = xxhash.xxh32_intdigest(word.encode())
-    return h
-
-
-def shingle_hashes(words: list[str], k: int) -> np.ndarray:
-    """uint32 hashes of a row's k-word shingles: xxh32 per word (memoised: words repeat), combined over
-    each window as a polynomial mod 2^32 in numpy, so no shingle string is ever built."""
-    if len(_WORD_HASH) > 1 << 20:
-        _WORD_HASH.clear()
-    get = _WORD_HASH.get
-    w = np.fromiter((get(x) or _word_hash(x) for x in words), dtype=np.uint32, count=len(words))
-    n = max(1, len(w) - k + 1)
-    h = np.zeros(n, dtype=np.uint32)
-    for j in range(min(k, len(w))):
-        h = h * np.uint32(0x01000193) + w[j:j + n]  # FNV prime; wraps mod 2^32
-    return h
+    A shingle's hash is the polynomial hash (base _B, mod 2^32) of its bytes, " ".join(window).encode().
+    With prefix sums G[t] = sum_{j<t} byte_j * _B^-j, any span's hash is _B^(end-1) * (G[end] - G[start]),
+    so every shingle of the batch costs a few vector operations instead of a Python-level string and call.
+    A text shorter than k words is one shingle.
+    """
+    texts = [t or "\x02" for t in texts]  # an empty row still gets a (constant) shingle
+    data = np.frombuffer("\n".join(texts).encode(), dtype=np.uint8).astype(np.uint32)
+    n = len(data)
+    powers = np.cumprod(np.full(n, _B, dtype=np.uint32), dtype=np.uint32)  # wraps mod 2^32, as intended
+    powers = np.concatenate([np.ones(1, np.uint32), powers[:-1]])  # _B^j
+    inv = np.cumprod(np.full(n, _B_INV, dtype=np.uint32), dtype=np.uint32)
+    inv = np.concatenate([np.ones(1, np.uint32), inv[:-1]])  # _B^-j
+    prefix = np.concatenate([np.zeros(1, np.uint32), np.cumsum(data * inv, dtype=np.uint32)])
+    seps = np.flatnonzero((data == 32) | (data == 10))
+    starts = np.concatenate([[0], seps + 1])
+    ends = np.concatenate([seps, [n]])
+    rows = np.searchsorted(np.flatnonzero(data == 10), starts, side="right")  # row of each word
+    counts = np.bincount(rows, minlength=len(texts))
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    last = first + np.maximum(counts, 1) - 1
+    i = np.arange(len(starts) - k + 1) if len(starts) >= k else np.arange(0)
+    full = i[rows[i + k - 1] == rows[i]] if len(i) else i  # windows inside one row
+    short = np.flatnonzero(counts < k)  # rows with fewer than k words: the whole row
+    span_start = np.concatenate([starts[full], starts[first[short]]])
+    span_end = np.concatenate([ends[full + k - 1], ends[last[short]]])
+    span_row = np.concatenate([rows[full], short])
+    h = powers[span_end - 1] * (prefix[span_end] - prefix[span_start])
+    order = np.argsort(span_row, kind="stable")
+    h, span_row = h[order], span_row[order]
+    bounds = np.searchsorted(span_row, np.arange(len(texts) + 1))
+    return [h[bounds[r]:bounds[r + 1]] for r in range(len(texts))]
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
@@ -104,9 +120,10 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint32(16))
 
 
-def signatures(rows: list[np.ndarray], permutations, chunk: int = 1 << 14) -> list[list[int]]:
+def signatures(rows: list[np.ndarray], permutations, chunk: int = 1 << 13) -> list[list[int]]:
     """datasketch affine32 MinHash signatures (min over a row's hashes of a * fmix(h) + b mod 2^32) for many
-    rows in one numpy pass per chunk of hashes, instead of one small pass per row (tested bit-equal)."""
+    rows in one numpy pass per chunk of hashes, instead of one small pass per row (tested bit-equal).
+    Permutations along the first axis keep each row's minimum a contiguous reduction (4x faster)."""
     a, b = (np.asarray(p, dtype=np.uint32) for p in permutations)
     out, i = [], 0
     while i < len(rows):
@@ -114,9 +131,10 @@ def signatures(rows: list[np.ndarray], permutations, chunk: int = 1 << 14) -> li
         while j < len(rows) and size + len(rows[j]) <= chunk:
             size += len(rows[j])
             j += 1
-        phv = _fmix32(np.concatenate(rows[i:j]))[:, None] * a + b
+        phv = np.multiply.outer(a, _fmix32(np.concatenate(rows[i:j])))
+        phv += b[:, None]
         offsets = np.cumsum([0] + [len(r) for r in rows[i:j - 1]])
-        out += np.minimum.reduceat(phv, offsets, axis=0).tolist()
+        out += np.minimum.reduceat(phv, offsets, axis=1).T.tolist()
         i = j
     return out
 
@@ -124,11 +142,12 @@ def signatures(rows: list[np.ndarray], permutations, chunk: int = 1 << 14) -> li
 def apply(batch: dict[str, list], *, exact=True, near=True, threshold=0.8, num_perm=128, shingle=5,
           roles=("system", "user", "assistant")) -> FilterResult:
     words = [normalise(messages, roles) for messages in batch["messages"]]
-    hashes = [hashlib.blake2b(" ".join(w).encode(), digest_size=16).hexdigest() for w in words]
+    texts = [" ".join(w) for w in words]
+    hashes = [hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in texts]
     if not near:
         sigs = [[] for _ in words]
     elif _scheme():
-        sigs = signatures([shingle_hashes(w, shingle) for w in words], _permutations(num_perm))
+        sigs = signatures(shingle_hashes(texts, shingle), _permutations(num_perm))
     else:
         m = new_minhash(num_perm)
         sigs = [minhash(w, shingle, m) for w in words]

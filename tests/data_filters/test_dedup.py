@@ -54,12 +54,25 @@ def test_rows_dropped_earlier_are_not_reference_copies():
     assert json.loads(out["_reasons"][0]) == []
 
 
-def test_batched_signatures_equal_datasketch():
-    """The batch-vectorised signatures are exactly datasketch's MinHash over the same shingle hashes."""
+def _poly(data: bytes) -> int:
+    h = 0
+    for byte in data:
+        h = (h * 0x01000193 + byte) % (1 << 32)
+    return h
+
+
+def test_shingle_hashes_and_signatures_match_references():
+    """Vectorised shingle hashes equal a plain per-shingle polynomial hash; the batch signatures equal
+    datasketch's MinHash (affine32, seed 1) updated with those hashes."""
     from datasketch import MinHash
 
-    rows = [dedup.normalise(_row(t), ("user", "assistant")) for t in (LONG, "short one", "", LONG[:90])]
-    hashes = [dedup.shingle_hashes(w, 5) for w in rows]
+    rows = [dedup.normalise(_row(t), ("user", "assistant")) for t in (LONG, "short one", "", LONG[:90], "é ü ß")]
+    rows.append([])  # no checked turns at all
+    texts = [" ".join(w) for w in rows]
+    hashes = dedup.shingle_hashes(texts, 5)
+    for words, h in zip(rows, hashes):
+        grams = [" ".join(words[i:i + 5]) for i in range(len(words) - 4)] or [" ".join(words) or "\x02"]
+        assert h.tolist() == [_poly(g.encode()) for g in grams]
     ours = dedup.signatures(hashes, dedup.new_minhash(128).permutations, chunk=40)  # several chunks
     for h, sig in zip(hashes, ours):
         m = MinHash(num_perm=128, seed=1, scheme="affine32", hashfunc=int)
