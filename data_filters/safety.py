@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import re
 
-from data_filters.base import FilterResult, turns
+from data_filters.base import FilterResult, texts_containing, turns
 
 DEFAULTS = {
     "roles": ["assistant"],
@@ -80,8 +80,8 @@ RULES: dict[str, list[str]] = {
 }
 CATEGORIES = list(RULES)
 # Words every rule of a category needs: one of each group (sexual_minors needs a sexual and a minor word).
-# A category's regex runs only on text holding them (lower-cased substring tests, C speed), so clean text
-# costs a few `in` scans, not a regex pass.
+# A category's regex runs only on texts holding them (found with str.find over the batch, C speed), so clean
+# text costs a few substring scans, not a regex pass.
 TRIGGERS = {
     "weapons": (("bomb", "explosive", " ied", "molotov", "napalm", "nerve agent", "sarin", "ricin", "bioweapon",
                  "chemical weapon", "ghost gun", "untraceable gun", "bleach and ammonia", "ammonium nitrate",
@@ -98,10 +98,6 @@ TRIGGERS = {
                "break into", "steal", "launder"),),
     "insult": (("idiot", "moron", "imbecile", "retard", "worthless", "pathetic", "shit", "loser", "fuck"),),
 }
-
-
-def _triggered(category: str, low: str) -> bool:
-    return category == "custom" or all(any(t in low for t in group) for group in TRIGGERS[category])
 
 
 _REFUSAL = re.compile(r"(?i)\b(?:i can(?:no|')t|i cannot|i won'?t|i will not|i'?m (?:sorry|not able|unable)|"
@@ -123,18 +119,36 @@ def _refused(text: str, start: int) -> bool:
     return _REFUSAL.search(text, sentence_start, start) is not None
 
 
-def find(text: str, categories=CATEGORIES, extra_patterns=()) -> list[tuple[int, int, str]]:
-    """(start, end, category) rule matches that are not inside a refusal."""
-    out = []
-    low = text.lower()
+def find_many(texts: list[str], categories=CATEGORIES, extra_patterns=()) -> list[list[tuple[int, int, str]]]:
+    """Per text, (start, end, category) of the first rule match per category that is not in a refusal.
+
+    The trigger words are found with str.find over the whole lower-cased batch; a category's regex then
+    runs only on the few texts holding one word of each of its trigger groups.
+    """
+    out: list[list] = [[] for _ in texts]
+    lows = [t.lower() for t in texts]
+    everything = "\x00".join(lows)
+    offsets, pos = [], 0
+    for low in lows:
+        offsets.append(pos)
+        pos += len(low) + 1
     for category, pattern in _compiled(tuple(categories), tuple(extra_patterns)):
-        if not _triggered(category, low):
-            continue
-        for m in pattern.finditer(text):
-            if not _refused(text, m.start()):
-                out.append((m.start(), m.end(), category))
-                break
+        if category == "custom":
+            idx = range(len(texts))
+        else:
+            groups = [set(texts_containing(group, everything, offsets)) for group in TRIGGERS[category]]
+            idx = sorted(set.intersection(*groups))
+        for j in idx:
+            for m in pattern.finditer(texts[j]):
+                if not _refused(texts[j], m.start()):
+                    out[j].append((m.start(), m.end(), category))
+                    break
     return out
+
+
+def find(text: str, categories=CATEGORIES, extra_patterns=()) -> list[tuple[int, int, str]]:
+    """(start, end, category) rule matches in `text` that are not inside a refusal."""
+    return find_many([text], categories, extra_patterns)[0]
 
 
 def apply(batch: dict[str, list], *, roles=("assistant",), categories=None, extra_patterns=(), classifier=None,
@@ -143,10 +157,8 @@ def apply(batch: dict[str, list], *, roles=("assistant",), categories=None, extr
     n = len(batch["messages"])
     keep, reasons = [True] * n, [[] for _ in range(n)]
     where = [(r, i, text) for r, messages in enumerate(batch["messages"]) for i, text in turns(messages, roles)]
-    everything = "\x00".join(w[2] for w in where).lower()
-    active = [c for c in categories if _triggered(c, everything)]  # most batches: few
-    for r, i, text in where:
-        for start, end, category in find(text, active, extra_patterns):
+    for (r, i, text), found in zip(where, find_many([w[2] for w in where], categories, extra_patterns)):
+        for start, end, category in found:
             keep[r] = False
             reasons[r].append({"filter": "safety", "reason": f"unsafe: {category} (rule)", "turn": i,
                                "span": [start, end], "text": text[start:end]})
