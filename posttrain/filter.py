@@ -234,6 +234,10 @@ def run(config: Config) -> str:
         raise UserError("batch_size must be >= 1")
     options = {name: getattr(config, name) for name in FILTERS if getattr(config, name)}
     chain = build_chain(config.filters, options)  # all config errors surface before any output is touched
+    out_dir = Path(config.output)
+    if out_dir.exists() and any(out_dir.iterdir()) and not config.overwrite:  # say so before the work
+        state = "a finished run" if artifacts.is_done(out_dir) else "an unfinished run"
+        raise UserError(f"output dir {out_dir} already holds {state}; pass --overwrite to replace it")
     started = time.perf_counter()
     cols, bad, nbytes, n_in = read_input(config.input, config.on_bad_row)
     out = run_filters(config, cols, chain)
