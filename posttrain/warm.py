@@ -93,6 +93,12 @@ def accuracy(chosen: list[float], rejected: list[float]) -> float:
     return sum(c > r for c, r in zip(chosen, rejected)) / max(len(chosen), 1)
 
 
+def bt_loss(chosen: list[float], rejected: list[float]) -> float:
+    """Mean Bradley-Terry loss -log sigma(r_chosen - r_rejected) (log 2 = no preference)."""
+    return sum(math.log1p(math.exp(-(c - r))) if c - r > -30 else r - c for c, r in zip(chosen, rejected)) / max(
+        len(chosen), 1)
+
+
 # ----------------------------------------------------------------------------------------------------
 # 1. The shared init
 
@@ -413,7 +419,8 @@ def run(config: Config) -> Path:
         return (scorer.score_ids([p["chosen_ids"] for p in evals]),
                 scorer.score_ids([p["rejected_ids"] for p in evals]))
 
-    report = {"init_accuracy": accuracy(*evaluate(init)), "variants": []}
+    init_scores = evaluate(init)
+    report = {"init_accuracy": accuracy(*init_scores), "init_loss": bt_loss(*init_scores), "variants": []}
     for noise in noises:
         vdir = _variant_dir(out, noise, config.label_noise)
         member_dirs = [vdir / "members" / str(k) for k in range(m)]
@@ -429,7 +436,9 @@ def run(config: Config) -> Path:
                          "learning_rate": j["learning_rate"], "dropout": j["dropout"], "seed": j["seed"]}
                         for r, a, j in zip(mine, members_acc, [j for j in jobs if j["label_noise"] == noise])],
             "members_mean_accuracy": sum(members_acc) / m,
-            "average_accuracy": accuracy(avg_c, avg_r), "ensemble_accuracy": accuracy(ens_c, ens_r)})
+            "average_accuracy": accuracy(avg_c, avg_r), "ensemble_accuracy": accuracy(ens_c, ens_r),
+            "members_mean_loss": sum(bt_loss(r["chosen"], r["rejected"]) for r in mine) / m,
+            "average_loss": bt_loss(avg_c, avg_r), "ensemble_loss": bt_loss(ens_c, ens_r)})
         if vdir != out:
             artifacts.mark_done(vdir)
     clean = next((v for v in report["variants"] if v["label_noise"] == min(noises)), None)
