@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -295,7 +296,8 @@ def write_outputs(out_dir: Path, config: Config, out: dict, original: list, bad:
                     stats["redacted_rows"] += 1
                 for x in reasons:
                     if x["filter"] == name:
-                        stats["spans"][x.get("type") or x["reason"].split(" (")[0]] += 1
+                        # counted by kind: "near duplicate", not "near duplicate of row 17 (jaccard~0.9)"
+                        stats["spans"][x.get("type") or re.split(r" \(| of row ", x["reason"])[0]] += 1
                 if len(stats["examples"]) < config.examples:
                     x = next(x for x in reasons if x["filter"] == name)
                     stats["examples"].append(_example(x, row, out["_id"][r], action))
