@@ -1,6 +1,7 @@
 """A seccomp filter for the sandbox (bwrap --seccomp): refuse, with EPERM, the syscalls that untrusted
 Python programs never need and that make up much of the kernel's attack surface (eBPF, perf, io_uring,
-userfaultfd, keyrings, ptrace, module loading, mounts and namespaces, ...). Hand-assembled classic BPF,
+userfaultfd, keyrings, ptrace, module loading, mounts and namespaces, POSIX message queues, ...).
+Hand-assembled classic BPF,
 so no libseccomp is needed; x86-64 only (elsewhere the sandbox runs without it).
 """
 
@@ -14,7 +15,10 @@ X32_SYSCALL_BIT = 0x40000000
 DENIED_X86_64 = {  # name: x86-64 syscall number
     "ptrace": 101, "personality": 135, "vhangup": 153, "pivot_root": 155, "chroot": 161, "acct": 163,
     "mount": 165, "umount2": 166, "swapon": 167, "swapoff": 168, "reboot": 169, "iopl": 172, "ioperm": 173,
-    "init_module": 175, "delete_module": 176, "quotactl": 179, "lookup_dcookie": 212, "kexec_load": 246,
+    "init_module": 175, "delete_module": 176, "quotactl": 179, "lookup_dcookie": 212,
+    # POSIX message queues outlive a program inside a warm sandbox and cannot be listed to be wiped
+    "mq_open": 240, "mq_unlink": 241, "mq_timedsend": 242, "mq_timedreceive": 243, "mq_notify": 244,
+    "mq_getsetattr": 245, "kexec_load": 246,
     "add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272, "perf_event_open": 298,
     "fanotify_init": 300, "name_to_handle_at": 303, "open_by_handle_at": 304, "setns": 308,
     "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312, "finit_module": 313,

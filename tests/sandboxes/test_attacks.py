@@ -361,7 +361,8 @@ def test_kernel_attack_surface_syscalls_are_refused(sandbox):
     if deny_filter() is None:
         pytest.skip("the seccomp filter has a syscall table for x86-64 only")
     names = ["bpf", "perf_event_open", "io_uring_setup", "userfaultfd", "keyctl", "add_key", "ptrace",
-             "process_vm_readv", "init_module", "kexec_load", "setns", "unshare", "fsopen", "open_by_handle_at"]
+             "process_vm_readv", "init_module", "kexec_load", "setns", "unshare", "fsopen", "open_by_handle_at",
+             "mq_open"]
     r = attack(sandbox, f"""
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
