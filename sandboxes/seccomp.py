@@ -1,8 +1,7 @@
 """A seccomp filter for the sandbox (bwrap --seccomp): refuse, with EPERM, the syscalls that untrusted
 Python programs never need and that make up much of the kernel's attack surface (eBPF, perf, io_uring,
 userfaultfd, keyrings, ptrace, module loading, mounts and namespaces, POSIX message queues, ...).
-Hand-assembled classic BPF,
-so no libseccomp is needed; x86-64 only (elsewhere the sandbox runs without it).
+Hand-assembled classic BPF, so no libseccomp is needed; x86-64 only (elsewhere the sandbox runs without).
 """
 
 from __future__ import annotations
