@@ -12,6 +12,7 @@ trivial case and >= 5x the anchor.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -92,13 +93,14 @@ def main() -> None:
 
     print(f"\n{sandboxes.available_cores()} usable cores; pool start-up: "
           + ", ".join(f"{w} sandboxes {t * 1000:.0f} ms" for w, t in startups.items())
-          + f"; median of {args.rounds} rounds\n")
+          + f"; median of {args.rounds} rounds; load average {os.getloadavg()[0]:.1f} (a shared machine)\n")
     header = (f"{'workers':>7} {'workload':22} {'harness':38} {'n':>5} {'seconds':>8} {'exec/s':>8} {'passed':>7} "
               f"{'vs anchor':>10}")
     print(header)
     print("-" * len(header))
     for workers, name, harness, n, secs, passed, ratio in rows:
         print(f"{workers:7d} {name:22} {harness:38} {n:5d} {secs:8.2f} {n / secs:8.1f} {passed:7d} {ratio:9.1f}x")
+
 
 if __name__ == "__main__":
     main()
