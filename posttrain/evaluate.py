@@ -1,8 +1,9 @@
 """`posttrain eval`: generate for held-out prompts (greedy, and n samples) and score them with the rewards.
 
-Reports, per reward and overall: greedy accuracy (mean score of the greedy completion) and pass@k from
-the n samples with the unbiased estimator of Chen et al. 2021 (a sample passes a reward when it scores
-1.0; "overall" means every reward that applies to the row passes). Writes `report.json`,
+Reports, per reward and overall: greedy accuracy (the mean score of the greedy completions: accuracy for
+0/1 rewards, the mean RM score for `reward_model`) and pass@k from the n samples with the unbiased
+estimator of Chen et al. 2021 (a sample passes a reward when it scores 1.0; "overall" means every
+pass/fail reward that applies to the row passes; `reward_model` is a score, so it has neither). Writes `report.json`,
 `completions.jsonl` (every completion with its scores and, where a score is None, why), `metrics.jsonl`,
 TensorBoard scalars, `posttrain.json` and `DONE`, and prints a table.
 
@@ -31,8 +32,9 @@ class Config:
     data: list[str] = doc(["data/demo/eval_math.jsonl", "data/demo/eval_code.jsonl"],
                           "held-out eval files (.jsonl, .parquet or datasets dirs): rows with 'messages' plus "
                           "the rewards' columns (answer; prompt/test/entry_point or tests)")
-    rewards: list[str] = doc(["math", "code"], "rewards: built-in names (math, code, format), "
+    rewards: list[str] = doc(["math", "code"], "rewards: built-in names (math, code, format, reward_model), "
                              "package.module:function or path/to/file.py:function")
+    reward_model: str | None = doc(None, "reward-model dir (a `posttrain rm` output) for the reward_model reward")
     reward_weights: list[float] | None = doc(None, "one weight per reward for the combined score (default 1)")
     output_dir: str = doc("runs/eval", "where report.json, completions.jsonl and metrics go")
     max_examples: int | None = doc(None, "evaluate only the first N rows of each file (None = all)")
@@ -86,6 +88,11 @@ def _rewards(config: Config) -> list:
         options = {}
         if spec == "code":
             options = {"timeout": config.code_timeout, "isolation": config.sandbox_isolation}
+        elif spec == "reward_model":
+            if not config.reward_model:
+                raise UserError("the reward_model reward needs --reward_model DIR (a `posttrain rm` output)")
+            artifacts.require_done(config.reward_model, "reward model")
+            options = {"model": config.reward_model}
         try:
             rewards.load(spec, **options)  # fail now, with a clear message, not inside a worker
         except rewards.RewardSpecError as e:
@@ -140,11 +147,14 @@ def generate(model, tokenizer, prompts: list[list[int]], *, n: int, sample: bool
     return out
 
 
+SCALAR_REWARDS = ("reward_model",)  # a score, not pass/fail: no pass@k, not part of "overall"
+
+
 def summarize(names: list[str], greedy: dict[str, list], sampled: dict[str, list[list]], combined: list,
-              pass_k: list[int]) -> dict:
+              pass_k: list[int], scalar: tuple[str, ...] = SCALAR_REWARDS) -> dict:
     """Per reward and overall: greedy accuracy, sampled mean, pass@k over the rows each reward applies to."""
 
-    def block(greedy_scores: list, sample_scores: list[list]) -> dict:
+    def block(greedy_scores: list, sample_scores: list[list], pass_k=pass_k) -> dict:
         rows = [i for i, s in enumerate(greedy_scores) if s is not None]
         res = {"rows": len(rows),
                "greedy_accuracy": sum(greedy_scores[i] for i in rows) / len(rows) if rows else None}
@@ -161,13 +171,14 @@ def summarize(names: list[str], greedy: dict[str, list], sampled: dict[str, list
         present = [s for s in scores if s is not None]
         return float(all(s >= 1.0 for s in present)) if present else None
 
-    per = {name: block(greedy[name], sampled.get(name, [])) for name in names}
+    per = {name: block(greedy[name], sampled.get(name, []), () if name in scalar else pass_k) for name in names}
     n_rows = len(combined)
-    overall_greedy = [all_pass([greedy[name][i] for name in names]) for i in range(n_rows)]
+    graded = [name for name in names if name not in scalar]
+    overall_greedy = [all_pass([greedy[name][i] for name in graded]) for i in range(n_rows)]
     overall_sampled = []
     if sampled:
         n = len(next(iter(sampled.values()))[0]) if n_rows else 0
-        overall_sampled = [[all_pass([sampled[name][i][j] for name in names]) for j in range(n)]
+        overall_sampled = [[all_pass([sampled[name][i][j] for name in graded]) for j in range(n)]
                            for i in range(n_rows)]
     overall = block(overall_greedy, overall_sampled)
     present = [c for c in combined if c is not None]

@@ -31,6 +31,7 @@ BUILTINS = {
     "math": "rewards.math:math_reward",
     "code": "rewards.code:code_reward",
     "format": "rewards.format:format_reward",
+    "reward_model": "rewards.reward_model:reward_model",  # needs model=<RM dir> (a `posttrain rm` output)
 }
 
 

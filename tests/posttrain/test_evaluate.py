@@ -77,6 +77,12 @@ def test_summarize_per_reward_and_overall():
     assert overall["greedy_accuracy"] == pytest.approx(1 / 3)
     assert overall["pass@1"] == pytest.approx((0.5 + 0.0 + 0.5) / 3)
     assert overall["combined_greedy_mean"] == pytest.approx(2 / 3)
+    # a scalar reward (the reward model) gets means only, and does not enter "overall"
+    with_rm = summarize(["math", "code", "reward_model"], {**greedy, "reward_model": [0.3, 0.9, 0.1]},
+                        {**sampled, "reward_model": [[0.2, 0.4], [0.9, 0.8], [0.1, 0.0]]}, [1.0, 1.0, 0.0], [1, 2])
+    assert with_rm["per_reward"]["reward_model"] == {"rows": 3, "greedy_accuracy": pytest.approx(13 / 30),
+                                                     "sampled_mean": pytest.approx(2.4 / 6)}
+    assert with_rm["overall"] == overall
 
 
 PARITY = "def parity(prompts, completions, **columns):\n    return [float(len(c) % 2 == 0) for c in completions]\n"
@@ -136,6 +142,8 @@ def test_eval_end_to_end_on_a_tiny_model(tmp_path, eval_data, capsys):
     (["reward_weights=[1.0]"], "reward_weights has 1 values for 3 rewards"),
     (["sandbox_isolation=docker"], "sandbox_isolation"),
     (["--model", "/no/such/model"], "model not found"),
+    (["--rewards", "math,reward_model"], "needs --reward_model DIR"),
+    (["--rewards", "reward_model", "--reward_model", "/no/such/rm"], "reward model not found"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, eval_data, capsys, extra, message):
     assert run_eval(tmp_path / "out", eval_data, *extra) == 2

@@ -12,6 +12,7 @@ def test_load_builtins_module_and_file(tmp_path, monkeypatch):
     assert load("math").__name__ == "math_reward"
     assert load("code").__name__ == "code_reward"
     assert load("format").__name__ == "format_reward"
+    assert load("reward_model", model="runs/rm").__name__ == "reward_model"
     assert load("rewards.math:math_reward") is load("math")
     f = tmp_path / "my_rewards.py"
     f.write_text("def length(prompts, completions, scale=1.0, **kw):\n"

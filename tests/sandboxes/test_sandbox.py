@@ -126,7 +126,7 @@ def test_limits_are_validated():
 
 def test_imports_without_torch_or_ray():
     code = ("import sys, sandboxes, rewards\nimport rewards.math, rewards.code, rewards.format, rewards.workers\n"
-            "rewards.load('math'), rewards.load('code')\n"
+            "rewards.load('math'), rewards.load('code'), rewards.load('reward_model')\n"
             "assert 'torch' not in sys.modules and 'ray' not in sys.modules, "
             "[m for m in sys.modules if m.startswith(('torch', 'ray'))]")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
