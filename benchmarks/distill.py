@@ -27,6 +27,7 @@ import tempfile
 import time
 
 VOCAB = 262_144
+CHUNK = int(os.environ.get("KD_CHUNK", 256))  # posttrain sft's logit_chunk default
 
 
 def _configs():
@@ -58,7 +59,8 @@ def run_variant(variant: str, steps: int, batch: int, seq: int, targets_path: st
     teacher_cfg, student_cfg = _configs()
     student = AutoModelForCausalLM.from_config(student_cfg, dtype=torch.float32)
     student.train()
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
+    # fused AdamW: what the HF Trainer (and so `posttrain sft`) uses by default (adamw_torch_fused)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5, fused=True)
     reply = seq // 2
     g = torch.Generator().manual_seed(1)
     batches = [torch.randint(10, VOCAB, (batch, seq), generator=g) for _ in range(steps + 1)]
@@ -100,7 +102,7 @@ def run_variant(variant: str, steps: int, batch: int, seq: int, targets_path: st
             if variant == "posttrain":
                 t_ids, t_w = targets[i]
                 h = hidden[:, positions].reshape(-1, hidden.shape[-1])
-                loss = sparse_kd_loss(h, student.lm_head, t_ids, t_w, chunk_size=256) / h.shape[0]
+                loss = sparse_kd_loss(h, student.lm_head, t_ids, t_w, chunk_size=CHUNK) / h.shape[0]
             else:
                 with torch.no_grad():
                     t_hidden = teacher.model(ids).last_hidden_state
