@@ -351,7 +351,9 @@ def run(config: Config) -> Path:
                              inputs={"data": config.data, "data_sha256": artifacts.file_sha256(config.data)
                                      if Path(config.data).is_file() else None,
                                      "teacher": str(teacher_dir), "student_init": str(student_dir),
-                                     "targets": str(targets)})
+                                     "student_init_sha256": artifacts.dir_sha256(student_dir),
+                                     "targets": str(targets), "targets_key": json.loads(
+                                         (targets / "manifest.json").read_text())["inputs"]})
     artifacts.mark_done(out)
     _print_summary(summary)
     return out

@@ -35,6 +35,7 @@ def test_sft_end_to_end_writes_a_loadable_hf_dir_and_lowers_the_loss(tmp_path):
     record = json.loads((out / "posttrain.json").read_text())
     assert record["stage"] == "sft" and record["config"]["max_steps"] == 12  # the --max_steps flag took effect
     assert record["versions"]["torch"] and record["inputs"]["data_sha256"]
+    assert len(record["inputs"]["targets_key"]["teacher_sha256"]) == 64 and record["inputs"]["student_init_sha256"]
     summary = record["summary"]
     assert summary["steps"] == 12
     assert summary["eval_kd_loss_after"] < summary["eval_kd_loss_before"] - 0.05, summary
