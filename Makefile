@@ -25,7 +25,7 @@ demo: setup
 	$(BIN)/posttrain demo
 
 test: setup
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 clean:
 	rm -rf $(VENV) build *.egg-info
