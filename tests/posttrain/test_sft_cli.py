@@ -144,3 +144,15 @@ def test_deepspeed_zero3_config_passes_through(tmp_path):
     assert record["config"]["deepspeed"] == str(ds) and record["summary"]["steps"] == 2
     model = AutoModelForCausalLM.from_pretrained(out)  # the gathered full weights, not ZeRO-3 shards
     assert model.model.embed_tokens.weight.shape == (model.config.vocab_size, model.config.hidden_size)
+
+
+def test_lora_run_saves_merged_full_weights(tmp_path):
+    out = tmp_path / "lora"
+    posttrain("sft", "--config", TINY, f"output_dir={out}", "max_steps=3", "lora_r=4", "lora_alpha=8")
+    trained = load_file(str(out / "model.safetensors"))
+    assert not any("lora_" in k for k in trained)  # adapters merged into plain HF weights
+    student_init = json.loads((out / "posttrain.json").read_text())["inputs"]["student_init"]
+    init = load_file(os.path.join(student_init, "model.safetensors"))
+    assert trained.keys() == init.keys()
+    changed = [k for k in trained if not torch.equal(trained[k], init[k])]
+    assert changed and all(any(m in k for m in ("q_proj", "k_proj", "v_proj", "o_proj")) for k in changed)
