@@ -1,0 +1,184 @@
+"""Best-of-N sampling: N completions per prompt in one batched decode, with the log-probs the RL losses need.
+
+  1. prefill the B (left-padded) prompts once;
+  2. repeat the KV cache N times along the batch (`DynamicCache.batch_repeat_interleave`): the prompt prefix
+     is never recomputed per sample;
+  3. decode the B·N rows together with a plain loop (temperature, top-p), each row stopping at
+     `<end_of_turn>` or eos, or at max_new_tokens.
+
+Randomness: every (prompt, sample) row owns a row of uniforms u[b, j, t] drawn up front from the seeded
+generator, and picks its token by inverse-CDF sampling. A completion therefore depends only on its own
+noise row, not on which other prompts share the batch (tested against decoding each row alone).
+
+Log-probs are those of the sampled tokens under the model at temperature 1 (softcapped logits, as the model
+defines them), whatever the sampling temperature: that is the π(y) the BOND losses use.
+`sequence_logprobs` recomputes the same values with one teacher-forced forward (for training and for the
+anchor/reference log-probs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from posttrain.data import END_OF_TURN
+
+
+@dataclasses.dataclass
+class Rollout:
+    """M = B·N completions, row b·N + j is sample j of prompt b. `tokens` holds the completion (stop token
+    included, pad after it), `mask` marks its real tokens, `logprobs` their temperature-1 log-probs."""
+    prompt_index: torch.Tensor  # (M,) long
+    tokens: torch.Tensor  # (M, T) long
+    logprobs: torch.Tensor  # (M, T) float32, 0 where ~mask
+    mask: torch.Tensor  # (M, T) bool
+    finished: torch.Tensor  # (M,) bool: stopped at a stop token (False: cut at max_new_tokens)
+    texts: list[str]  # decoded completion, stop token excluded
+
+    def completion_ids(self, i: int) -> list[int]:
+        return self.tokens[i][self.mask[i]].tolist()
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    ids = {tokenizer.convert_tokens_to_ids(END_OF_TURN)}
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _pick(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Inverse-CDF sample from softmax(logits / temperature) restricted to the top-p nucleus;
+    temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = F.softmax(logits / temperature, dim=-1)
+    order = None
+    if top_p < 1.0:
+        probs, order = probs.sort(dim=-1, descending=True)
+        # keep a token if the mass before it is < top_p (the top token is always kept)
+        probs = probs * ((probs.cumsum(-1) - probs) < top_p)
+    cdf = probs.cumsum(-1)
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    # rounding can put u·total at the very end of the cdf: fall back to the last token with mass
+    last = (probs > 0).long().cumsum(-1).argmax(-1)
+    idx = torch.minimum(idx, last)
+    return idx if order is None else order.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[list[int]], n: int, *, max_new_tokens: int = 64,
+           temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None,
+           noise: torch.Tensor | None = None) -> Rollout:
+    """n completions for each prompt (token id lists from `posttrain.data.prompt_ids`).
+
+    `noise` (B, n, max_new_tokens) uniforms override the ones drawn from `generator` (tests use it to
+    replay one row's randomness alone)."""
+    from transformers import DynamicCache
+
+    device = _device(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    stops = torch.tensor(stop_token_ids(tokenizer), device=device)
+    b, m = len(prompts), len(prompts) * n
+    if noise is None:
+        # drawn on the CPU so a seed gives the same samples on any device
+        noise = torch.rand((b, n, max_new_tokens), generator=generator)
+    noise = noise.reshape(m, max_new_tokens).to(device)
+
+    ids, attn = _left_pad(prompts, pad_id, device)
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)
+    cache.batch_repeat_interleave(n)
+    attn = attn.repeat_interleave(n, dim=0)
+    next_pos = positions[:, -1:].repeat_interleave(n, dim=0) + 1
+
+    done = torch.zeros(m, dtype=torch.bool, device=device)
+    tokens, logps, masks = [], [], []
+    for t in range(max_new_tokens):
+        tok = _pick(logits, noise[:, t], temperature, top_p)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        tokens.append(tok)
+        logps.append(F.log_softmax(logits, dim=-1).gather(-1, tok.unsqueeze(-1)).squeeze(-1))
+        masks.append(~done)
+        done = done | torch.isin(tok, stops)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        # finished rows keep decoding pad tokens (masked out): simpler than shrinking the cache
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
+        out = model(input_ids=tok.unsqueeze(-1), attention_mask=attn, position_ids=next_pos,
+                    past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1].float()
+        next_pos = next_pos + 1
+
+    tokens = torch.stack(tokens, dim=1)
+    mask = torch.stack(masks, dim=1)
+    logprobs = torch.stack(logps, dim=1) * mask
+    texts = []
+    for i in range(m):
+        seq = tokens[i][mask[i]].tolist()
+        if seq and seq[-1] in stops.tolist():
+            seq = seq[:-1]
+        texts.append(tokenizer.decode(seq, skip_special_tokens=False))
+    prompt_index = torch.arange(b, device=device).repeat_interleave(n)
+    return Rollout(prompt_index=prompt_index, tokens=tokens, logprobs=logprobs, mask=mask,
+                   finished=done, texts=texts)
+
+
+def sequence_logprobs(model, prompts: list[list[int]], prompt_index: torch.Tensor, tokens: torch.Tensor,
+                      mask: torch.Tensor) -> torch.Tensor:
+    """(M, T) temperature-1 log-probs of `tokens` (completions of prompts[prompt_index[i]]) from one
+    teacher-forced forward; 0 where ~mask. Differentiable (training) unless called under no_grad.
+
+    Sequences are right-padded (prompt + completion, then pad), so positions are plain aranges and padding
+    never precedes a real token; only completion positions are projected to the vocabulary."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = _device(model)
+    m, width = tokens.shape
+    lengths = mask.sum(-1).tolist()
+    seqs = [prompts[int(p)] + tokens[i, :lengths[i]].tolist() for i, p in enumerate(prompt_index.tolist())]
+    total = max(len(s) for s in seqs)
+    ids = torch.zeros((m, total), dtype=torch.long)
+    attn = torch.zeros((m, total), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        attn[i, :len(s)] = 1
+    ids, attn = ids.to(device), attn.to(device)
+    hidden = base.model(input_ids=ids, attention_mask=attn).last_hidden_state
+    # completion token t of row i is predicted at position len(prompt_i) + t - 1
+    rows, cols, slots = [], [], []
+    for i, p in enumerate(prompt_index.tolist()):
+        start = len(prompts[int(p)]) - 1
+        for t in range(lengths[i]):
+            rows.append(i)
+            cols.append(start + t)
+            slots.append(i * width + t)
+    rows_t = torch.tensor(rows, device=device)
+    cols_t = torch.tensor(cols, device=device)
+    logits = base.lm_head(hidden[rows_t, cols_t])
+    softcap = getattr(base.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    logits = logits.float()
+    targets = tokens.to(device)[mask.to(device)]
+    lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    out = torch.zeros(m * width, dtype=torch.float32, device=device)
+    out = out.index_put((torch.tensor(slots, device=device),), lp)
+    return out.view(m, width)
