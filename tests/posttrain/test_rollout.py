@@ -1,0 +1,89 @@
+"""Batched best-of-N sampling on a real tiny Gemma 3 (sliding window 8, so prompts cross the window)."""
+
+import pytest
+import torch
+
+from posttrain.data import END_OF_TURN, prompt_ids
+from posttrain.models import load_causal_lm
+from posttrain.rollout import sample, sequence_logprobs
+
+MODEL = "tiny:sliding_window=8"
+NEW = 10
+
+
+@pytest.fixture(scope="module")
+def lm():
+    torch.set_num_threads(1)
+    model, tok = load_causal_lm(MODEL)
+    model.eval()
+    prompts = [prompt_ids(tok, [{"role": "user", "content": "hi"}]),
+               prompt_ids(tok, [{"role": "user", "content": "a much longer prompt than the first"}])]
+    assert len(prompts[0]) < len(prompts[1])  # the first is left-padded in a batch
+    return model, tok, prompts
+
+
+def test_sampled_logprobs_equal_a_teacher_forced_forward(lm):
+    model, tok, prompts = lm
+    r = sample(model, tok, prompts, 3, max_new_tokens=NEW, temperature=0.7, top_p=0.9,
+               generator=torch.Generator().manual_seed(0))
+    assert r.tokens.shape == (6, NEW) and r.prompt_index.tolist() == [0, 0, 0, 1, 1, 1]
+    with torch.no_grad():
+        forward = sequence_logprobs(model, prompts, r.prompt_index, r.tokens, r.mask)
+    # fp32 on CPU; cached decode vs one full forward differ by summation order only (~1e-6)
+    torch.testing.assert_close(forward, r.logprobs, atol=1e-4, rtol=0)
+    assert (r.logprobs[r.mask] < 0).all() and (r.logprobs[~r.mask] == 0).all()
+    # the forward is differentiable (training uses it)
+    lp = sequence_logprobs(model, prompts, r.prompt_index, r.tokens, r.mask)
+    lp.sum().backward()
+    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+
+
+def test_cache_repeat_and_left_padding_match_each_row_decoded_alone(lm):
+    model, tok, prompts = lm
+    noise = torch.rand((2, 2, NEW), generator=torch.Generator().manual_seed(1))
+    batched = sample(model, tok, prompts, 2, max_new_tokens=NEW, noise=noise)
+    assert not torch.equal(batched.tokens[0], batched.tokens[1])  # the samples of one prompt differ
+    for b in range(2):
+        for j in range(2):
+            alone = sample(model, tok, [prompts[b]], 1, max_new_tokens=NEW, noise=noise[b:b + 1, j:j + 1])
+            i = b * 2 + j
+            assert alone.tokens[0].tolist() == batched.tokens[i].tolist(), (b, j)
+            torch.testing.assert_close(alone.logprobs[0], batched.logprobs[i], atol=1e-4, rtol=0)
+
+
+def test_greedy_matches_hf_generate(lm):
+    model, tok, prompts = lm
+    ours = sample(model, tok, prompts, 2, max_new_tokens=NEW, temperature=0)
+    for b, p in enumerate(prompts):
+        ref = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                             max_new_tokens=NEW, do_sample=False)[0, len(p):].tolist()
+        assert ours.completion_ids(2 * b) == ref and ours.completion_ids(2 * b + 1) == ref
+
+
+def test_seeded_sampling_is_deterministic(lm):
+    model, tok, prompts = lm
+    a = sample(model, tok, prompts[:1], 2, max_new_tokens=NEW, generator=torch.Generator().manual_seed(3))
+    b = sample(model, tok, prompts[:1], 2, max_new_tokens=NEW, generator=torch.Generator().manual_seed(3))
+    c = sample(model, tok, prompts[:1], 2, max_new_tokens=NEW, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
+
+
+def test_stops_at_end_of_turn(lm):
+    model, tok, prompts = lm
+    eot = tok.convert_tokens_to_ids(END_OF_TURN)
+    noise = torch.rand((1, 2, NEW), generator=torch.Generator().manual_seed(2))
+    first = sample(model, tok, prompts[:1], 2, max_new_tokens=NEW, noise=noise)
+    assert not first.finished.any() and first.mask.all()
+    # Steer row 0's 4th draw into <end_of_turn>'s slice of the inverse CDF (temperature 1, no top-p).
+    prefix = first.tokens[0, :3].tolist()
+    with torch.no_grad():
+        logits = model(torch.tensor([prompts[0] + prefix])).logits[0, -1].float()
+    cdf = torch.softmax(logits, -1).cumsum(-1)
+    noise[0, 0, 3] = (cdf[eot - 1] + cdf[eot]) / 2 / cdf[-1]
+    r = sample(model, tok, prompts[:1], 2, max_new_tokens=NEW, noise=noise)
+    assert r.tokens[0, :4].tolist() == prefix + [eot]
+    assert r.mask[0].tolist() == [True] * 4 + [False] * (NEW - 4)
+    assert (r.tokens[0, 4:] == tok.pad_token_id).all() and (r.logprobs[0, 4:] == 0).all()
+    assert r.finished.tolist() == [True, False] and r.mask[1].all()  # the other row goes on
+    assert r.completion_ids(0) == prefix + [eot] and r.texts[0] == tok.decode(prefix)
