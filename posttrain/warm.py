@@ -234,11 +234,8 @@ def train_member(job: dict) -> dict:
     staging = artifacts.atomic_dir(out / "model")
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    scorer = RewardModelScorer.__new__(RewardModelScorer)  # score with the trained weights already in memory
-    scorer.model, scorer.tokenizer, scorer.device = model.eval(), tokenizer, "cpu"
-    scorer.batch_size, scorer.max_length = c["batch_size"] * 2, c["max_length"]
-    if torch.cuda.is_available():
-        scorer.device = "cuda"
+    scorer = RewardModelScorer.from_model(model, tokenizer, batch_size=c["batch_size"] * 2,
+                                          max_length=c["max_length"])
     chosen = scorer.score_ids([p["chosen_ids"] for p in job["eval"]])
     rejected = scorer.score_ids([p["rejected_ids"] for p in job["eval"]])
     scores = {"chosen": chosen, "rejected": rejected}

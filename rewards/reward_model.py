@@ -77,6 +77,15 @@ class RewardModelScorer:
                              f"got {self.model.config.num_labels}")
         self.batch_size, self.max_length = batch_size, max_length
 
+    @classmethod
+    def from_model(cls, model, tokenizer, *, batch_size: int = 16, max_length: int = 1024) -> "RewardModelScorer":
+        """A scorer around a model already in memory (e.g. a member right after training)."""
+        self = cls.__new__(cls)
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.device = next(model.parameters()).device
+        self.batch_size, self.max_length = batch_size, max_length
+        return self
+
     def score_ids(self, seqs: list[list[int]]) -> list[float]:
         import torch
 
