@@ -87,3 +87,17 @@ def test_stops_at_end_of_turn(lm):
     assert (r.tokens[0, 4:] == tok.pad_token_id).all() and (r.logprobs[0, 4:] == 0).all()
     assert r.finished.tolist() == [True, False] and r.mask[1].all()  # the other row goes on
     assert r.completion_ids(0) == prefix + [eot] and r.texts[0] == tok.decode(prefix)
+
+
+def test_top_p_keeps_only_the_nucleus(lm):
+    model, tok, prompts = lm
+    greedy = sample(model, tok, prompts, 2, max_new_tokens=NEW, temperature=0)
+    # a nucleus of (almost) no mass keeps only the top token: sampling at any temperature is then greedy
+    tiny_p = sample(model, tok, prompts, 2, max_new_tokens=NEW, temperature=2.0, top_p=1e-6,
+                    generator=torch.Generator().manual_seed(0))
+    full_p = sample(model, tok, prompts, 2, max_new_tokens=NEW, temperature=2.0, top_p=1.0,
+                    generator=torch.Generator().manual_seed(0))
+    assert torch.equal(tiny_p.tokens, greedy.tokens)
+    assert not torch.equal(full_p.tokens, greedy.tokens)
+    # log-probs stay those of the temperature-1 model, whatever the sampling temperature
+    torch.testing.assert_close(tiny_p.logprobs, greedy.logprobs, atol=1e-5, rtol=0)
