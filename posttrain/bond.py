@@ -171,3 +171,18 @@ def jbond_loss(*, logp_policy: torch.Tensor, logp_anchor: torch.Tensor, reward: 
              "kl_anchor": kl.mean().item(), "reward_bond": torch.nanmean(reward).item(),
              "valid_samples": int((~torch.isnan(adv)).sum())}
     return loss, stats
+
+
+# ----------------------------------------------------------------------------------------------------
+# Moving anchor
+
+
+@torch.no_grad()
+def ema_update(anchor_params, policy_params, eta: float = 0.02) -> None:
+    """θ_a ← (1−η)·θ_a + η·θ, in place, tensor by tensor (pass only the trainable tensors, e.g. the LoRA
+    adapters, when the frozen base is shared)."""
+    anchor_params, policy_params = list(anchor_params), list(policy_params)
+    if len(anchor_params) != len(policy_params):
+        raise ValueError(f"anchor has {len(anchor_params)} tensors, policy {len(policy_params)}")
+    for a, p in zip(anchor_params, policy_params):
+        a.lerp_(p.detach().to(a.dtype), eta)

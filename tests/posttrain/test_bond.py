@@ -161,3 +161,17 @@ def test_jbond_loss_combines_the_terms_with_beta_and_gamma():
     theta, _ = _toy(3)
     regulariser_loss(torch.log_softmax(theta, -1)[y], logp_anchor).backward()
     torch.testing.assert_close(grads["all"], 0.7 * grads["fw"] + 0.3 * grads["bw"] + 0.5 * theta.grad)
+
+
+def test_ema_anchor_update():
+    from posttrain.bond import ema_update
+
+    anchor = [torch.tensor([1.0, 2.0]), torch.tensor([[0.0]])]
+    policy = [torch.tensor([3.0, 0.0], requires_grad=True), torch.tensor([[10.0]], requires_grad=True)]
+    ema_update(anchor, policy, eta=0.25)
+    torch.testing.assert_close(anchor[0], torch.tensor([1.5, 1.5]))  # 0.75·θ_a + 0.25·θ
+    torch.testing.assert_close(anchor[1], torch.tensor([[2.5]]))
+    ema_update(anchor, policy, eta=1.0)
+    assert torch.equal(anchor[0], policy[0].detach()) and not anchor[0].requires_grad
+    with pytest.raises(ValueError):
+        ema_update(anchor, policy[:1])
