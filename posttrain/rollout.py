@@ -163,22 +163,15 @@ def sequence_logprobs(model, prompts: list[list[int]], prompt_index: torch.Tenso
     ids, attn = ids.to(device), attn.to(device)
     hidden = base.model(input_ids=ids, attention_mask=attn).last_hidden_state
     # completion token t of row i is predicted at position len(prompt_i) + t - 1
-    rows, cols, slots = [], [], []
-    for i, p in enumerate(prompt_index.tolist()):
-        start = len(prompts[int(p)]) - 1
-        for t in range(lengths[i]):
-            rows.append(i)
-            cols.append(start + t)
-            slots.append(i * width + t)
-    rows_t = torch.tensor(rows, device=device)
-    cols_t = torch.tensor(cols, device=device)
+    mask = mask.to(device)
+    prompt_len = torch.tensor([len(p) for p in prompts], device=device)[prompt_index.to(device)]
+    rows_t, t_idx = mask.nonzero(as_tuple=True)  # row-major, so in the order of tokens[mask]
+    cols_t = prompt_len[rows_t] - 1 + t_idx
     logits = base.lm_head(hidden[rows_t, cols_t])
     softcap = getattr(base.config, "final_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     logits = logits.float()
-    targets = tokens.to(device)[mask.to(device)]
+    targets = tokens.to(device)[mask]
     lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    out = torch.zeros(m * width, dtype=torch.float32, device=device)
-    out = out.index_put((torch.tensor(slots, device=device),), lp)
-    return out.view(m, width)
+    return torch.zeros((m, width), dtype=torch.float32, device=device).index_put((rows_t, t_idx), lp)
