@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--score-model", default=None, help="model for the scoring benchmark (default: --model; "
                                                              "e.g. an SFT dir of the demo)")
     parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--only", choices=["train", "score"], default=None, help="run one of the two benchmarks")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -114,8 +115,9 @@ def main() -> None:
     try:
         cluster.init(None)
         load_before = os.getloadavg()[0]
-        train_rows = bench_training(args.model, args.steps, cpus, work)
-        score_rows = bench_scoring(args.score_model or args.model, args.pairs, cpus, work)
+        train_rows = bench_training(args.model, args.steps, cpus, work) if args.only != "score" else []
+        score_rows = (bench_scoring(args.score_model or args.model, args.pairs, cpus, work)
+                      if args.only != "train" else [])
         load_after = os.getloadavg()[0]
     finally:
         cluster.shutdown()
@@ -128,13 +130,15 @@ def main() -> None:
         table.add_column(col)
     for name, how, secs, ratio in train_rows:
         table.add_row(name, how, f"{secs:.1f}", f"{ratio:.2f}x")
-    console.print(table)
+    if train_rows:
+        console.print(table)
     table = Table(title="WARM scoring: averaged RM vs prediction ensemble")
     for col in ("workload", "how", "wall s", "pairs/s", "throughput vs anchor"):
         table.add_column(col)
     for name, how, secs, ratio, rate in score_rows:
         table.add_row(name, how, f"{secs:.2f}", f"{rate:.1f}", f"{ratio:.2f}x")
-    console.print(table)
+    if score_rows:
+        console.print(table)
 
 
 if __name__ == "__main__":
