@@ -205,7 +205,6 @@ def train_member(job: dict) -> dict:
     already DONE is not retrained (resume)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from posttrain import models
     from rewards.reward_model import RewardModelScorer
 
     out = Path(job["out"])
@@ -222,9 +221,13 @@ def train_member(job: dict) -> dict:
     if job.get("fail"):  # test hook (POSTTRAIN_WARM_FAIL_MEMBER): a real exception inside the Ray task
         raise RuntimeError(f"injected failure in member {job['member']}")
     if c["lora_r"] > 0:
-        model = models.apply_lora(model, r=c["lora_r"], alpha=c["lora_alpha"], dropout=c["lora_dropout"],
-                                  target_modules=c["lora_target_modules"])
-        model.get_base_model().score.weight.requires_grad_(True)  # the head is fully trained
+        from peft import LoraConfig, get_peft_model
+
+        # Not models.apply_lora: its CAUSAL_LM wrapper needs generation hooks a classifier lacks. SEQ_CLS
+        # also trains the head in full (modules_to_save=["score"]).
+        model = get_peft_model(model, LoraConfig(r=c["lora_r"], lora_alpha=c["lora_alpha"],
+                                                 lora_dropout=c["lora_dropout"],
+                                                 target_modules=c["lora_target_modules"], task_type="SEQ_CLS"))
     _freeze(model, c["freeze_embeddings"], c["freeze_layers"])
     trainer = _trainer(model, tokenizer, job["train"], job, out)
     ckpts = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))

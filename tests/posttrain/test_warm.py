@@ -243,3 +243,32 @@ def test_run_tasks_returns_in_order_and_raises_the_failing_tasks_error(local_ray
     assert "Ray task b; 2 of 3 tasks failed" in "".join(info.value.__notes__)
     with pytest.raises(UserError, match="^c: four is a user mistake$"):
         cluster.run_tasks(square, [1, 4], num_cpus=0.5, names=["x", "c"])
+
+
+def test_lora_member_is_saved_merged_and_averages_like_any_member(tmp_path):
+    from transformers import AutoTokenizer
+
+    from posttrain import config as cfg
+
+    init = warm.build_init("tiny:num_hidden_layers=2,seed=3", tmp_path / "init", seed=0)
+    config = dataclasses.replace(cfg.load(warm.Config, TINY), max_steps=3, lora_r=4, lora_alpha=8)
+    tok = AutoTokenizer.from_pretrained(init)
+    pairs = warm.encode_pairs(tok, warm.read_pairs(ROOT / "data" / "tiny" / "prefs.jsonl")[16:], 128)
+    members = []
+    for k in (0, 1):  # the member trainer itself, in-process (the stage runs it as a Ray task)
+        job = {"member": k, "label_noise": 0.0, "out": str(tmp_path / f"m{k}"), "init": str(init),
+               "init_sha256": artifacts.dir_sha256(init), "train": pairs, "eval": pairs[:2], "train_sha256": "x",
+               "seed": k, "learning_rate": 0.003, "dropout": 0.0, "config": cfg.to_dict(config), "threads": 1,
+               "progress": False}
+        warm.train_member(job)
+        members.append(tmp_path / f"m{k}")
+    base = load_file(str(init / "model.safetensors"))
+    merged = load_file(str(members[0] / "model.safetensors"))
+    assert set(merged) == set(base)  # no lora_A/lora_B keys: adapters were merged into the weights
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[q], base[q])  # the adapter's update is in the merged weight
+    assert not torch.equal(merged["score.weight"], base["score.weight"])  # the head was trained too
+    assert torch.equal(merged["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
+    out = warm.average_members(members, tmp_path / "avg")
+    avg = load_file(str(out / "model.safetensors"))
+    assert torch.equal(avg[q], merging.average(members)[q])
