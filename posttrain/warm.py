@@ -291,9 +291,9 @@ def average_members(member_dirs: list[Path], out: Path) -> Path:
     state = merging.average(member_dirs)  # also refuses mismatched keys/shapes/dtypes, naming the key
     staging = artifacts.atomic_dir(out / "average")
     save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
-    first = Path(member_dirs[0])
-    for f in first.iterdir():
-        if f.is_file() and (f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "chat_template.jinja")):
+    tokenizer_files = ("special_tokens_map.json", "chat_template.jinja")
+    for f in Path(member_dirs[0]).iterdir():
+        if f.is_file() and (f.name.startswith("tokenizer") or f.name in tokenizer_files):
             shutil.copy2(f, staging / f.name)
     config = dict(configs[0], attention_dropout=0.0)  # members' dropouts differ; the average is for inference
     (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))

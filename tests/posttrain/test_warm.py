@@ -3,7 +3,6 @@ architecture checks, label noise, preference data (formats, determinism, disjoin
 
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
