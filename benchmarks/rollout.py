@@ -8,6 +8,10 @@ does not depend on how many are run); the default runs all of them.
 
   .venv/bin/python benchmarks/rollout.py                      # tiny Gemma 3 (6 layers, d=64, 262-id vocab)
   .venv/bin/python benchmarks/rollout.py --model gemma3-270m  # the embedded Gemma 3 270M
+
+Measured 2026-11-24, CPU, 2 shared cores (other jobs running; load 2-13), N=8, 16 prompts, 64 new tokens:
+  tiny, all 128 anchor calls:       HF 15.8 tok/s, rollout 284.5 tok/s: 18.0x
+  gemma3-270m, 16 of 128 calls:     HF  4.7 tok/s, rollout 118.3 tok/s: 25.1x
 """
 
 import argparse
