@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import signal
 from pathlib import Path
 
 import torch
@@ -179,11 +178,12 @@ def kd_forward(model, batch: dict, chunk: int) -> tuple[torch.Tensor, int]:
 
 def _make_trainer(model, train_set, eval_set, config: Config, out: Path, pad_id: int, callbacks: list):
     from transformers import Trainer, TrainingArguments
-    from transformers.trainer_utils import rotate_checkpoints
     from trl.models.utils import _ForwardRedirection
 
-    class KDTrainer(Trainer):
-        """HF Trainer with the sparse KD loss and atomically published checkpoints."""
+    from posttrain.checkpoint import atomic_checkpoints
+
+    class KDTrainer(atomic_checkpoints(Trainer)):
+        """HF Trainer with the sparse KD loss (checkpoints published atomically)."""
 
         def _kd(self, model, inputs):
             # Run the loss inside the wrapper's forward (DeepSpeed engine, DDP) so its hooks fire: ZeRO-3
@@ -205,24 +205,6 @@ def _make_trainer(model, train_set, eval_set, config: Config, out: Path, pad_id:
                 loss = self._kd(model, self._prepare_inputs(inputs))
             return loss.detach(), None, None
 
-        def _get_output_dir(self, trial):
-            return getattr(self, "_staging", None) or super()._get_output_dir(trial)
-
-        def _save_checkpoint(self, model, trial):
-            # Save into a staging dir, then rename: a checkpoint-N dir is always complete.
-            final_root = Path(self.args.output_dir)
-            self._staging = str(artifacts.atomic_dir(final_root / "staging"))
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                staging, self._staging = Path(self._staging), None
-            for ckpt in staging.glob("checkpoint-*"):
-                artifacts.publish_dir(ckpt, final_root / ckpt.name)
-            staging.rmdir()
-            if self.args.should_save:
-                rotate_checkpoints(output_dir=str(final_root), save_total_limit=self.args.save_total_limit,
-                                   best_model_checkpoint=None, use_mtime=False)
-
     use_bf16 = config.bf16 and (not torch.cuda.is_available() or torch.cuda.is_bf16_supported())
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"), per_device_train_batch_size=config.batch_size,
@@ -237,30 +219,6 @@ def _make_trainer(model, train_set, eval_set, config: Config, out: Path, pad_id:
     )
     return KDTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                      data_collator=lambda b: _collate(b, pad_id), callbacks=callbacks)
-
-
-def _metrics_callbacks(out: Path):
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers import TrainerCallback
-    from transformers.integrations import TensorBoardCallback
-
-    class JsonlMetrics(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            if state.is_world_process_zero and logs:
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-    callbacks = [JsonlMetrics(), TensorBoardCallback(tb_writer=SummaryWriter(str(out / "tensorboard")))]
-    if os.environ.get("POSTTRAIN_KILL_AT_STEP"):  # test hook: a real SIGKILL at a deterministic step
-        kill_at = int(os.environ["POSTTRAIN_KILL_AT_STEP"])
-
-        class KillAtStep(TrainerCallback):
-            def on_step_end(self, args, state, control, **kw):
-                if state.global_step == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-        callbacks.append(KillAtStep())
-    return callbacks
 
 
 @torch.no_grad()
@@ -281,20 +239,9 @@ def _eval_loss(model, examples: list[dict], config: Config, pad_id: int) -> floa
     return total / count
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the metrics logged up to `step` (a resumed run logs the later steps again)."""
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        artifacts.atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
-def latest_checkpoint(out: Path) -> str | None:
-    ckpts = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(ckpts[-1]) if ckpts else None
-
-
 def run(config: Config) -> Path:
     from posttrain import data, models, teacher
+    from posttrain.checkpoint import latest_checkpoint, metrics_callbacks, truncate_metrics
 
     torch.manual_seed(config.seed)
     out = artifacts.prepare_output(config.output_dir, overwrite=config.overwrite, resume=config.resume)
@@ -327,9 +274,9 @@ def run(config: Config) -> Path:
     model = models.apply_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                               target_modules=config.lora_target_modules)
     trainer = _make_trainer(model, train_set, eval_set, config, out, tokenizer.pad_token_id,
-                            _metrics_callbacks(out))
+                            metrics_callbacks(out))
     resume_from = latest_checkpoint(out) if config.resume else None
-    _truncate_metrics(out / "metrics.jsonl", int(resume_from.rsplit("-", 1)[1]) if resume_from else 0)
+    truncate_metrics(out / "metrics.jsonl", int(resume_from.rsplit("-", 1)[1]) if resume_from else 0)
     before = _eval_loss(model, eval_set, config, tokenizer.pad_token_id)  # before the Trainer wraps the model
     trainer.train(resume_from_checkpoint=resume_from)
     after = trainer.evaluate()["eval_loss"]

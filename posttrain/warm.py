@@ -143,36 +143,9 @@ def build_init(init_spec: str, out: Path, seed: int) -> Path:
 
 def _trainer(model, tokenizer, train: list[dict], job: dict, out: Path):
     import datasets
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers import TrainerCallback
-    from transformers.integrations import TensorBoardCallback
-    from transformers.trainer_utils import rotate_checkpoints
     from trl import RewardConfig, RewardTrainer
 
-    class JsonlMetrics(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs:
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-    class AtomicCheckpoints(RewardTrainer):
-        """TRL's RewardTrainer (Bradley-Terry loss) whose checkpoint-N dirs are published atomically."""
-
-        def _get_output_dir(self, trial):
-            return getattr(self, "_staging", None) or super()._get_output_dir(trial)
-
-        def _save_checkpoint(self, model, trial):
-            final_root = Path(self.args.output_dir)
-            self._staging = str(artifacts.atomic_dir(final_root / "staging"))
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                staging, self._staging = Path(self._staging), None
-            for ckpt in staging.glob("checkpoint-*"):
-                artifacts.publish_dir(ckpt, final_root / ckpt.name)
-            shutil.rmtree(staging)
-            rotate_checkpoints(output_dir=str(final_root), save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=None, use_mtime=False)
+    from posttrain.checkpoint import atomic_checkpoints, metrics_callbacks
 
     c = job["config"]
     use_bf16 = c["bf16"] and (not torch.cuda.is_available() or torch.cuda.is_bf16_supported())
@@ -187,9 +160,9 @@ def _trainer(model, tokenizer, train: list[dict], job: dict, out: Path):
         save_total_limit=2, report_to="none", dataloader_num_workers=0, disable_tqdm=not job["progress"],
         use_cpu=not torch.cuda.is_available(), pad_to_multiple_of=None,
     )
-    callbacks = [JsonlMetrics(), TensorBoardCallback(tb_writer=SummaryWriter(str(out / "tensorboard")))]
-    return AtomicCheckpoints(model=model, args=args, train_dataset=datasets.Dataset.from_list(train),
-                             processing_class=tokenizer, callbacks=callbacks)
+    # TRL's RewardTrainer (Bradley-Terry loss) with atomically published checkpoints
+    return atomic_checkpoints(RewardTrainer)(model=model, args=args, train_dataset=datasets.Dataset.from_list(train),
+                                             processing_class=tokenizer, callbacks=metrics_callbacks(out))
 
 
 def _freeze(model, freeze_embeddings: bool, freeze_layers: int) -> None:

@@ -1,0 +1,78 @@
+"""What every HF-Trainer-based stage shares: atomically published checkpoints, metrics callbacks, resume.
+
+A `checkpoint-N` dir is saved into a staging dir beside it and renamed into place, so a crash mid-save
+never leaves a dir that `--resume` would take for a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import shutil
+from pathlib import Path
+
+from posttrain import artifacts
+
+
+def atomic_checkpoints(trainer_cls):
+    """A subclass of `trainer_cls` (Trainer, TRL's RewardTrainer, ...) whose checkpoints appear atomically."""
+    from transformers.trainer_utils import rotate_checkpoints
+
+    class AtomicCheckpoints(trainer_cls):
+        def _get_output_dir(self, trial):
+            return getattr(self, "_staging", None) or super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model, trial):
+            final_root = Path(self.args.output_dir)
+            self._staging = str(artifacts.atomic_dir(final_root / "staging"))
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                staging, self._staging = Path(self._staging), None
+            for ckpt in staging.glob("checkpoint-*"):
+                artifacts.publish_dir(ckpt, final_root / ckpt.name)
+            shutil.rmtree(staging)
+            if self.args.should_save:
+                rotate_checkpoints(output_dir=str(final_root), save_total_limit=self.args.save_total_limit,
+                                   best_model_checkpoint=None, use_mtime=False)
+
+    AtomicCheckpoints.__name__ = f"Atomic{trainer_cls.__name__}"
+    return AtomicCheckpoints
+
+
+def metrics_callbacks(out: Path) -> list:
+    """metrics.jsonl + TensorBoard (out/tensorboard), and the POSTTRAIN_KILL_AT_STEP test hook."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import TrainerCallback
+    from transformers.integrations import TensorBoardCallback
+
+    class JsonlMetrics(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if state.is_world_process_zero and logs:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    callbacks = [JsonlMetrics(), TensorBoardCallback(tb_writer=SummaryWriter(str(out / "tensorboard")))]
+    if os.environ.get("POSTTRAIN_KILL_AT_STEP"):  # test hook: a real SIGKILL at a deterministic step
+        kill_at = int(os.environ["POSTTRAIN_KILL_AT_STEP"])
+
+        class KillAtStep(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                if state.global_step == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        callbacks.append(KillAtStep())
+    return callbacks
+
+
+def latest_checkpoint(out: Path) -> str | None:
+    ckpts = sorted((Path(out) / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metrics logged up to `step` (a resumed run logs the later steps again)."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        artifacts.atomic_write_text(path, "".join(line + "\n" for line in kept))
