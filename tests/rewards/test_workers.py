@@ -18,7 +18,9 @@ def workers():
 @pytest.mark.parametrize("bad", ["hang", "loop", "segfault", "exit", "raise", "leak"])
 def test_a_bad_sample_costs_only_itself(workers, bad):
     completions = ["ok", bad, "fine!"]
-    s = score([Reward(f"{EVIL}:evil", timeout=2.0, name="evil")], ["p"] * 3, completions, {}, workers=workers)
+    # the leak must reach the memory limit before the timeout, even on a loaded machine
+    timeout = 20.0 if bad == "leak" else 2.0
+    s = score([Reward(f"{EVIL}:evil", timeout=timeout, name="evil")], ["p"] * 3, completions, {}, workers=workers)
     assert s.per_reward["evil"] == [2.0, None, 5.0]
     reason = s.reasons["evil"][1]
     expected = {"hang": "timeout", "loop": "timeout", "segfault": "SIGSEGV", "exit": "exit code 7",
