@@ -9,6 +9,7 @@ output is reused.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from posttrain import artifacts, config as cfg
@@ -42,8 +43,6 @@ def run(config: Config) -> Path:
     ray = [f"ray_address={config.ray_address}"] if config.ray_address else []
     clean_dir = _stage(filter_stage, root / "filter.yaml", ray, "output", config)
     sft_dir = _stage(distill, root / "sft.yaml", ray + [f"data={clean_dir / 'clean.jsonl'}"], "output_dir", config)
-    import json
-
     summary = json.loads((sft_dir / artifacts.MANIFEST).read_text())["summary"]
     print(f"[posttrain demo] student KD loss on held-out rows: before {summary['eval_kd_loss_before']:.4f}"
           f" -> after {summary['eval_kd_loss_after']:.4f} nats/token ({summary['steps']} steps)")
