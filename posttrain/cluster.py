@@ -111,3 +111,45 @@ def run_tasks(fn, items: list, *, num_cpus: float = 1, num_gpus: float = 0, name
         err.add_note(f"(raised in Ray task {names[i]}; {len(errors)} of {len(items)} tasks failed)")
         raise err
     return results
+
+
+def start_actors(actor_cls, *, num_actors: int, actor_args: tuple = (), num_cpus: float = 1,
+                 num_gpus: float = 0) -> list:
+    """`num_actors` live actors of `actor_cls` (a plain class), for callers that keep state across calls."""
+    import ray
+
+    remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(actor_cls)
+    return [remote_cls.remote(*actor_args) for _ in range(max(1, num_actors))]
+
+
+def put(obj):
+    """One copy of `obj` in the object store, for sending the same large value to many actors."""
+    import ray
+
+    return ray.put(obj)
+
+
+def call_all(actors: list, method: str, *args) -> list:
+    """`actor.method(*args)` on every actor; waits for all."""
+    import ray
+
+    return ray.get([getattr(a, method).remote(*args) for a in actors])
+
+
+def as_completed(actors: list, method: str, items: list):
+    """Spread `actor.method(item)` over the actors (item i on actor i mod len(actors)) and yield
+    (i, result) as each finishes; an actor's error is raised here."""
+    import ray
+
+    refs = {getattr(actors[i % len(actors)], method).remote(item): i for i, item in enumerate(items)}
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        yield refs[done[0]], ray.get(done[0])
+
+
+def kill(actors: list) -> None:
+    import ray
+
+    for a in actors:
+        ray.kill(a)

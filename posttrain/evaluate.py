@@ -78,12 +78,16 @@ def _check(config: Config) -> None:
         raise UserError(f"sandbox_isolation must be 'bwrap' or 'rlimits', got '{config.sandbox_isolation}'")
 
 
-def _rewards(config: Config) -> list:
+def build_rewards(config) -> list:
+    """The config's rewards (fields rewards, reward_weights, reward_model, reward_timeout, reward_batch_size,
+    code_timeout, sandbox_isolation), each checked loadable now. A `module:function` reward is named by its
+    function in logs and reports (its full spec when two share a function name)."""
     import rewards
 
     weights = config.reward_weights or [1.0] * len(config.rewards)
+    short = [spec.rsplit(":", 1)[-1] for spec in config.rewards]
     out = []
-    for spec, weight in zip(config.rewards, weights):
+    for spec, weight, name in zip(config.rewards, weights, short):
         options = {}
         if spec == "code":
             options = {"timeout": config.code_timeout, "isolation": config.sandbox_isolation}
@@ -97,7 +101,8 @@ def _rewards(config: Config) -> list:
         except rewards.RewardSpecError as e:
             raise UserError(str(e)) from None
         out.append(rewards.Reward(spec, weight=weight, options=options, timeout=config.reward_timeout,
-                                  batch_size=config.reward_batch_size))
+                                  batch_size=config.reward_batch_size,
+                                  name=name if short.count(name) == 1 else spec))
     if "code" in config.rewards:
         import sandboxes
 
@@ -108,7 +113,7 @@ def _rewards(config: Config) -> list:
     return out
 
 
-def _prompt_messages(row: dict) -> list[dict]:
+def prompt_messages(row: dict) -> list[dict]:
     messages = list(row["messages"])
     while messages and messages[-1]["role"] in ("assistant", "model"):
         messages.pop()  # the reference reply is not part of the prompt
@@ -209,7 +214,7 @@ def run(config: Config) -> Path:
     from posttrain import data, models
 
     _check(config)
-    reward_list = _rewards(config)
+    reward_list = build_rewards(config)
     rows = []
     for path in config.data:
         rows += data.read_rows(path)[: config.max_examples]
@@ -222,7 +227,7 @@ def run(config: Config) -> Path:
 
     model, tokenizer = models.load_causal_lm(str(model_dir))
     model.eval()
-    messages = [_prompt_messages(r) for r in rows]
+    messages = [prompt_messages(r) for r in rows]
     prompts = [data.prompt_ids(tokenizer, m) for m in messages]
     print(f"[posttrain eval] generating for {len(rows)} prompts (greedy + {config.samples} samples)", flush=True)
     threads = torch.get_num_threads()

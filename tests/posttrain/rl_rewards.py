@@ -1,0 +1,22 @@
+"""Reward functions for the rl tests, loaded by path (`tests/posttrain/rl_rewards.py:fn`) like a user's."""
+
+import os
+import time
+
+LETTERS = set("abcdefghijklm")
+
+
+def letter_share(prompts, completions, **columns):
+    """Share of the completion's characters in a-m: learnable by a tiny random model (~5% at init)."""
+    return [sum(ch in LETTERS for ch in c) / max(1, len(c)) for c in completions]
+
+
+def hang_or_crash(prompts, completions, id=None, **columns):
+    """letter_share, except that it hangs on rows whose id ends in 1 and kills its process on rows whose
+    id ends in 2: those samples must score None and the step must go on."""
+    for row_id in id or []:
+        if str(row_id).endswith("1"):
+            time.sleep(3600)
+        if str(row_id).endswith("2"):
+            os._exit(3)
+    return letter_share(prompts, completions)
