@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 
-from data_filters.base import FilterResult, texts_containing, turns
+from data_filters.base import AsciiTexts, FilterResult, Joined, turns
 
 DEFAULTS = {
     "name": "Gemma",
@@ -69,13 +69,15 @@ def apply(batch: dict[str, list], *, name="Gemma", developers=("Google DeepMind"
     n = len(batch["messages"])
     keep, reasons = [True] * n, [[] for _ in range(n)]
     where = [(r, i, text) for r, messages in enumerate(batch["messages"]) for i, text in turns(messages, roles)]
-    offsets, pos = [], 0
-    for _, _, text in where:
-        offsets.append(pos)
-        pos += len(text) + 1
-    # A claim names another assistant or company: only texts holding one of those names are worth a regex.
-    candidates = texts_containing(tuple(other_names) + tuple(other_developers), "\x00".join(w[2] for w in where),
-                                  offsets)
+    texts = [w[2] for w in where]
+    own = {name.lower(), *(d.lower() for d in developers)}
+    pattern = _patterns(tuple(n for n in other_names if n.lower() not in own),
+                        tuple(d for d in other_developers if d.lower() not in own))
+    # A claim names another assistant or company: only texts holding one of those names are worth a regex
+    # (ASCII texts: those where an RE2 copy of the claims regex matches).
+    literals = tuple(other_names) + tuple(other_developers)
+    joined = Joined(texts)
+    candidates = AsciiTexts(texts).candidates([pattern], [lambda idx: joined.containing(literals, idx)])[0]
     for r, i, text in (where[k] for k in candidates):
         for start, end, who in find(text, name, developers, other_names, other_developers):
             keep[r] = False

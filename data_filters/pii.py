@@ -14,12 +14,13 @@ texts each regex scans, so text without PII costs little more than a few str.fin
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 import math
 import re
 from collections import Counter
 
-from data_filters.base import FilterResult, merge_spans, redact, texts_containing, turns
+from data_filters.base import AsciiTexts, FilterResult, Joined, merge_spans, redact, turns
 
 TYPES = ["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS", "SECRET", "ADDRESS", "NAME"]
 PLACEHOLDER = {t: f"<{t}>" for t in TYPES}
@@ -250,19 +251,26 @@ def _secret(m, text, region):
 
 
 _has_digit = re.compile(r"\d").search
+
+
+def _secret_word(text: str) -> bool:
+    low = text.casefold()  # ASSIGNED_SECRET is case-insensitive
+    return any(w in low for w in ("key", "secret", "token", "passw", "pwd"))
+
+
 _DIGITS = "digits"  # trigger: texts with a digit (tested per text, C speed)
 # (types it can report, trigger, pattern, match -> (start, end, type) | None). A trigger picks the texts
-# worth scanning: a tuple of literals (found with str.find over the joined batch), `_DIGITS`, or a test.
+# worth scanning when RE2 cannot (texts with non-ASCII characters): a tuple of literals (found with str.find
+# over the joined batch), `_DIGITS`, or a test. Each must hold wherever its pattern matches.
 DETECTORS = [
     (("EMAIL",), ("@",), EMAIL, lambda m, t, r: (m.start(), m.end(), "EMAIL")),
     (("CREDIT_CARD", "PHONE", "SSN", "IP_ADDRESS"), _DIGITS, DIGITS, _digit_run),
-    (("SSN",), ("SSN", "ssn", "ocial"), SSN_CONTEXT, _ssn_context),
+    (("SSN",), lambda t: "ssn" in (low := t.casefold()) or "social" in low, SSN_CONTEXT, _ssn_context),
     (("IBAN",), _DIGITS, IBAN, _iban),
-    (("IP_ADDRESS",), lambda t: "::" in t or t.count(":") >= 7, IPV6, _ipv6),
+    (("IP_ADDRESS",), lambda t: t.count(":") >= 2, IPV6, _ipv6),
     *[(("SECRET",), markers, pattern, _secret)
       for _, markers, pattern in SECRET_FORMATS],
-    (("SECRET",), ("key", "KEY", "Key", "secret", "SECRET", "Secret", "token", "TOKEN", "Token", "passw", "PASSW",
-                   "Passw", "pwd", "PWD"), ASSIGNED_SECRET, _assigned),
+    (("SECRET",), _secret_word, ASSIGNED_SECRET, _assigned),
     (("SECRET",), lambda t: len(t) >= 32, LONG_TOKEN, _long_token),
     (("ADDRESS",), _DIGITS, ADDRESS, _address),
     (("NAME",), ("name", "Name", "all me", "igned", "incerely", "egards", "Dear", "dear", "ontact", "Mr", "Ms",
@@ -271,43 +279,39 @@ DETECTORS = [
 SEP = "\x00"  # joins texts for one regex pass per detector; no pattern matches across it
 
 
+def _trigger(trigger, texts: list[str], joined: Joined, has_digit):
+    """`idx -> the indices in idx worth scanning` for a detector's trigger."""
+    if trigger is _DIGITS:
+        return lambda idx: [i for i in idx if has_digit(i)]
+    if isinstance(trigger, tuple):
+        return lambda idx: joined.containing(trigger, idx)
+    return lambda idx: [i for i in idx if trigger(texts[i])]
+
+
 def find_many(texts: list[str], types=TYPES, phone_region: str = "US") -> list[list[tuple[int, int, str]]]:
     """(start, end, type) PII spans for each text, unmerged.
 
-    Each detector runs once over the pre-checked texts joined by SEP: one regex pass over a long string
-    is much cheaper in `re` than thousands of short ones.
+    Each detector runs once over its candidate texts joined by SEP: one regex pass over a long string
+    is much cheaper in `re` than thousands of short ones. Candidates: the ASCII texts where an RE2 copy of
+    the detector's regex matches (base.AsciiTexts), and the other texts its literal trigger picks.
     """
     out: list[list] = [[] for _ in texts]
     want = set(types)
-    everything = SEP.join(texts)
-    offsets, pos = [], 0
-    for t in texts:
-        offsets.append(pos)
-        pos += len(t) + 1
-    with_digits = None
-    for kinds, trigger, pattern, accept in DETECTORS:
-        if not want.intersection(kinds):
-            continue
-        if trigger is _DIGITS:
-            if with_digits is None:
-                with_digits = [i for i, t in enumerate(texts) if _has_digit(t)]
-            idx = with_digits
-        elif isinstance(trigger, tuple):
-            idx = texts_containing(trigger, everything, offsets)
-        else:
-            idx = [i for i, t in enumerate(texts) if trigger(t)]
+    detectors = [d for d in DETECTORS if want.intersection(d[0])]
+    joined = Joined(texts, SEP)
+    has_digit = functools.cache(lambda i: _has_digit(texts[i]) is not None)
+    picks = AsciiTexts(texts).candidates([d[2] for d in detectors],
+                                         [_trigger(d[1], texts, joined, has_digit) for d in detectors])
+    for (kinds, trigger, pattern, accept), idx in zip(detectors, picks):
         if not idx:
             continue
-        if len(idx) == len(texts):
-            starts, joined = offsets, everything
-        else:
-            starts, pos = [], 0
-            for i in idx:
-                starts.append(pos)
-                pos += len(texts[i]) + 1
-            joined = SEP.join(texts[i] for i in idx)
-        for m in pattern.finditer(joined):
-            found = accept(m, joined, phone_region)
+        starts, pos = [], 0
+        for i in idx:
+            starts.append(pos)
+            pos += len(texts[i]) + 1
+        text = SEP.join(texts[i] for i in idx)
+        for m in pattern.finditer(text):
+            found = accept(m, text, phone_region)
             for span in [found] if isinstance(found, tuple) else found or ():
                 if span[2] not in want:
                     continue

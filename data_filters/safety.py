@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import re
 
-from data_filters.base import FilterResult, texts_containing, turns
+from data_filters.base import AsciiTexts, FilterResult, Joined, turns
 
 DEFAULTS = {
     "roles": ["assistant"],
@@ -80,15 +80,16 @@ RULES: dict[str, list[str]] = {
 }
 CATEGORIES = list(RULES)
 # Words every rule of a category needs: one of each group (sexual_minors needs a sexual and a minor word).
-# A category's regex runs only on texts holding them (found with str.find over the batch, C speed), so clean
-# text costs a few substring scans, not a regex pass.
+# For texts RE2 cannot scan (non-ASCII ones), a category's regex runs only on texts holding them (found with
+# str.find over the batch, C speed), so clean text costs a few substring scans, not a regex pass.
 TRIGGERS = {
     "weapons": (("bomb", "explosive", " ied", "molotov", "napalm", "nerve agent", "sarin", "ricin", "bioweapon",
                  "chemical weapon", "ghost gun", "untraceable gun", "bleach and ammonia", "ammonium nitrate",
                  "detonat", "blasting cap", "vx", "tabun", "anthrax", "mustard gas", "thermite"),),
     "drugs": (("meth", "crack", "heroin", "fentanyl", "lsd", "mdma", "ghb", "pseudoephedrine", "red phosphorus",
                "anhydrous ammonia"),),
-    "self_harm": (("yourself", "kys", "your life", "your own life", "suicide", "to die", "should die"),),
+    "self_harm": (("yourself", "kys", "your life", "your own life", "suicide", "to die", "should die", "deserve die",
+                   "ought die"),),
     "violence": (("kill", "murder", "hurt", "stab", "shoot", "poison", "strangle", "kidnap", "exterminate"),),
     "hate": (("subhuman", "vermin", "animals", "a disease", "parasites", "exterminated", "wiped out", "gassed",
               "eradicated", "deported and", "inferior", "mongrel", "degenerate"),),
@@ -122,22 +123,21 @@ def _refused(text: str, start: int) -> bool:
 def find_many(texts: list[str], categories=CATEGORIES, extra_patterns=()) -> list[list[tuple[int, int, str]]]:
     """Per text, (start, end, category) of the first rule match per category that is not in a refusal.
 
-    The trigger words are found with str.find over the whole lower-cased batch; a category's regex then
-    runs only on the few texts holding one word of each of its trigger groups.
+    A category's regex runs only on the texts that can match it: the ASCII ones where an RE2 copy of it
+    matches (one RE2 Set pass per text for every category, base.AsciiTexts), and the others holding one
+    word of each of its trigger groups (str.find over the lower-cased batch).
     """
     out: list[list] = [[] for _ in texts]
-    lows = [t.lower() for t in texts]
-    everything = "\x00".join(lows)
-    offsets, pos = [], 0
-    for low in lows:
-        offsets.append(pos)
-        pos += len(low) + 1
-    for category, pattern in _compiled(tuple(categories), tuple(extra_patterns)):
+    lows = Joined([t.lower() for t in texts])
+
+    def trigger(category):
         if category == "custom":
-            idx = range(len(texts))
-        else:
-            groups = [set(texts_containing(group, everything, offsets)) for group in TRIGGERS[category]]
-            idx = sorted(set.intersection(*groups))
+            return lambda idx: idx
+        return lambda idx: set.intersection(*(set(lows.containing(group, idx)) for group in TRIGGERS[category]))
+
+    rules = _compiled(tuple(categories), tuple(extra_patterns))
+    picks = AsciiTexts(texts).candidates([p for _, p in rules], [trigger(c) for c, _ in rules])
+    for (category, pattern), idx in zip(rules, picks):
         for j in idx:
             for m in pattern.finditer(texts[j]):
                 if not _refused(texts[j], m.start()):
