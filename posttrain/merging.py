@@ -92,9 +92,9 @@ class _Lazy(Mapping):
                 self._entries[key] = (fd, 8 + size + meta["data_offsets"][0], tuple(meta["shape"]),
                                       _SAFETENSORS_DTYPES[meta["dtype"]])
 
-    def __del__(self):
+    def __del__(self, _close=os.close):  # (os may be gone at interpreter exit)
         for fd in getattr(self, "_fds", ()):
-            os.close(fd)
+            _close(fd)
 
     def __getitem__(self, key: str) -> torch.Tensor:
         shape = self.shape(key)
