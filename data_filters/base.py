@@ -188,7 +188,7 @@ def _group_end(pattern: str, i: int) -> int | None:
     return None
 
 
-USE_RE2 = True  # False: every text takes the literal triggers (the reference path the tests compare with)
+FAST = True  # False: no RE2 or numpy shortcuts, every text the plain way (the reference the tests compare with)
 
 
 @functools.lru_cache(maxsize=64)
@@ -226,8 +226,8 @@ class AsciiTexts:
 
     def __init__(self, texts: list[str]):
         self.texts = texts
-        self.ascii = [i for i, t in enumerate(texts) if t.isascii()] if USE_RE2 else []
-        self.other = [i for i, t in enumerate(texts) if not t.isascii()] if USE_RE2 else list(range(len(texts)))
+        self.ascii = [i for i, t in enumerate(texts) if t.isascii()] if FAST else []
+        self.other = [i for i, t in enumerate(texts) if not t.isascii()] if FAST else list(range(len(texts)))
         self.all = list(range(len(texts)))
 
     def candidates(self, patterns: list, triggers: list) -> list[list[int]]:
@@ -250,3 +250,29 @@ class AsciiTexts:
             else:
                 out.append(hits[k])
         return out
+
+
+# ------------------------------------------------------------------------------------ words of ASCII text
+# The `\w+` words of lower-cased ASCII text are its runs of [0-9a-z_] after lower-casing: one bytes.translate
+# (other bytes -> space) and two numpy passes give every text's words joined by single spaces, ~10x faster
+# than re.findall and a join per text.
+_WORD_BYTES = bytes(c if 48 <= c <= 57 or 97 <= c <= 122 or c == 95 else c + 32 if 65 <= c <= 90 else 32
+                    for c in range(256))
+
+
+def word_lines(texts: list[str]) -> bytes:
+    """ASCII `texts` as lines (joined by \n) of their words, " ".join(re.findall(r"\w+", text.lower()))."""
+    import numpy as np
+
+    if not texts:
+        return b""
+    arr = np.frombuffer(" ".join(texts).encode("ascii").translate(_WORD_BYTES), np.uint8).copy()
+    lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+    arr[np.cumsum(lengths + 1)[:-1] - 1] = 10  # the line breaks between texts (theirs are spaces now)
+    space = arr == 32
+    keep = ~space
+    keep[:-1] |= ~space[1:] & (arr[1:] != 10)  # the last space of a run that a word follows
+    arr = arr[keep]
+    lead = arr == 32  # a space left at the start of a line
+    lead[1:] &= arr[:-1] == 10
+    return arr[~lead].tobytes()

@@ -13,7 +13,9 @@ import json
 import re
 from pathlib import Path
 
-from data_filters.base import FilterResult, turns
+import numpy as np
+
+from data_filters.base import FAST, FilterResult, turns, word_lines
 
 DEFAULTS = {
     "eval_files": ["data/demo/eval_math.jsonl", "data/demo/eval_code.jsonl"],
@@ -126,18 +128,82 @@ def find(text: str, ngrams: frozenset, short: frozenset, n: int) -> tuple[int, i
     return start, end, " ".join(toks[hit[0]:hit[0] + hit[1]])
 
 
+_B = 0x100000001B3  # odd, so it has an inverse mod 2^64
+
+
+@functools.lru_cache(maxsize=2)
+def _powers(n: int):
+    """(_B^j, _B^-j) for j < n, mod 2^64 (rounded up so one table serves many batches)."""
+    powers = np.ones(n, np.uint64)
+    powers[1:] = np.cumprod(np.full(n - 1, _B, np.uint64), dtype=np.uint64)  # wraps mod 2^64, as intended
+    inverse = np.ones(n, np.uint64)
+    inverse[1:] = np.cumprod(np.full(n - 1, pow(_B, -1, 1 << 64), np.uint64), dtype=np.uint64)
+    return powers, inverse
+
+
+def _window_hashes(data: bytes, k: int):
+    """(hashes, line) of every run of k consecutive words inside one line of `data` (lines of words joined
+    by single spaces): the polynomial hash (base _B, mod 2^64) of the run's bytes, all in numpy with prefix
+    sums (as dedup.shingle_hashes does), so a run's hash does not depend on where it sits."""
+    arr = np.frombuffer(data, np.uint8)
+    n = len(arr)
+    powers, inverse = _powers(max(1 << 20, 1 << n.bit_length()))
+    prefix = np.zeros(n + 1, np.uint64)
+    np.cumsum(arr * inverse[:n], dtype=np.uint64, out=prefix[1:])
+    sep = (arr == 32) | (arr == 10)
+    step = np.diff(np.concatenate([[0], (~sep).view(np.int8), [0]]))  # +1 where a word starts, -1 past its end
+    starts, ends = np.flatnonzero(step == 1), np.flatnonzero(step == -1)
+    line = np.searchsorted(np.flatnonzero(arr == 10), starts)
+    i = np.arange(max(0, len(starts) - k + 1))
+    i = i[line[i] == line[i + k - 1]]
+    s, e = starts[i], ends[i + k - 1]
+    return powers[e - 1] * (prefix[e] - prefix[s]), line[i]
+
+
+@functools.lru_cache(maxsize=4)
+def _targets(ngrams: frozenset, short: frozenset) -> tuple[int, object]:
+    """(k, a table marking them, the sorted hashes of the first k words of every eval n-gram and short
+    text), k the fewest words any has: a match holds the first k words of what it matches."""
+    k = min(len(g) for g in ngrams | short)
+    lines = sorted({" ".join(g[:k]) for g in ngrams | short})
+    hashes = np.unique(_window_hashes("\n".join(lines).encode(), k)[0])
+    table = np.zeros(min(1 << 26, 1 << (4096 * len(hashes)).bit_length()), bool)
+    table[hashes & np.uint64(len(table) - 1)] = True  # a one-hash Bloom filter: a lookup is one gather
+    return k, table, hashes
+
+
+def possible(texts: list[str], ngrams: frozenset, short: frozenset) -> list[bool]:
+    """False for texts that cannot share a word run with the eval sets: ASCII texts none of whose runs of
+    k words hashes like the start of an eval text. Other texts are True (`find` decides)."""
+    out = [True] * len(texts)
+    idx = [i for i, t in enumerate(texts) if t.isascii()] if FAST and (ngrams or short) else []
+    if not idx:
+        return out
+    k, table, targets = _targets(ngrams, short)
+    hashes, line = _window_hashes(word_lines([texts[i] for i in idx]), k)
+    maybe = table[hashes & np.uint64(len(table) - 1)]
+    hashes, line = hashes[maybe], line[maybe]
+    found = np.minimum(np.searchsorted(targets, hashes), len(targets) - 1)
+    hit = np.zeros(len(idx), bool)
+    hit[line[targets[found] == hashes]] = True
+    for j, i in enumerate(idx):
+        out[i] = bool(hit[j])
+    return out
+
+
 def apply(batch: dict[str, list], *, ngrams=frozenset(), short=frozenset(), n=13,
           roles=("system", "user", "assistant")) -> FilterResult:
     size = len(batch["messages"])
     keep, reasons = [True] * size, [[] for _ in range(size)]
-    for r, messages in enumerate(batch["messages"]):
-        for i, text in turns(messages, roles):
-            hit = find(text, ngrams, short, n)
-            if hit:
-                keep[r] = False
-                reasons[r].append({"filter": "decontam", "reason": f"shares a {n}-gram with an eval set",
-                                   "turn": i, "span": [hit[0], hit[1]], "text": text[hit[0]:hit[1]]})
-                break
+    where = [(r, i, text) for r, messages in enumerate(batch["messages"]) for i, text in turns(messages, roles)]
+    for (r, i, text), maybe in zip(where, possible([w[2] for w in where], ngrams, short)):
+        if not maybe or not keep[r]:  # a row's first contaminated turn is its reason
+            continue
+        hit = find(text, ngrams, short, n)
+        if hit:
+            keep[r] = False
+            reasons[r].append({"filter": "decontam", "reason": f"shares a {n}-gram with an eval set",
+                               "turn": i, "span": [hit[0], hit[1]], "text": text[hit[0]:hit[1]]})
     return FilterResult(keep, {}, reasons)
 
 

@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from data_filters.base import FilterResult
+from data_filters.base import FAST, FilterResult, word_lines
 
 DEFAULTS = {
     "exact": True,
@@ -83,8 +83,13 @@ def shingle_hashes(texts: list[str], k: int) -> list[np.ndarray]:
     so every shingle of the batch costs a few vector operations instead of a Python-level string and call.
     A text shorter than k words is one shingle.
     """
-    texts = [t or "\x02" for t in texts]  # an empty row still gets a (constant) shingle
-    data = np.frombuffer("\n".join(texts).encode(), dtype=np.uint8).astype(np.uint32)
+    return _shingle_hashes(b"\n".join(t.encode() or b"\x02" for t in texts), len(texts), k)
+
+
+def _shingle_hashes(joined: bytes, rows: int, k: int) -> list[np.ndarray]:
+    """shingle_hashes of `rows` texts already encoded and joined by \n (an empty one as \x02)."""
+    texts = range(rows)
+    data = np.frombuffer(joined, dtype=np.uint8).astype(np.uint32)
     n = len(data)
     powers = np.cumprod(np.full(n, _B, dtype=np.uint32), dtype=np.uint32)  # wraps mod 2^32, as intended
     powers = np.concatenate([np.ones(1, np.uint32), powers[:-1]])  # _B^j
@@ -124,8 +129,13 @@ def signatures(rows: list[np.ndarray], permutations, chunk: int = 1 << 13) -> li
     """datasketch affine32 MinHash signatures (min over a row's hashes of a * fmix(h) + b mod 2^32) for many
     rows in one numpy pass per chunk of hashes, instead of one small pass per row (tested bit-equal).
     Permutations along the first axis keep each row's minimum a contiguous reduction (4x faster)."""
+    return signature_array(rows, permutations, chunk).tolist()
+
+
+def signature_array(rows: list[np.ndarray], permutations, chunk: int = 1 << 13) -> np.ndarray:
+    """`signatures` as a (rows, num_perm) uint32 array."""
     a, b = (np.asarray(p, dtype=np.uint32) for p in permutations)
-    out, i = [], 0
+    out, i = [np.zeros((0, len(a)), np.uint32)], 0
     while i < len(rows):
         j, size = i + 1, len(rows[i])
         while j < len(rows) and size + len(rows[j]) <= chunk:
@@ -134,65 +144,117 @@ def signatures(rows: list[np.ndarray], permutations, chunk: int = 1 << 13) -> li
         phv = np.multiply.outer(a, _fmix32(np.concatenate(rows[i:j])))
         phv += b[:, None]
         offsets = np.cumsum([0] + [len(r) for r in rows[i:j - 1]])
-        out += np.minimum.reduceat(phv, offsets, axis=1).T.tolist()
+        out.append(np.minimum.reduceat(phv, offsets, axis=1).T)
         i = j
+    return np.concatenate(out)
+
+
+def texts(rows: list[list[dict]], roles) -> list[bytes]:
+    """Each row's normalise()d words joined by single spaces, UTF-8: ASCII rows all at once (base.word_lines),
+    the others one by one."""
+    out: list = [None] * len(rows)
+    ascii_rows, where = [], []
+    for r, messages in enumerate(rows):
+        text = " ".join(f"{m['role']} {m['content']}" for m in messages if m["role"] in roles)
+        if FAST and text.isascii():
+            ascii_rows.append(text)
+            where.append(r)
+        else:
+            out[r] = " ".join(normalise(messages, roles)).encode()
+    if ascii_rows:
+        for r, line in zip(where, word_lines(ascii_rows).split(b"\n")):
+            out[r] = line
     return out
 
 
 def apply(batch: dict[str, list], *, exact=True, near=True, threshold=0.8, num_perm=128, shingle=5,
           roles=("system", "user", "assistant")) -> FilterResult:
-    words = [normalise(messages, roles) for messages in batch["messages"]]
-    texts = [" ".join(w) for w in words]
-    hashes = [hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in texts]
+    """Signatures only: `_dedup_hash` (hex digest of the normalised text) and `_dedup_minhash` (the MinHash
+    signature as bytes: num_perm little-endian uint32s, or uint64s on datasketch 1.x; b"" with near off)."""
+    normalised = texts(batch["messages"], roles)
+    hashes = [hashlib.blake2b(t, digest_size=16).hexdigest() for t in normalised]
+    n = len(hashes)
     if not near:
-        sigs = [[] for _ in words]
+        sigs = [b""] * n
     elif _scheme():
-        sigs = signatures(shingle_hashes(texts, shingle), _permutations(num_perm))
+        joined = b"\n".join(t or b"\x02" for t in normalised)
+        array = signature_array(_shingle_hashes(joined, n, shingle), _permutations(num_perm)).astype("<u4")
+        sigs = [row.tobytes() for row in array]
     else:
         m = new_minhash(num_perm)
-        sigs = [minhash(w, shingle, m) for w in words]
-    n = len(hashes)
+        sigs = [np.asarray(minhash(t.decode().split(" "), shingle, m), "<u8").tobytes() for t in normalised]
     return FilterResult([True] * n, {"_dedup_hash": hashes, "_dedup_minhash": sigs}, [[] for _ in range(n)])
+
+
+@functools.lru_cache(maxsize=8)
+def _bands(threshold: float, num_perm: int) -> list[tuple[int, int]]:
+    """datasketch MinHashLSH's bands for `threshold` (its false-positive/negative-optimal b x r)."""
+    from datasketch import MinHashLSH
+
+    return MinHashLSH(threshold=min(threshold, 0.9), num_perm=num_perm).hashranges
+
+
+def _signature_matrix(sigs: list, num_perm: int) -> np.ndarray:
+    """(rows, num_perm) array of the signatures, given as bytes (from apply) or as lists of ints."""
+    if sigs and isinstance(sigs[0], (bytes, bytearray, memoryview)):
+        joined = b"".join(sigs)
+        dtype = "<u4" if len(joined) == 4 * num_perm * len(sigs) else "<u8"
+        return np.frombuffer(joined, dtype).reshape(len(sigs), num_perm)
+    return np.asarray(sigs, dtype=np.uint64).reshape(len(sigs), num_perm)
 
 
 def decide(hashes: list[str], sigs: list, alive: list[bool], ids: list, *, exact=True, near=True, threshold=0.8,
            num_perm=128, shingle=5, roles=None) -> FilterResult:
-    """Keep the first of each cluster among the `alive` rows (in order); others get a reason naming it."""
-    from datasketch import MinHashLSH
+    """Keep the first of each cluster among the `alive` rows (in order); others get a reason naming it.
 
+    Near duplicates as datasketch's MinHashLSH finds them (rows sharing a band of signature values are
+    candidates; the decision is the signatures' estimated Jaccard against `threshold`, the most similar
+    kept row named, the earliest on ties), but vectorised: bands are grouped with numpy first, and only
+    rows that share a band with another row go through the sequential keep-the-first pass.
+    """
     n = len(hashes)
     keep, reasons = [True] * n, [[] for _ in range(n)]
+    live = [r for r in range(n) if alive[r]]
+    if near and live:
+        matrix = _signature_matrix([sigs[r] for r in live], num_perm)
+        shared = np.zeros(len(live), bool)
+        groups = []
+        for start, end in _bands(threshold, num_perm):
+            band = np.ascontiguousarray(matrix[:, start:end]).view(f"V{(end - start) * matrix.itemsize}").ravel()
+            _, inverse, counts = np.unique(band, return_inverse=True, return_counts=True)
+            shared |= counts[inverse] > 1
+            groups.append(inverse)
+        order = np.flatnonzero(shared)  # rows no band links to another row are never candidates nor have any
+        keys = np.stack(groups, axis=1)[order].tolist() if len(order) else []
+        positions = order.tolist()
+    else:
+        positions, keys = list(range(len(live))) if exact else [], []
     first: dict[str, int] = {}
-    # LSH only proposes candidates (its banding cannot be tuned for thresholds near 1); the decision is the
-    # signatures' estimated Jaccard against `threshold`.
-    lsh = MinHashLSH(threshold=min(threshold, 0.9), num_perm=num_perm) if near else None
-    probe = new_minhash(num_perm)
-    dtype = probe.hashvalues.dtype
-    kept_sigs: dict[str, np.ndarray] = {}
-    for r in range(n):
-        if not alive[r]:
-            continue
+    tables: list[dict] = [{} for _ in _bands(threshold, num_perm)] if near else []
+    for j, p in enumerate(positions):
+        r = live[p]
         if exact and hashes[r] in first:
             keep[r] = False
             reasons[r].append({"filter": "dedup", "reason": f"exact duplicate of row {ids[first[hashes[r]]]}"})
             continue
         first.setdefault(hashes[r], r)
-        if lsh is not None:
-            sig = np.asarray(sigs[r], dtype=dtype)
-            probe.hashvalues = sig  # the LSH copies out the band hashes, so one object serves every row
-            best = None
-            for key in lsh.query(probe):
-                sim = float(np.mean(kept_sigs[key] == sig))
-                if sim >= threshold and (best is None or sim > best[1]):
-                    best = (key, sim)
-            if best is not None:
+        if not near:
+            continue
+        band_keys = keys[j]
+        candidates = set()
+        for table, key in zip(tables, band_keys):
+            candidates.update(table.get(key, ()))
+        if candidates:
+            cands = sorted(candidates)
+            sims = (matrix[cands] == matrix[p]).mean(axis=1)
+            best = int(np.argmax(sims))  # the first maximum: the earliest row on ties
+            if sims[best] >= threshold:
                 keep[r] = False
-                reasons[r].append({"filter": "dedup",
-                                   "reason": f"near duplicate of row {ids[int(best[0])]} (jaccard~{best[1]:.2f})"})
+                reasons[r].append({"filter": "dedup", "reason": f"near duplicate of row {ids[live[cands[best]]]} "
+                                                                f"(jaccard~{float(sims[best]):.2f})"})
                 continue
-            key = str(r)
-            lsh.insert(key, probe)
-            kept_sigs[key] = sig
+        for table, key in zip(tables, band_keys):
+            table.setdefault(key, []).append(p)
     return FilterResult(keep, {}, reasons)
 
 

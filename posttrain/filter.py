@@ -76,7 +76,7 @@ def _check_row(row) -> str | None:
 
 
 def _iter_input(path: Path):
-    """(source, row or None, raw text or error) for each input row."""
+    """(source, row or None, raw text or error) for each input row of a parquet file or an HF datasets dir."""
     if path.is_dir():
         import datasets
 
@@ -88,69 +88,113 @@ def _iter_input(path: Path):
             raise UserError(f"input {path} holds splits {list(ds)}; point input at one split's dir")
         for i, row in enumerate(ds):
             yield f"{path}[{i}]", row, None
-    elif path.suffix == ".parquet":
+    else:
         import pyarrow.parquet as pq
 
         for i, row in enumerate(pq.read_table(path).to_pylist()):
             yield f"{path}[{i}]", row, None
-    else:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{path}:{lineno}", json.loads(line), None
-                except json.JSONDecodeError as e:
-                    yield f"{path}:{lineno}", None, (line.rstrip("\n"), f"invalid JSON: {e.msg} (column {e.colno})")
 
 
-def read_input(path: str, on_bad_row: str):
-    """-> (columns for the filters, bad-row reject records, input bytes)."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"input not found: {path}")
-    cols = {"_row": [], "_id": [], "_source": [], "messages": [], "_extra": []}
-    bad, nbytes, index = [], 0, 0
-    for source, row, error in _iter_input(path):
-        reason = error[1] if error else _check_row(row)
-        if reason is not None:
-            if on_bad_row == "error":
-                raise UserError(f"{source}: {reason}")
-            bad.append({"row": index, "source": source, "action": "dropped", "filter": "input",
-                        "reasons": [{"filter": "input", "reason": reason}],
-                        "data": error[0] if error else row})
-            index += 1
-            continue
-        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-        extra = dict(row)
-        extra["messages"] = None  # keeps the key's position for writing the row back
-        more = [{k: v for k, v in m.items() if k not in ("role", "content")} for m in row["messages"]]
-        if any(more):
-            extra["__message_extra__"] = more
-        cols["_row"].append(index)
-        cols["_id"].append(str(row.get("id", f"#{index}")))
-        cols["_source"].append(source)
-        cols["messages"].append(messages)
-        cols["_extra"].append(json.dumps(extra, ensure_ascii=False, default=str))
-        nbytes += sum(len(m["content"].encode()) for m in messages)
-        index += 1
-    return cols, bad, nbytes, index
+class Input:
+    """The input rows as JSON text, for the workers: `cols` = {"_row": index, "_line": JSON}, plus where each
+    row came from and the reject records of rows the driver already knows are bad (parquet/HF inputs;
+    a jsonl line is parsed and checked by the workers, which is most of the reading work)."""
+
+    def __init__(self, path: str, on_bad_row: str):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise UserError(f"input not found: {self.path}")
+        self.cols: dict[str, list] = {"_row": [], "_line": []}
+        self.bad: list[dict] = []
+        self.lineno: list[int] = []  # jsonl: the line of each row
+        self.jsonl = not (self.path.is_dir() or self.path.suffix == ".parquet")
+        if self.jsonl:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                for lineno, line in enumerate(f, 1):
+                    if line.strip():
+                        self.cols["_row"].append(len(self.lineno))
+                        self.cols["_line"].append(line)
+                        self.lineno.append(lineno)
+            self.rows = len(self.lineno)
+            return
+        self.rows = 0
+        for source, row, _ in _iter_input(self.path):
+            reason = _check_row(row)
+            if reason is not None:
+                if on_bad_row == "error":
+                    raise UserError(f"{source}: {reason}")
+                self.bad.append(_bad_record(self.rows, source, reason, row))
+            else:
+                self.cols["_row"].append(self.rows)
+                self.cols["_line"].append(json.dumps(row, ensure_ascii=False, default=str))
+            self.rows += 1
+
+    def source(self, row: int) -> str:
+        return f"{self.path}:{self.lineno[row]}" if self.jsonl else f"{self.path}[{row}]"
 
 
-def _restore(extra_json: str, messages: list[dict]) -> dict:
-    row = json.loads(extra_json)
-    more = row.pop("__message_extra__", None)
-    if more:
-        messages = [{**m, **x} for m, x in zip(messages, more)]
-    row["messages"] = messages
-    return row
+def _bad_record(row: int, source: str, reason: str, data) -> dict:
+    return {"row": row, "source": source, "action": "dropped", "filter": "input",
+            "reasons": [{"filter": "input", "reason": reason}], "data": data}
+
+
+def _parse(line: str):
+    """(row, None) or (None, why it cannot be filtered)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        return None, f"invalid JSON: {e.msg} (column {e.colno})"
+    reason = _check_row(row)
+    return (None, reason) if reason else (row, None)
+
+
+def _restore(row: dict, messages: list[dict]) -> dict:
+    """`row` with `messages` (role and content) in place of its own, each message's other keys kept."""
+    out = dict(row)
+    out["messages"] = [{**m, **{k: v for k, v in x.items() if k not in ("role", "content")}}
+                       for m, x in zip(messages, row["messages"])]
+    return out
 
 
 # --------------------------------------------------------------------------------------------- running
-def _map_fn(batch, chain):
+COLUMNS = {"_row": "int64", "_keep": "bool", "_reasons": "string", "_bad": "string", "_id": "string",
+           "_nbytes": "int64", "_out": "string", "_dedup_hash": "string", "_dedup_minhash": "binary"}
+
+
+def filter_lines(rows: list[int], lines: list[str], chain) -> dict[str, list]:
+    """The worker's part, for rows given as JSON text: parse and check them, run the chain, and serialise.
+
+    Per row: `_keep`; `_reasons` (JSON list of reasons); `_bad` (why the row cannot be filtered, or None);
+    `_id`; `_nbytes` (bytes of message text); `_out` (the row with the filters' rewrites as the JSON line
+    clean.jsonl gets if it is kept); dedup's signatures when dedup is in the chain.
+    """
     from data_filters import run_chain
 
-    return run_chain(chain, batch)
+    n = len(lines)
+    parsed = [_parse(line) for line in lines]
+    good = [k for k in range(n) if parsed[k][0] is not None]
+    originals = [parsed[k][0] for k in good]
+    ids = [str(row.get("id", f"#{rows[k]}")) for k, row in zip(good, originals)]
+    messages = [[{"role": m["role"], "content": m["content"]} for m in row["messages"]] for row in originals]
+    res = run_chain(chain, {"_row": [rows[k] for k in good], "_id": ids, "messages": messages})
+    out = {"_row": list(rows), "_keep": [False] * n, "_reasons": ["[]"] * n, "_bad": [p[1] for p in parsed],
+           "_id": [None] * n, "_nbytes": [0] * n, "_out": [None] * n}
+    extra = [c for c in ("_dedup_hash", "_dedup_minhash") if c in res]
+    for c in extra:
+        out[c] = [None] * n
+    for j, k in enumerate(good):
+        out["_keep"][k] = res["_keep"][j]
+        out["_reasons"][k] = res["_reasons"][j]
+        out["_id"][k] = ids[j]
+        out["_nbytes"][k] = sum(len(m["content"].encode()) for m in messages[j])
+        out["_out"][k] = json.dumps(_restore(originals[j], res["messages"][j]), ensure_ascii=False)
+        for c in extra:
+            out[c][k] = res[c][j]
+    return out
+
+
+def _map_fn(batch, chain):
+    return filter_lines(batch["_row"], batch["_line"], chain)
 
 
 def run_local(cols: dict, chain, batch_size: int, num_proc: int) -> dict:
@@ -160,32 +204,21 @@ def run_local(cols: dict, chain, batch_size: int, num_proc: int) -> dict:
     ds = datasets.Dataset.from_dict(cols)
     procs = num_proc or os.cpu_count() or 1
     procs = max(1, min(procs, n // batch_size))  # a process per batch at least, or the fork costs more
+    with_dedup = any(name == "dedup" for name, _, _ in chain)
+    names = [c for c in COLUMNS if with_dedup or not c.startswith("_dedup")]
+    features = datasets.Features({c: datasets.Value(COLUMNS[c]) for c in names})
     out = ds.map(_map_fn, batched=True, batch_size=batch_size, num_proc=procs if procs > 1 else None,
-                 fn_kwargs={"chain": chain}, new_fingerprint=f"filter-{time.time_ns()}",
-                 keep_in_memory=True, desc="filtering")
+                 fn_kwargs={"chain": chain}, remove_columns=list(cols), features=features,
+                 new_fingerprint=f"filter-{time.time_ns()}", keep_in_memory=True, desc="filtering")
     return out.to_dict()
 
 
 def _ray_fn(table, chain):
     import pyarrow as pa
 
-    from data_filters import run_chain
-
-    out = run_chain(chain, table.to_pydict())
+    out = filter_lines(table.column("_row").to_pylist(), table.column("_line").to_pylist(), chain)
     # Fixed types, so blocks concatenate even when a block's column is all empty or all None.
-    fields = []
-    for name in out:
-        if name == "_dedup_minhash":
-            fields.append(pa.field(name, pa.list_(pa.int64())))
-        elif name in table.column_names:
-            fields.append(table.schema.field(name))
-        elif name == "_keep":
-            fields.append(pa.field(name, pa.bool_()))
-        elif name in ("_reasons", "_dedup_hash"):
-            fields.append(pa.field(name, pa.string()))
-        else:
-            fields.append(pa.field(name, pa.array(out[name]).type))
-    return pa.Table.from_pydict(out, schema=pa.schema(fields))
+    return pa.Table.from_pydict(out, schema=pa.schema([pa.field(name, pa.type_for_alias(COLUMNS[name])) for name in out]))
 
 
 def run_ray(cols: dict, chain, batch_size: int, address: str | None) -> dict:
@@ -205,14 +238,18 @@ def run_ray(cols: dict, chain, batch_size: int, address: str | None) -> dict:
     return {k: [v[i] for i in order] for k, v in result.items()}
 
 
-def run_filters(config: Config, cols: dict, chain) -> dict:
+def run_filters(config: Config, inp: Input, chain) -> dict:
     """The chain over every row, local or on Ray, then dedup's global pass; columns in input order."""
+    cols = inp.cols
     if not cols["_row"]:
-        out = {**cols, "_keep": [], "_reasons": []}
+        out = {name: [] for name in COLUMNS}
     elif config.ray_address or config.use_ray:
         out = run_ray(cols, chain, config.batch_size, config.ray_address)
     else:
         out = run_local(cols, chain, config.batch_size, config.num_proc)
+    first_bad = next((r for r, why in zip(out["_row"], out["_bad"]) if why), None)
+    if first_bad is not None and config.on_bad_row == "error":
+        raise UserError(f"{inp.source(first_bad)}: {out['_bad'][out['_row'].index(first_bad)]}")
     dedup = next((fn for name, fn, _ in chain if name == "dedup"), None)
     if dedup is not None and out["_row"]:
         from data_filters import dedup as dd
@@ -240,13 +277,13 @@ def run(config: Config) -> str:
         state = "a finished run" if artifacts.is_done(out_dir) else "an unfinished run"
         raise UserError(f"output dir {out_dir} already holds {state}; pass --overwrite to replace it")
     started = time.perf_counter()
-    cols, bad, nbytes, n_in = read_input(config.input, config.on_bad_row)
-    out = run_filters(config, cols, chain)
+    inp = Input(config.input, config.on_bad_row)
+    out = run_filters(config, inp, chain)
     seconds = time.perf_counter() - started
 
     artifacts.prepare_output(config.output, overwrite=config.overwrite, resume=False)
     staging = artifacts.atomic_dir(config.output)
-    report = write_outputs(staging, config, out, cols["messages"], bad, n_in, nbytes, seconds, chain)
+    report = write_outputs(staging, config, out, inp, seconds, chain)
     artifacts.write_manifest(staging, stage="filter", config=dataclasses.asdict(config),
                              inputs={"input": {"path": config.input, **_input_hash(config.input)}},
                              extra={"outputs": {"clean": CLEAN, "rejects": REJECTS, "report": REPORT},
@@ -262,31 +299,44 @@ def _input_hash(path: str) -> dict:
     return {"sha256": artifacts.file_sha256(p)} if p.is_file() else {"sha256": artifacts.dir_sha256(p)}
 
 
-def write_outputs(out_dir: Path, config: Config, out: dict, original: list, bad: list, n_in: int, nbytes: int,
-                  seconds: float, chain) -> dict:
+def _original(line: str) -> dict:
+    """The input row as the rejects file shows it: messages' role and content first."""
+    row = json.loads(line)
+    return _restore(row, [{"role": m["role"], "content": m["content"]} for m in row["messages"]])
+
+
+def write_outputs(out_dir: Path, config: Config, out: dict, inp: Input, seconds: float, chain) -> dict:
     per_filter = {name: {"dropped": 0, "redacted_rows": 0, "spans": Counter(), "examples": []}
                   for name, _, _ in chain}
-    per_filter["input"] = {"dropped": len(bad), "redacted_rows": 0, "spans": Counter(), "examples": []}
+    per_filter["input"] = {"dropped": 0, "redacted_rows": 0, "spans": Counter(), "examples": []}
     kept = dropped = redacted = 0
-    rejects = list(bad)
+    rejects = list(inp.bad)
+    lines = inp.cols["_line"]
     with open(out_dir / CLEAN, "w", encoding="utf-8") as clean:
+        chunk = []
         for r in range(len(out["_row"])):
-            reasons = json.loads(out["_reasons"][r])
-            row = _restore(out["_extra"][r], out["messages"][r])
+            if out["_bad"][r] is not None:
+                why, line = out["_bad"][r], lines[r]
+                data = line.rstrip("\n") if why.startswith("invalid JSON") else json.loads(line)
+                rejects.append(_bad_record(out["_row"][r], inp.source(out["_row"][r]), why, data))
+                continue
             if out["_keep"][r]:
                 kept += 1
-                clean.write(json.dumps(row, ensure_ascii=False) + "\n")
+                chunk.append(out["_out"][r])
+                if len(chunk) >= 4096:
+                    clean.write("\n".join(chunk) + "\n")
+                    chunk = []
             else:
                 dropped += 1
-            if not reasons:
+            if out["_reasons"][r] == "[]":
                 continue
+            reasons = json.loads(out["_reasons"][r])
             by = [x["filter"] for x in reasons]
             action = "redacted" if out["_keep"][r] else "dropped"
             redacted += out["_keep"][r]
             culprit = by[-1] if action == "dropped" else ",".join(dict.fromkeys(by))
-            rejects.append({"row": out["_row"][r], "id": out["_id"][r], "source": out["_source"][r],
-                            "action": action, "filter": culprit, "reasons": reasons,
-                            "data": _restore(out["_extra"][r], original[r])})
+            rejects.append({"row": out["_row"][r], "id": out["_id"][r], "source": inp.source(out["_row"][r]),
+                            "action": action, "filter": culprit, "reasons": reasons, "data": _original(lines[r])})
             for name in dict.fromkeys(by):
                 stats = per_filter.setdefault(name, {"dropped": 0, "redacted_rows": 0, "spans": Counter(),
                                                      "examples": []})
@@ -300,14 +350,19 @@ def write_outputs(out_dir: Path, config: Config, out: dict, original: list, bad:
                         stats["spans"][x.get("type") or re.split(r" \(| of row ", x["reason"])[0]] += 1
                 if len(stats["examples"]) < config.examples:
                     x = next(x for x in reasons if x["filter"] == name)
-                    stats["examples"].append(_example(x, row, out["_id"][r], action))
-    for b in bad:
-        if len(per_filter["input"]["examples"]) < config.examples:
-            per_filter["input"]["examples"].append({"source": b["source"], "reason": b["reasons"][0]["reason"]})
+                    stats["examples"].append(_example(x, json.loads(out["_out"][r]), out["_id"][r], action))
+        if chunk:
+            clean.write("\n".join(chunk) + "\n")
+    bad = [b for b in rejects if b["filter"] == "input"]
+    per_filter["input"]["dropped"] = len(bad)
     rejects.sort(key=lambda x: x["row"])
+    for b in sorted(bad, key=lambda x: x["row"])[:config.examples]:
+        per_filter["input"]["examples"].append({"source": b["source"], "reason": b["reasons"][0]["reason"]})
     with open(out_dir / REJECTS, "w", encoding="utf-8") as f:
         for rec in rejects:
             f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+    n_in = inp.rows
+    nbytes = sum(out["_nbytes"])
     report = {
         "input": config.input, "filters": config.filters,
         "rows_in": n_in, "rows_kept": kept, "rows_dropped": dropped + len(bad), "rows_redacted": redacted,
