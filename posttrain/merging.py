@@ -234,8 +234,8 @@ def _merge(states: list, names: list[str], weights_of: Callable[[str], Sequence[
         for block in _blocks(shape, chunk_elements):
             acc = None
             for state, w in zip(states, weights):
-                part = _rows(state, key, block).to(torch.float64)
-                acc = part * w if acc is None else acc.add_(part * w)  # part may be the input itself: no mul_
+                part = _rows(state, key, block).to(torch.float64, copy=True).mul_(w)  # (a copy: never the input)
+                acc = part if acc is None else acc.add_(part)
             yield block, acc.to(dtype) if exact else acc.round_().to(dtype)
 
     if out_dir is None:
@@ -367,7 +367,9 @@ def _gram(states: list, key: str, chunk_elements: int) -> torch.Tensor:
     gram = torch.zeros(len(states) - 1, len(states) - 1, dtype=torch.float64)
     for block in _blocks(_shape(states[0], key), chunk_elements):
         base = _rows(states[0], key, block).to(torch.float64).reshape(-1)
-        deltas = torch.stack([_rows(s, key, block).to(torch.float64).reshape(-1) - base for s in states[1:]])
+        deltas = torch.empty(len(states) - 1, base.numel(), dtype=torch.float64)
+        for i, state in enumerate(states[1:]):
+            torch.sub(_rows(state, key, block).reshape(-1), base, out=deltas[i])
         gram += deltas @ deltas.T
     return gram
 
