@@ -50,7 +50,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if origin is list:
         (item_tp,) = typing.get_args(tp) or (Any,)
         if isinstance(value, str):  # `--rewards math,code` on the command line
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]  # `--pass_k 1,4`: ints
         if not isinstance(value, list):
             raise UserError(f"{where}: '{key}' must be a list, got {value!r}")
         return [_coerce(v, item_tp, key, where) for v in value]
