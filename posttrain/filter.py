@@ -17,6 +17,7 @@ Every input row is in clean.jsonl or (dropped) in rejects.jsonl, never both, nev
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -96,28 +97,25 @@ def _iter_input(path: Path):
 
 
 class Input:
-    """The input rows as JSON text, for the workers: `cols` = {"_row": index, "_line": JSON}, plus where each
-    row came from and the reject records of rows the driver already knows are bad (parquet/HF inputs;
-    a jsonl line is parsed and checked by the workers, which is most of the reading work)."""
+    """The input rows as JSON text for the workers, `table` = {_row: index, _line: JSON text}, plus where each
+    row came from and the reject records of rows the driver already knows are bad (parquet/HF inputs). A
+    jsonl file becomes the table without a Python object per line (its bytes are the Arrow string data);
+    the workers parse and check the lines, which is most of the reading work."""
 
     def __init__(self, path: str, on_bad_row: str):
+        import pyarrow as pa
+
         self.path = Path(path)
         if not self.path.exists():
             raise UserError(f"input not found: {self.path}")
-        self.cols: dict[str, list] = {"_row": [], "_line": []}
         self.bad: list[dict] = []
-        self.lineno: list[int] = []  # jsonl: the line of each row
         self.jsonl = not (self.path.is_dir() or self.path.suffix == ".parquet")
         if self.jsonl:
-            with open(self.path, encoding="utf-8", errors="replace") as f:
-                for lineno, line in enumerate(f, 1):
-                    if line.strip():
-                        self.cols["_row"].append(len(self.lineno))
-                        self.cols["_line"].append(line)
-                        self.lineno.append(lineno)
+            lines, self.lineno = _read_lines(self.path)
             self.rows = len(self.lineno)
+            self.table = pa.table({"_row": pa.array(range(self.rows), pa.int64()), "_line": lines})
             return
-        self.rows = 0
+        rows, texts, self.rows = [], [], 0
         for source, row, _ in _iter_input(self.path):
             reason = _check_row(row)
             if reason is not None:
@@ -125,12 +123,45 @@ class Input:
                     raise UserError(f"{source}: {reason}")
                 self.bad.append(_bad_record(self.rows, source, reason, row))
             else:
-                self.cols["_row"].append(self.rows)
-                self.cols["_line"].append(json.dumps(row, ensure_ascii=False, default=str))
+                rows.append(self.rows)
+                texts.append(json.dumps(row, ensure_ascii=False, default=str))
             self.rows += 1
+        self.table = pa.table({"_row": pa.array(rows, pa.int64()), "_line": pa.array(texts, pa.string())})
 
     def source(self, row: int) -> str:
         return f"{self.path}:{self.lineno[row]}" if self.jsonl else f"{self.path}[{row}]"
+
+
+def _read_lines(path: Path):
+    """(Arrow strings: the non-blank lines of a text file, each with its newline; their line numbers), as
+    `open(path, errors="replace")` would give them, from the file's bytes with numpy."""
+    import numpy as np
+    import pyarrow as pa
+
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")  # the bytes are the Arrow string data, so they must be valid UTF-8
+    except UnicodeDecodeError:
+        data = data.decode("utf-8", errors="replace").encode("utf-8")
+    if b"\r" in data:  # universal newlines: let Python split it
+        with open(path, encoding="utf-8", errors="replace") as f:
+            texts = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+        return pa.array([t for _, t in texts], pa.large_string()), [n for n, _ in texts]
+    arr = np.frombuffer(data, np.uint8)
+    ends = np.flatnonzero(arr == 10) + 1
+    offsets = np.concatenate([[0], ends, [len(arr)] if len(arr) and arr[-1] != 10 else []]).astype(np.int64)
+    # Blank lines (only whitespace) hold no byte below 128 that is not whitespace; the few that might be
+    # blank are checked as text (str.strip knows Unicode whitespace).
+    solid = (arr < 128) & ~np.isin(arr, np.frombuffer(b" \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f", np.uint8))
+    count = np.concatenate([[0], np.cumsum(solid)])
+    maybe_blank = np.flatnonzero(count[offsets[1:]] == count[offsets[:-1]])
+    keep = np.ones(len(offsets) - 1, bool)
+    for i in maybe_blank:
+        keep[i] = bool(data[offsets[i]:offsets[i + 1]].decode("utf-8", errors="replace").strip())
+    lines = pa.LargeStringArray.from_buffers(len(keep), pa.py_buffer(offsets), pa.py_buffer(data))
+    if not keep.all():
+        lines = lines.filter(pa.array(keep))
+    return lines, (np.flatnonzero(keep) + 1).tolist()
 
 
 def _bad_record(row: int, source: str, reason: str, data) -> dict:
@@ -151,22 +182,24 @@ def _parse(line: str):
 def _restore(row: dict, messages: list[dict]) -> dict:
     """`row` with `messages` (role and content) in place of its own, each message's other keys kept."""
     out = dict(row)
-    out["messages"] = [{**m, **{k: v for k, v in x.items() if k not in ("role", "content")}}
+    out["messages"] = [m if len(x) == 2 else {**m, **{k: v for k, v in x.items() if k not in ("role", "content")}}
                        for m, x in zip(messages, row["messages"])]
     return out
 
 
 # --------------------------------------------------------------------------------------------- running
 COLUMNS = {"_row": "int64", "_keep": "bool", "_reasons": "string", "_bad": "string", "_id": "string",
-           "_nbytes": "int64", "_out": "string", "_dedup_hash": "string", "_dedup_minhash": "binary"}
+           "_out": "string", "_data": "string", "_nbytes": "int64", "_dedup_hash": "string",
+           "_dedup_minhash": "binary"}
 
 
 def filter_lines(rows: list[int], lines: list[str], chain) -> dict[str, list]:
     """The worker's part, for rows given as JSON text: parse and check them, run the chain, and serialise.
 
     Per row: `_keep`; `_reasons` (JSON list of reasons); `_bad` (why the row cannot be filtered, or None);
-    `_id`; `_nbytes` (bytes of message text); `_out` (the row with the filters' rewrites as the JSON line
-    clean.jsonl gets if it is kept); dedup's signatures when dedup is in the chain.
+    `_id`; `_out` (the row with the filters' rewrites, the JSON line clean.jsonl gets if it is kept);
+    `_data` (the row as it came in, as rejects.jsonl shows it, only if that is not `_out`); `_nbytes`
+    (bytes of message text); dedup's signatures when dedup is in the chain.
     """
     from data_filters import run_chain
 
@@ -178,7 +211,7 @@ def filter_lines(rows: list[int], lines: list[str], chain) -> dict[str, list]:
     messages = [[{"role": m["role"], "content": m["content"]} for m in row["messages"]] for row in originals]
     res = run_chain(chain, {"_row": [rows[k] for k in good], "_id": ids, "messages": messages})
     out = {"_row": list(rows), "_keep": [False] * n, "_reasons": ["[]"] * n, "_bad": [p[1] for p in parsed],
-           "_id": [None] * n, "_nbytes": [0] * n, "_out": [None] * n}
+           "_id": [None] * n, "_out": [None] * n, "_data": [None] * n, "_nbytes": [0] * n}
     extra = [c for c in ("_dedup_hash", "_dedup_minhash") if c in res]
     for c in extra:
         out[c] = [None] * n
@@ -186,8 +219,10 @@ def filter_lines(rows: list[int], lines: list[str], chain) -> dict[str, list]:
         out["_keep"][k] = res["_keep"][j]
         out["_reasons"][k] = res["_reasons"][j]
         out["_id"][k] = ids[j]
+        out["_out"][k] = json.dumps(_restore(originals[j], res["messages"][j]), ensure_ascii=False) + "\n"
+        if res["messages"][j] != messages[j]:
+            out["_data"][k] = json.dumps(_restore(originals[j], messages[j]), ensure_ascii=False)
         out["_nbytes"][k] = sum(len(m["content"].encode()) for m in messages[j])
-        out["_out"][k] = json.dumps(_restore(originals[j], res["messages"][j]), ensure_ascii=False)
         for c in extra:
             out[c][k] = res[c][j]
     return out
@@ -197,20 +232,20 @@ def _map_fn(batch, chain):
     return filter_lines(batch["_row"], batch["_line"], chain)
 
 
-def run_local(cols: dict, chain, batch_size: int, num_proc: int) -> dict:
+def run_local(table, chain, batch_size: int, num_proc: int):
     import datasets
 
-    n = len(cols["_row"])
-    ds = datasets.Dataset.from_dict(cols)
+    n = table.num_rows
+    ds = datasets.Dataset(table)
     procs = num_proc or os.cpu_count() or 1
     procs = max(1, min(procs, n // batch_size))  # a process per batch at least, or the fork costs more
     with_dedup = any(name == "dedup" for name, _, _ in chain)
     names = [c for c in COLUMNS if with_dedup or not c.startswith("_dedup")]
     features = datasets.Features({c: datasets.Value(COLUMNS[c]) for c in names})
     out = ds.map(_map_fn, batched=True, batch_size=batch_size, num_proc=procs if procs > 1 else None,
-                 fn_kwargs={"chain": chain}, remove_columns=list(cols), features=features,
+                 fn_kwargs={"chain": chain}, remove_columns=table.column_names, features=features,
                  new_fingerprint=f"filter-{time.time_ns()}", keep_in_memory=True, desc="filtering")
-    return out.to_dict()
+    return out.data.table
 
 
 def _ray_fn(table, chain):
@@ -218,10 +253,11 @@ def _ray_fn(table, chain):
 
     out = filter_lines(table.column("_row").to_pylist(), table.column("_line").to_pylist(), chain)
     # Fixed types, so blocks concatenate even when a block's column is all empty or all None.
-    return pa.Table.from_pydict(out, schema=pa.schema([pa.field(name, pa.type_for_alias(COLUMNS[name])) for name in out]))
+    return pa.Table.from_pydict(out, schema=pa.schema([pa.field(name, pa.type_for_alias(COLUMNS[name]))
+                                                       for name in out]))
 
 
-def run_ray(cols: dict, chain, batch_size: int, address: str | None) -> dict:
+def run_ray(table, chain, batch_size: int, address: str | None):
     import pyarrow as pa
 
     from posttrain import cluster
@@ -229,37 +265,74 @@ def run_ray(cols: dict, chain, batch_size: int, address: str | None) -> dict:
     ray = cluster.init(address)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
-    ds = ray.data.from_arrow(pa.Table.from_pydict(cols))
-    out = ds.map_batches(_ray_fn, batch_size=batch_size, batch_format="pyarrow", fn_kwargs={"chain": chain})
+    out = ray.data.from_arrow(table).map_batches(_ray_fn, batch_size=batch_size, batch_format="pyarrow",
+                                                 fn_kwargs={"chain": chain})
     tables = [t for t in ray.get(out.to_arrow_refs()) if t.num_rows]
-    table = pa.concat_tables(tables, promote_options="permissive")
-    result = table.to_pydict()
-    order = sorted(range(len(result["_row"])), key=result["_row"].__getitem__)
-    return {k: [v[i] for i in order] for k, v in result.items()}
+    return pa.concat_tables(tables, promote_options="permissive").sort_by("_row")
 
 
-def run_filters(config: Config, inp: Input, chain) -> dict:
-    """The chain over every row, local or on Ray, then dedup's global pass; columns in input order."""
-    cols = inp.cols
-    if not cols["_row"]:
-        out = {name: [] for name in COLUMNS}
+class Results:
+    """The workers' columns (an Arrow table in input order) and dedup's verdicts on top of them."""
+
+    def __init__(self, table, chain):
+        import numpy as np
+
+        self.table = table
+        col = table.column
+        self.row = col("_row").to_numpy().tolist()
+        self.keep = np.asarray(col("_keep").to_numpy(zero_copy_only=False), bool).copy()
+        self.bad = col("_bad").to_pylist()
+        self.reasons = col("_reasons").to_pylist()
+        self.ids = col("_id").to_pylist()
+        self.dedup: dict[int, list] = {}  # position -> dedup's reasons, for the rows it drops
+        dedup = next((fn for name, fn, _ in chain if name == "dedup"), None)
+        if dedup is not None and table.num_rows:
+            from data_filters import dedup as dd
+
+            sigs = col("_dedup_minhash").combine_chunks()
+            res = dd.decide(col("_dedup_hash").to_pylist(), _fixed_binary(sigs, dedup.keywords["num_perm"]),
+                            self.keep.tolist(), self.ids, **dedup.keywords)
+            for r, (k, reasons) in enumerate(zip(res.keep, res.reasons)):
+                if not k:
+                    self.keep[r] = False
+                    self.dedup[r] = reasons
+
+    def reasons_of(self, r: int) -> list[dict]:
+        chain = json.loads(self.reasons[r]) if self.reasons[r] != "[]" else []
+        return chain + self.dedup.get(r, [])
+
+
+def _fixed_binary(array, num_perm: int):
+    """The signatures of a binary Arrow array as a (rows, num_perm) array without a bytes object per row, if
+    they are all of one width (else a list of bytes)."""
+    import numpy as np
+
+    if array.null_count or not len(array):
+        return array.to_pylist()
+    offsets = np.frombuffer(array.buffers()[1], np.int32)[array.offset:array.offset + len(array) + 1]
+    width = (offsets[-1] - offsets[0]) // len(array)
+    if width == 0 or (np.diff(offsets) != width).any() or width % num_perm:
+        return array.to_pylist()
+    data = np.frombuffer(array.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
+    return data.view("<u4" if width == 4 * num_perm else "<u8").reshape(len(array), num_perm)
+
+
+def run_filters(config: Config, inp: Input, chain) -> Results:
+    """The chain over every row, local or on Ray, then dedup's global pass; in input order."""
+    table = inp.table
+    if not table.num_rows:
+        import pyarrow as pa
+
+        out = pa.table({c: pa.array([], pa.type_for_alias(t)) for c, t in COLUMNS.items()})
     elif config.ray_address or config.use_ray:
-        out = run_ray(cols, chain, config.batch_size, config.ray_address)
+        out = run_ray(table, chain, config.batch_size, config.ray_address)
     else:
-        out = run_local(cols, chain, config.batch_size, config.num_proc)
-    first_bad = next((r for r, why in zip(out["_row"], out["_bad"]) if why), None)
-    if first_bad is not None and config.on_bad_row == "error":
-        raise UserError(f"{inp.source(first_bad)}: {out['_bad'][out['_row'].index(first_bad)]}")
-    dedup = next((fn for name, fn, _ in chain if name == "dedup"), None)
-    if dedup is not None and out["_row"]:
-        from data_filters import dedup as dd
-
-        res = dd.decide(out["_dedup_hash"], out["_dedup_minhash"], out["_keep"], out["_id"], **dedup.keywords)
-        for r, (k, reasons) in enumerate(zip(res.keep, res.reasons)):
-            if not k:
-                out["_keep"][r] = False
-                out["_reasons"][r] = json.dumps(json.loads(out["_reasons"][r]) + reasons, ensure_ascii=False)
-    return out
+        out = run_local(table, chain, config.batch_size, config.num_proc)
+    if config.on_bad_row == "error" and out.column("_bad").null_count < out.num_rows:
+        first = next(r for r, why in enumerate(out.column("_bad").to_pylist()) if why)
+        row = out.column("_row")[first].as_py()
+        raise UserError(f"{inp.source(row)}: {out.column('_bad')[first].as_py()}")
+    return Results(out, chain)
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -299,70 +372,81 @@ def _input_hash(path: str) -> dict:
     return {"sha256": artifacts.file_sha256(p)} if p.is_file() else {"sha256": artifacts.dir_sha256(p)}
 
 
-def _original(line: str) -> dict:
-    """The input row as the rejects file shows it: messages' role and content first."""
-    row = json.loads(line)
-    return _restore(row, [{"role": m["role"], "content": m["content"]} for m in row["messages"]])
+def _write_strings(f, array) -> None:
+    """Write the strings of an Arrow (chunked) string array back to back, straight from its buffers."""
+    import numpy as np
+    import pyarrow as pa
+
+    for chunk in getattr(array, "chunks", [array]):
+        if not len(chunk):
+            continue
+        wide = pa.types.is_large_string(chunk.type) or pa.types.is_large_binary(chunk.type)
+        offsets = np.frombuffer(chunk.buffers()[1], np.int64 if wide else np.int32)
+        offsets = offsets[chunk.offset:chunk.offset + len(chunk) + 1]
+        if offsets[-1] > offsets[0]:
+            f.write(memoryview(chunk.buffers()[2])[offsets[0]:offsets[-1]])
 
 
-def write_outputs(out_dir: Path, config: Config, out: dict, inp: Input, seconds: float, chain) -> dict:
+def write_outputs(out_dir: Path, config: Config, out: Results, inp: Input, seconds: float, chain) -> dict:
+    import numpy as np
+    import pyarrow.compute as pc
+
     per_filter = {name: {"dropped": 0, "redacted_rows": 0, "spans": Counter(), "examples": []}
                   for name, _, _ in chain}
     per_filter["input"] = {"dropped": 0, "redacted_rows": 0, "spans": Counter(), "examples": []}
-    kept = dropped = redacted = 0
-    rejects = list(inp.bad)
-    lines = inp.cols["_line"]
-    with open(out_dir / CLEAN, "w", encoding="utf-8") as clean:
-        chunk = []
-        for r in range(len(out["_row"])):
-            if out["_bad"][r] is not None:
-                why, line = out["_bad"][r], lines[r]
-                data = line.rstrip("\n") if why.startswith("invalid JSON") else json.loads(line)
-                rejects.append(_bad_record(out["_row"][r], inp.source(out["_row"][r]), why, data))
-                continue
-            if out["_keep"][r]:
-                kept += 1
-                chunk.append(out["_out"][r])
-                if len(chunk) >= 4096:
-                    clean.write("\n".join(chunk) + "\n")
-                    chunk = []
-            else:
-                dropped += 1
-            if out["_reasons"][r] == "[]":
-                continue
-            reasons = json.loads(out["_reasons"][r])
-            by = [x["filter"] for x in reasons]
-            action = "redacted" if out["_keep"][r] else "dropped"
-            redacted += out["_keep"][r]
-            culprit = by[-1] if action == "dropped" else ",".join(dict.fromkeys(by))
-            rejects.append({"row": out["_row"][r], "id": out["_id"][r], "source": inp.source(out["_row"][r]),
-                            "action": action, "filter": culprit, "reasons": reasons, "data": _original(lines[r])})
-            for name in dict.fromkeys(by):
-                stats = per_filter.setdefault(name, {"dropped": 0, "redacted_rows": 0, "spans": Counter(),
-                                                     "examples": []})
-                if action == "dropped" and name == culprit:
-                    stats["dropped"] += 1
-                elif action == "redacted":
-                    stats["redacted_rows"] += 1
-                for x in reasons:
-                    if x["filter"] == name:
-                        # counted by kind: "near duplicate", not "near duplicate of row 17 (jaccard~0.9)"
-                        stats["spans"][x.get("type") or re.split(r" \(| of row ", x["reason"])[0]] += 1
-                if len(stats["examples"]) < config.examples:
-                    x = next(x for x in reasons if x["filter"] == name)
-                    stats["examples"].append(_example(x, json.loads(out["_out"][r]), out["_id"][r], action))
-        if chunk:
-            clean.write("\n".join(chunk) + "\n")
-    bad = [b for b in rejects if b["filter"] == "input"]
+    good = np.asarray([why is None for why in out.bad], bool)
+    kept_rows = np.flatnonzero(out.keep & good)
+    with open(out_dir / CLEAN, "wb") as clean:
+        _write_strings(clean, out.table.column("_out").take(kept_rows))
+    kept = len(kept_rows)
+    dropped = int(good.sum()) - kept
+    redacted = 0
+    bad = list(inp.bad)
+    rejects = []  # (row, JSON text)
+    lines = inp.table.column("_line")
+    outs, datas = out.table.column("_out"), out.table.column("_data")
+    dumps = functools.partial(json.dumps, ensure_ascii=False)
+    for r in sorted(set(np.flatnonzero(~good).tolist()) | set(out.dedup)
+                    | {i for i, x in enumerate(out.reasons) if x != "[]"}):
+        row = out.row[r]
+        if out.bad[r] is not None:
+            why, line = out.bad[r], lines[r].as_py()
+            data = line.rstrip("\n") if why.startswith("invalid JSON") else json.loads(line)
+            bad.append(_bad_record(row, inp.source(row), why, data))
+            continue
+        reasons = out.reasons_of(r)
+        by = [x["filter"] for x in reasons]
+        action = "redacted" if out.keep[r] else "dropped"
+        redacted += action == "redacted"
+        culprit = by[-1] if action == "dropped" else ",".join(dict.fromkeys(by))
+        data = datas[r].as_py() or outs[r].as_py().rstrip("\n")  # JSON text, as json.dumps writes it
+        rejects.append((row, f'{{"row": {row}, "id": {dumps(out.ids[r])}, "source": {dumps(inp.source(row))}, '
+                             f'"action": "{action}", "filter": {dumps(culprit)}, "reasons": {dumps(reasons)}, '
+                             f'"data": {data}}}'))
+        for name in dict.fromkeys(by):
+            stats = per_filter.setdefault(name, {"dropped": 0, "redacted_rows": 0, "spans": Counter(),
+                                                 "examples": []})
+            if action == "dropped" and name == culprit:
+                stats["dropped"] += 1
+            elif action == "redacted":
+                stats["redacted_rows"] += 1
+            for x in reasons:
+                if x["filter"] == name:
+                    # counted by kind: "near duplicate", not "near duplicate of row 17 (jaccard~0.9)"
+                    stats["spans"][x.get("type") or re.split(r" \(| of row ", x["reason"])[0]] += 1
+            if len(stats["examples"]) < config.examples:
+                x = next(x for x in reasons if x["filter"] == name)
+                stats["examples"].append(_example(x, json.loads(outs[r].as_py()), out.ids[r], action))
+    bad.sort(key=lambda x: x["row"])
+    rejects += [(b["row"], dumps(b, default=str)) for b in bad]
+    rejects.sort(key=lambda x: x[0])
     per_filter["input"]["dropped"] = len(bad)
-    rejects.sort(key=lambda x: x["row"])
-    for b in sorted(bad, key=lambda x: x["row"])[:config.examples]:
+    for b in bad[:config.examples]:
         per_filter["input"]["examples"].append({"source": b["source"], "reason": b["reasons"][0]["reason"]})
     with open(out_dir / REJECTS, "w", encoding="utf-8") as f:
-        for rec in rejects:
-            f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+        f.writelines(text + "\n" for _, text in rejects)
     n_in = inp.rows
-    nbytes = sum(out["_nbytes"])
+    nbytes = pc.sum(out.table.column("_nbytes")).as_py() or 0
     report = {
         "input": config.input, "filters": config.filters,
         "rows_in": n_in, "rows_kept": kept, "rows_dropped": dropped + len(bad), "rows_redacted": redacted,
