@@ -49,6 +49,8 @@ class Config:
     reward_workers: int = doc(2, "reward worker processes")
     code_timeout: float = doc(10.0, "wall-clock limit per program run by the code reward, in seconds")
     sandbox_isolation: str = doc("bwrap", "code sandbox: 'bwrap', or 'rlimits' (no isolation: unsafe)")
+    bf16: bool = doc(True, "generate with the model in bf16 (~6x faster than fp32 on CPU here; scores are of "
+                     "sampled text, so bf16 rounding only changes which samples are drawn)")
     torch_threads: int | None = doc(None, "CPU threads for generation (None = torch's default); 1 avoids "
                                     "OpenMP spinning on a busy machine")
     overwrite: bool = doc(False, "replace a finished evaluation in output_dir")
@@ -123,31 +125,19 @@ def prompt_messages(row: dict) -> list[dict]:
 
 
 def generate(model, tokenizer, prompts: list[list[int]], *, n: int, sample: bool, config: Config) -> list[list[str]]:
-    """`n` completions per prompt (greedy when not `sample`), cut at the end of the model's turn."""
+    """`n` completions per prompt (greedy when not `sample`), cut at the end of the model's turn; batched
+    best-of-n decoding (posttrain.rollout: the prompt prefix is computed once for its n samples)."""
     import torch
 
-    from posttrain.data import END_OF_TURN
+    from posttrain import rollout
 
-    eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
-    stop = [t for t in {eot, tokenizer.eos_token_id} if t is not None]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
     out = []
     for start in range(0, len(prompts), config.batch_size):
         batch = prompts[start:start + config.batch_size]
-        width = max(map(len, batch))
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])  # left padding
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
-        torch.manual_seed(config.seed + start)
-        kwargs = dict(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0,
-                      num_return_sequences=n) if sample else dict(do_sample=False)
-        with torch.no_grad():
-            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=config.max_new_tokens,
-                                 eos_token_id=stop, pad_token_id=pad, **kwargs)
-        texts = []
-        for seq in gen[:, width:].tolist():
-            cut = next((i for i, t in enumerate(seq) if t in stop), len(seq))
-            texts.append(tokenizer.decode(seq[:cut], skip_special_tokens=True))
-        out += [texts[i * n:(i + 1) * n] for i in range(len(batch))]
+        r = rollout.sample(model, tokenizer, batch, n, max_new_tokens=config.max_new_tokens,
+                           temperature=config.temperature if sample else 0.0, top_p=config.top_p,
+                           generator=torch.Generator().manual_seed(config.seed + start))
+        out += [r.texts[i * n:(i + 1) * n] for i in range(len(batch))]
     return out
 
 
@@ -225,7 +215,7 @@ def run(config: Config) -> Path:
 
     import torch
 
-    model, tokenizer = models.load_causal_lm(str(model_dir))
+    model, tokenizer = models.load_causal_lm(str(model_dir), torch.bfloat16 if config.bf16 else torch.float32)
     model.eval()
     messages = [prompt_messages(r) for r in rows]
     prompts = [data.prompt_ids(tokenizer, m) for m in messages]
