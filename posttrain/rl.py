@@ -41,10 +41,13 @@ from posttrain import artifacts, bond, config as cfg
 from posttrain.config import doc
 from posttrain.errors import UserError
 
+ALGORITHMS = ("bond", "reinforce", "warp")
+
 
 @dataclasses.dataclass
 class Config:
-    algorithm: str = doc("bond", "'bond' (J-BOND)")
+    algorithm: str = doc("bond", "'bond' (J-BOND), 'reinforce' (REINFORCE with the KL to the EMA anchor, "
+                         "WARP's inner loop) or 'warp' (WARP: `runs` RL runs per iteration, SLERP, LITI)")
     policy: str = doc("runs/demo/sft", "initial policy: an HF dir (a `posttrain sft` output), a .gguf file, "
                       "'gemma3-270m' or 'tiny:...'")
     data: list[str] = doc(["data/demo/sft.jsonl"], "prompt files (.jsonl, .parquet or datasets dirs): rows "
@@ -93,16 +96,36 @@ class Config:
     save_steps: int = doc(10, "checkpoint every N steps (and at the end)")
     log_rollouts: bool = doc(True, "write every policy sample with its scores to rollouts.jsonl")
     seed: int = doc(0, "seed for the data order, sampling and random tie-breaks")
+    # WARP (algorithm: warp; posttrain/warp.py)
+    inner: str = doc("bond", "WARP's inner RL algorithm: 'bond' (J-BOND) or 'reinforce'")
+    iterations: int = doc(2, "WARP iterations I")
+    runs: int = doc(2, "WARP: RL runs M per iteration, in parallel as Ray tasks, each from the current init")
+    run_cpus: float = doc(1.0, "WARP: CPUs each run's Ray task asks for")
+    run_gpus: float = doc(0.0, "WARP: GPUs each run's Ray task asks for")
+    slerp_lambda: float | None = doc(None, "WARP: SLERP weight of the second run (M = 2; None = 0.5)")
+    liti_eta: float = doc(0.3, "WARP: LITI step, init ← (1−η)·init + η·slerp")
+    pareto_etas: list[float] = doc([0.0, 0.25, 0.5, 0.75, 1.0], "WARP: η' of the Pareto front "
+                                   "(1−η')·θ_sft + η'·θ_final, each evaluated")
+    eval_data: list[str] = doc(["data/demo/eval_math.jsonl", "data/demo/eval_code.jsonl"],
+                               "WARP: held-out files the Pareto front is evaluated on")
+    eval_max_examples: int | None = doc(None, "WARP: evaluate only the first N rows of each eval file")
+    eval_samples: int = doc(4, "WARP: sampled completions per eval prompt (pass@k)")
     ray_address: str | None = doc(None, "Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
     resume: bool = doc(False, "continue an unfinished run from its latest checkpoint")
     overwrite: bool = doc(False, "replace a finished run in output_dir")
 
 
 def _check(config: Config) -> None:
-    if config.algorithm != "bond":
-        raise UserError(f"unknown algorithm '{config.algorithm}' (expected 'bond')")
-    k = config.anchor_samples or config.n
-    if config.n < 2 or k < 1 or (config.n == 2 and k < 2):
+    if config.algorithm not in ALGORITHMS:
+        raise UserError(f"unknown algorithm '{config.algorithm}' (expected one of {ALGORITHMS})")
+    if config.algorithm == "warp":
+        if config.inner not in ("bond", "reinforce"):
+            raise UserError(f"inner must be 'bond' or 'reinforce', got '{config.inner}'")
+        if config.iterations < 1 or config.runs < 2:
+            raise UserError(f"WARP needs iterations >= 1 and runs >= 2 (got {config.iterations}, {config.runs})")
+        config = dataclasses.replace(config, algorithm=config.inner)
+    k = anchor_count(config)
+    if config.algorithm != "reinforce" and (config.n < 2 or k < 1 or (config.n == 2 and k < 2)):
         raise UserError(f"need n >= 2 and anchor_samples >= 2 (got n={config.n}, anchor_samples={k})")
     if config.ties not in bond.TIES:
         raise UserError(f"ties must be one of {bond.TIES}, got '{config.ties}'")
@@ -197,13 +220,20 @@ class Sampler:
             return [(r.completion_ids(i), r.texts[i], bool(r.finished[i])) for i in range(len(r.texts))]
 
         policy = draw(noise[:, :1])
+        if noise.shape[1] == 1:  # REINFORCE: no anchor samples
+            return policy, []
         with swapped(self.params, self.anchor):
             anchors = draw(noise[:, 1:])
         return policy, anchors
 
 
+def anchor_count(config: Config) -> int:
+    """Anchor samples per prompt: k for BOND (default n), none for REINFORCE."""
+    return 0 if config.algorithm == "reinforce" else (config.anchor_samples or config.n)
+
+
 def _step_noise(config: Config, step: int, n_prompts: int) -> torch.Tensor:
-    k = config.anchor_samples or config.n
+    k = anchor_count(config)
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
     return torch.rand((n_prompts, 1 + k, config.max_new_tokens), generator=gen)
 
@@ -337,9 +367,10 @@ def train(config: Config, out: Path) -> dict:
     rows, messages, prompts = _load_prompts(config, tokenizer)
     params = trainable(model)
     anchor, init = snapshot(params), snapshot(params)
-    k = config.anchor_samples or config.n
+    k = anchor_count(config)
+    reinforce = config.algorithm == "reinforce"
     jbond = config.n == 2 and k == 2
-    kl_coef = config.kl_coef if config.kl_coef is not None else 1.0 / (config.n - 1)
+    kl_coef = config.kl_coef if config.kl_coef is not None else (0.1 if reinforce else 1.0 / (config.n - 1))
 
     optimizer = torch.optim.AdamW(params.values(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -423,30 +454,38 @@ def train(config: Config, out: Path) -> dict:
                     scores["reasons"][name] += s["reasons"][name]
             t_wait = time.perf_counter() - t0
 
-            # 4. BOND reward from ranks against the anchor samples
             combined = bond.as_rewards(scores["combined"])  # (P, 1 + k)
             r_policy, r_anchor = combined[:, 0], combined[:, 1:]
-            tie_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step + 17)
-            p_hat = bond.quantile(r_policy.unsqueeze(-1), r_anchor, ties=config.ties, generator=tie_gen)[:, 0]
-            if jbond:
-                r_bond = bond.jbond_reward(r_policy, r_anchor, ties=config.ties, generator=tie_gen)
-            else:
-                r_bond = bond.bond_reward(p_hat, k)
-            # the forward term's target: best of the first n anchor samples (a best-of-n sample)
-            best = bond.best_anchor(r_anchor[:, :config.n])
-            best_valid = best >= 0
-            best_seqs = [anchor_out[j][max(int(best[j]), 0)][0] for j in range(len(idx))]
-
-            # 5. loss and update
             t0 = time.perf_counter()
             model.zero_grad(set_to_none=True)
-            both = _seq_logp(model, step_prompt_ids + step_prompt_ids, pidx + [len(idx) + i for i in pidx],
-                             pol_seqs + best_seqs, config.bf16)
-            logp_policy, best_logp = both[:len(idx)], both[len(idx):]
-            loss, stats = bond.jbond_loss(
-                logp_policy=logp_policy, logp_anchor=logp_anchor, reward=r_bond, best_logp=best_logp,
-                best_valid=best_valid, beta=config.beta, gamma=config.gamma, kl_coef=kl_coef,
-                logp_reg=logp_init if config.regulariser == "init" else logp_anchor)
+            if reinforce:
+                # 4-5'. WARP's inner loop: REINFORCE on r − kl_coef·(log π − log π_a), batch baseline
+                p_hat = r_bond = torch.full_like(r_policy, math.nan)
+                logp_policy = _seq_logp(model, step_prompt_ids, pidx, pol_seqs, config.bf16)
+                adv = bond.returns(r_policy, logp_policy, logp_anchor, kl_coef=kl_coef)
+                loss = bond.backward_loss(logp_policy, adv)
+                stats = {"loss": loss.item(), "forward": 0.0, "backward": loss.item(), "regulariser": 0.0}
+            else:
+                # 4. BOND reward from ranks against the anchor samples
+                tie_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step + 17)
+                p_hat = bond.quantile(r_policy.unsqueeze(-1), r_anchor, ties=config.ties, generator=tie_gen)[:, 0]
+                if jbond:
+                    r_bond = bond.jbond_reward(r_policy, r_anchor, ties=config.ties, generator=tie_gen)
+                else:
+                    r_bond = bond.bond_reward(p_hat, k)
+                # the forward term's target: best of the first n anchor samples (a best-of-n sample)
+                best = bond.best_anchor(r_anchor[:, :config.n])
+                best_valid = best >= 0
+                best_seqs = [anchor_out[j][max(int(best[j]), 0)][0] for j in range(len(idx))]
+
+                # 5. loss and update
+                both = _seq_logp(model, step_prompt_ids + step_prompt_ids, pidx + [len(idx) + i for i in pidx],
+                                 pol_seqs + best_seqs, config.bf16)
+                logp_policy, best_logp = both[:len(idx)], both[len(idx):]
+                loss, stats = bond.jbond_loss(
+                    logp_policy=logp_policy, logp_anchor=logp_anchor, reward=r_bond, best_logp=best_logp,
+                    best_valid=best_valid, beta=config.beta, gamma=config.gamma, kl_coef=kl_coef,
+                    logp_reg=logp_init if config.regulariser == "init" else logp_anchor)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 list(params.values()), config.max_grad_norm if config.max_grad_norm > 0 else float("inf"))
@@ -574,6 +613,10 @@ def run(config: Config) -> Path:
     policy_dir = models.resolve(config.policy)  # before the output dir exists: a bad spec leaves nothing
     out = artifacts.prepare_output(config.output_dir, overwrite=config.overwrite, resume=config.resume)
     torch.manual_seed(config.seed)
+    if config.algorithm == "warp":
+        from posttrain import warp
+
+        return warp.run(config, out, policy_dir)
     summary = train(config, out)
     artifacts.write_manifest(out, stage="rl", config=cfg.to_dict(config),
                              inputs={"policy": str(policy_dir), "data": config.data},
