@@ -118,5 +118,5 @@ def run_chain(chain, batch: dict[str, list]) -> dict[str, list]:
             for reason in result.reasons[j]:
                 reasons[r].append({"filter": name, **reason})
     out["_keep"] = keep
-    out["_reasons"] = [json.dumps(r, ensure_ascii=False) for r in reasons]
+    out["_reasons"] = [json.dumps(r, ensure_ascii=False) if r else "[]" for r in reasons]
     return out

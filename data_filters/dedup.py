@@ -88,32 +88,46 @@ def shingle_hashes(texts: list[str], k: int) -> list[np.ndarray]:
 
 def _shingle_hashes(joined: bytes, rows: int, k: int) -> list[np.ndarray]:
     """shingle_hashes of `rows` texts already encoded and joined by \n (an empty one as \x02)."""
-    texts = range(rows)
-    data = np.frombuffer(joined, dtype=np.uint8).astype(np.uint32)
+    h, bounds = _flat_shingle_hashes(joined, rows, k)
+    return [h[bounds[r]:bounds[r + 1]] for r in range(rows)]
+
+
+@functools.lru_cache(maxsize=2)
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(_B^j, _B^-j) mod 2^32 for j < n (n rounded up by the callers so one table serves many batches)."""
+    powers = np.ones(n, np.uint32)
+    powers[1:] = np.cumprod(np.full(n - 1, _B, dtype=np.uint32), dtype=np.uint32)  # wraps mod 2^32, as intended
+    inverse = np.ones(n, np.uint32)
+    inverse[1:] = np.cumprod(np.full(n - 1, _B_INV, dtype=np.uint32), dtype=np.uint32)
+    return powers, inverse
+
+
+def _flat_shingle_hashes(joined: bytes, rows: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(every row's shingle hashes back to back, row r's at [bounds[r], bounds[r + 1]))."""
+    data = np.frombuffer(joined, dtype=np.uint8)
     n = len(data)
-    powers = np.cumprod(np.full(n, _B, dtype=np.uint32), dtype=np.uint32)  # wraps mod 2^32, as intended
-    powers = np.concatenate([np.ones(1, np.uint32), powers[:-1]])  # _B^j
-    inv = np.cumprod(np.full(n, _B_INV, dtype=np.uint32), dtype=np.uint32)
-    inv = np.concatenate([np.ones(1, np.uint32), inv[:-1]])  # _B^-j
-    prefix = np.concatenate([np.zeros(1, np.uint32), np.cumsum(data * inv, dtype=np.uint32)])
-    seps = np.flatnonzero((data == 32) | (data == 10))
+    powers, inv = _powers(max(1 << 20, 1 << n.bit_length()))
+    prefix = np.zeros(n + 1, np.uint32)
+    np.cumsum(inv[:n] * data, dtype=np.uint32, out=prefix[1:])
+    newline = data == 10
+    seps = np.flatnonzero((data == 32) | newline)
     starts = np.concatenate([[0], seps + 1])
     ends = np.concatenate([seps, [n]])
-    rows = np.searchsorted(np.flatnonzero(data == 10), starts, side="right")  # row of each word
-    counts = np.bincount(rows, minlength=len(texts))
+    word_rows = np.searchsorted(np.flatnonzero(newline), starts, side="right")  # row of each word
+    counts = np.bincount(word_rows, minlength=rows)
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])
     last = first + np.maximum(counts, 1) - 1
     i = np.arange(len(starts) - k + 1) if len(starts) >= k else np.arange(0)
-    full = i[rows[i + k - 1] == rows[i]] if len(i) else i  # windows inside one row
+    full = i[word_rows[i + k - 1] == word_rows[i]] if len(i) else i  # windows inside one row
     short = np.flatnonzero(counts < k)  # rows with fewer than k words: the whole row
     span_start = np.concatenate([starts[full], starts[first[short]]])
     span_end = np.concatenate([ends[full + k - 1], ends[last[short]]])
-    span_row = np.concatenate([rows[full], short])
+    span_row = np.concatenate([word_rows[full], short])
     h = powers[span_end - 1] * (prefix[span_end] - prefix[span_start])
-    order = np.argsort(span_row, kind="stable")
-    h, span_row = h[order], span_row[order]
-    bounds = np.searchsorted(span_row, np.arange(len(texts) + 1))
-    return [h[bounds[r]:bounds[r + 1]] for r in range(len(texts))]
+    if len(short):  # the short rows' shingles went last; put every row's together, in row order
+        order = np.argsort(span_row, kind="stable")
+        h, span_row = h[order], span_row[order]
+    return h, np.searchsorted(span_row, np.arange(rows + 1))
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
@@ -134,17 +148,21 @@ def signatures(rows: list[np.ndarray], permutations, chunk: int = 1 << 13) -> li
 
 def signature_array(rows: list[np.ndarray], permutations, chunk: int = 1 << 13) -> np.ndarray:
     """`signatures` as a (rows, num_perm) uint32 array."""
+    bounds = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    return _flat_signatures(np.concatenate(rows) if rows else np.zeros(0, np.uint32), bounds, permutations, chunk)
+
+
+def _flat_signatures(h: np.ndarray, bounds: np.ndarray, permutations, chunk: int = 1 << 13) -> np.ndarray:
+    """Signatures of the rows whose hashes are h[bounds[r]:bounds[r + 1]] (each row has at least one)."""
     a, b = (np.asarray(p, dtype=np.uint32) for p in permutations)
-    out, i = [np.zeros((0, len(a)), np.uint32)], 0
-    while i < len(rows):
-        j, size = i + 1, len(rows[i])
-        while j < len(rows) and size + len(rows[j]) <= chunk:
-            size += len(rows[j])
-            j += 1
-        phv = np.multiply.outer(a, _fmix32(np.concatenate(rows[i:j])))
+    out, i, rows = [np.zeros((0, len(a)), np.uint32)], 0, len(bounds) - 1
+    while i < rows:
+        j = max(i + 1, int(np.searchsorted(bounds, bounds[i] + chunk, side="right")) - 1)  # rows i..j-1
+        j = min(j, rows)
+        lo, hi = bounds[i], bounds[j]
+        phv = np.multiply.outer(a, _fmix32(h[lo:hi]))
         phv += b[:, None]
-        offsets = np.cumsum([0] + [len(r) for r in rows[i:j - 1]])
-        out.append(np.minimum.reduceat(phv, offsets, axis=1).T)
+        out.append(np.minimum.reduceat(phv, bounds[i:j] - lo, axis=1).T)
         i = j
     return np.concatenate(out)
 
@@ -177,9 +195,15 @@ def apply(batch: dict[str, list], *, exact=True, near=True, threshold=0.8, num_p
     if not near:
         sigs = [b""] * n
     elif _scheme():
-        joined = b"\n".join(t or b"\x02" for t in normalised)
-        array = signature_array(_shingle_hashes(joined, n, shingle), _permutations(num_perm)).astype("<u4")
-        sigs = [row.tobytes() for row in array]
+        first = {}  # a signature depends on the text alone: one per distinct text
+        for t, digest in zip(normalised, hashes):
+            first.setdefault(digest, t)
+        unique = list(first.values())
+        h, bounds = _flat_shingle_hashes(b"\n".join(t or b"\x02" for t in unique), len(unique), shingle)
+        data = _flat_signatures(h, bounds, _permutations(num_perm)).astype("<u4").tobytes()
+        width = 4 * num_perm
+        by_digest = {d: data[i * width:(i + 1) * width] for i, d in enumerate(first)}
+        sigs = [by_digest[d] for d in hashes]
     else:
         m = new_minhash(num_perm)
         sigs = [np.asarray(minhash(t.decode().split(" "), shingle, m), "<u8").tobytes() for t in normalised]
@@ -265,4 +289,9 @@ def prepare(options: dict) -> dict:
         raise UserError(f"dedup: threshold must be in (0, 1], got {options['threshold']}")
     if int(options["num_perm"]) < 16 or int(options["shingle"]) < 1:
         raise UserError("dedup: num_perm must be >= 16 and shingle >= 1")
+    # Done here, once, in the driver: datasketch's import (scipy) and drawing permutations are the slow
+    # part, and worker processes forked from the driver inherit them.
+    _bands(float(options["threshold"]), int(options["num_perm"]))
+    if _scheme():
+        _permutations(int(options["num_perm"]))
     return options

@@ -21,6 +21,7 @@ import functools
 import json
 import os
 import re
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -150,11 +151,12 @@ def _read_lines(path: Path):
     arr = np.frombuffer(data, np.uint8)
     ends = np.flatnonzero(arr == 10) + 1
     offsets = np.concatenate([[0], ends, [len(arr)] if len(arr) and arr[-1] != 10 else []]).astype(np.int64)
-    # Blank lines (only whitespace) hold no byte below 128 that is not whitespace; the few that might be
-    # blank are checked as text (str.strip knows Unicode whitespace).
-    solid = (arr < 128) & ~np.isin(arr, np.frombuffer(b" \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f", np.uint8))
-    count = np.concatenate([[0], np.cumsum(solid)])
-    maybe_blank = np.flatnonzero(count[offsets[1:]] == count[offsets[:-1]])
+    # A line starting with an ASCII byte that is not whitespace is not blank; the others (rare) are checked
+    # as text (str.strip knows Unicode whitespace).
+    solid = np.ones(256, bool)
+    solid[128:] = False
+    solid[np.frombuffer(b" \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f", np.uint8)] = False
+    maybe_blank = np.flatnonzero(~solid[arr[offsets[:-1]]]) if len(arr) else []
     keep = np.ones(len(offsets) - 1, bool)
     for i in maybe_blank:
         keep[i] = bool(data[offsets[i]:offsets[i + 1]].decode("utf-8", errors="replace").strip())
@@ -228,33 +230,38 @@ def filter_lines(rows: list[int], lines: list[str], chain) -> dict[str, list]:
     return out
 
 
-def _map_fn(batch, chain):
-    return filter_lines(batch["_row"], batch["_line"], chain)
-
-
-def run_local(table, chain, batch_size: int, num_proc: int):
-    import datasets
-
-    n = table.num_rows
-    ds = datasets.Dataset(table)
-    procs = num_proc or os.cpu_count() or 1
-    procs = max(1, min(procs, n // batch_size))  # a process per batch at least, or the fork costs more
-    with_dedup = any(name == "dedup" for name, _, _ in chain)
-    names = [c for c in COLUMNS if with_dedup or not c.startswith("_dedup")]
-    features = datasets.Features({c: datasets.Value(COLUMNS[c]) for c in names})
-    out = ds.map(_map_fn, batched=True, batch_size=batch_size, num_proc=procs if procs > 1 else None,
-                 fn_kwargs={"chain": chain}, remove_columns=table.column_names, features=features,
-                 new_fingerprint=f"filter-{time.time_ns()}", keep_in_memory=True, desc="filtering")
-    return out.data.table
-
-
-def _ray_fn(table, chain):
+def _arrow_fn(table, chain):
+    """filter_lines on an Arrow batch, to an Arrow table (datasets.map and Ray Data both take one): no
+    per-value Python conversion on the way in or out."""
     import pyarrow as pa
 
     out = filter_lines(table.column("_row").to_pylist(), table.column("_line").to_pylist(), chain)
     # Fixed types, so blocks concatenate even when a block's column is all empty or all None.
     return pa.Table.from_pydict(out, schema=pa.schema([pa.field(name, pa.type_for_alias(COLUMNS[name]))
                                                        for name in out]))
+
+
+def run_local(table, chain, batch_size: int, num_proc: int, tmp: str):
+    """datasets.map over the rows with num_proc processes. The input and the output are Arrow files in
+    `tmp` (memory-mapped), so the worker processes are handed file names, not pickled tables."""
+    import datasets
+    import pyarrow as pa
+
+    n = table.num_rows
+    path = os.path.join(tmp, "input.arrow")
+    with pa.OSFile(path, "wb") as f, pa.ipc.new_stream(f, table.schema) as writer:
+        writer.write_table(table)
+    ds = datasets.Dataset.from_file(path).with_format("arrow")
+    procs = num_proc or os.cpu_count() or 1
+    procs = max(1, min(procs, n // batch_size))  # a process per batch at least, or the fork costs more
+    with_dedup = any(name == "dedup" for name, _, _ in chain)
+    names = [c for c in COLUMNS if with_dedup or not c.startswith("_dedup")]
+    features = datasets.Features({c: datasets.Value(COLUMNS[c]) for c in names})
+    out = ds.map(_arrow_fn, batched=True, batch_size=batch_size, num_proc=procs if procs > 1 else None,
+                 fn_kwargs={"chain": chain}, remove_columns=table.column_names, features=features,
+                 cache_file_name=os.path.join(tmp, "filtered.arrow"), load_from_cache_file=False,
+                 new_fingerprint=f"filter-{time.time_ns()}", desc="filtering")
+    return out.data.table
 
 
 def run_ray(table, chain, batch_size: int, address: str | None):
@@ -265,7 +272,7 @@ def run_ray(table, chain, batch_size: int, address: str | None):
     ray = cluster.init(address)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
-    out = ray.data.from_arrow(table).map_batches(_ray_fn, batch_size=batch_size, batch_format="pyarrow",
+    out = ray.data.from_arrow(table).map_batches(_arrow_fn, batch_size=batch_size, batch_format="pyarrow",
                                                  fn_kwargs={"chain": chain})
     tables = [t for t in ray.get(out.to_arrow_refs()) if t.num_rows]
     return pa.concat_tables(tables, promote_options="permissive").sort_by("_row")
@@ -317,8 +324,9 @@ def _fixed_binary(array, num_perm: int):
     return data.view("<u4" if width == 4 * num_perm else "<u8").reshape(len(array), num_perm)
 
 
-def run_filters(config: Config, inp: Input, chain) -> Results:
-    """The chain over every row, local or on Ray, then dedup's global pass; in input order."""
+def run_filters(config: Config, inp: Input, chain, tmp: str) -> Results:
+    """The chain over every row, local or on Ray, then dedup's global pass; in input order. `tmp`: a
+    directory for the local engine's Arrow files, which the result maps, so it must outlive it."""
     table = inp.table
     if not table.num_rows:
         import pyarrow as pa
@@ -327,7 +335,7 @@ def run_filters(config: Config, inp: Input, chain) -> Results:
     elif config.ray_address or config.use_ray:
         out = run_ray(table, chain, config.batch_size, config.ray_address)
     else:
-        out = run_local(table, chain, config.batch_size, config.num_proc)
+        out = run_local(table, chain, config.batch_size, config.num_proc, tmp)
     if config.on_bad_row == "error" and out.column("_bad").null_count < out.num_rows:
         first = next(r for r, why in enumerate(out.column("_bad").to_pylist()) if why)
         row = out.column("_row")[first].as_py()
@@ -350,13 +358,15 @@ def run(config: Config) -> str:
         state = "a finished run" if artifacts.is_done(out_dir) else "an unfinished run"
         raise UserError(f"output dir {out_dir} already holds {state}; pass --overwrite to replace it")
     started = time.perf_counter()
-    inp = Input(config.input, config.on_bad_row)
-    out = run_filters(config, inp, chain)
-    seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory(prefix="posttrain-filter-") as tmp:
+        inp = Input(config.input, config.on_bad_row)
+        out = run_filters(config, inp, chain, tmp)
+        seconds = time.perf_counter() - started
 
-    artifacts.prepare_output(config.output, overwrite=config.overwrite, resume=False)
-    staging = artifacts.atomic_dir(config.output)
-    report = write_outputs(staging, config, out, inp, seconds, chain)
+        artifacts.prepare_output(config.output, overwrite=config.overwrite, resume=False)
+        staging = artifacts.atomic_dir(config.output)
+        report = write_outputs(staging, config, out, inp, seconds, chain)
+        del out, inp  # they map files in tmp
     artifacts.write_manifest(staging, stage="filter", config=dataclasses.asdict(config),
                              inputs={"input": {"path": config.input, **_input_hash(config.input)}},
                              extra={"outputs": {"clean": CLEAN, "rejects": REJECTS, "report": REPORT},
