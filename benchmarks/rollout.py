@@ -8,6 +8,14 @@ does not depend on how many are run); the default runs all of them.
 
   .venv/bin/python benchmarks/rollout.py                      # tiny Gemma 3 (6 layers, d=64, 262-id vocab)
   .venv/bin/python benchmarks/rollout.py --model gemma3-270m  # the embedded Gemma 3 270M
+  .venv/bin/python benchmarks/rollout.py --reward_wait        # share of an RL step spent waiting for rewards
+
+--reward_wait runs `posttrain rl` steps (J-BOND, 8 prompts x (1 policy + 2 anchor samples)) on the demo
+policy with the demo's rewards (math + code + the WARM reward model, which is the costly one), twice in the
+same run: the anchor generates every sample and then scores them (generation_batch = prompts_per_step: no
+overlap); posttrain's default scores each chunk of generation_batch prompts while the next is generated and
+computes the anchor/init log-probs while the last chunk is scored. Needs `make demo`'s runs/demo/{sft,rm}
+(falls back to a tiny policy with math + format rewards otherwise).
 
 Measured 2026-11-24, CPU, 2 shared cores (other jobs running; load 2-13), N=8, 16 prompts, 64 new tokens:
   tiny, all 128 anchor calls:       HF 15.8 tok/s, rollout 284.5 tok/s: 18.0x
@@ -25,8 +33,42 @@ from posttrain.models import load_causal_lm
 from posttrain.rollout import sample, stop_token_ids
 
 
+def reward_wait(args) -> None:
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from posttrain import rl
+
+    demo = Path("runs/demo/sft/DONE").exists() and Path("runs/demo/rm/DONE").exists()
+    base = dict(policy="runs/demo/sft", data=["data/demo/sft.jsonl"], rewards=["math", "code", "reward_model"],
+                reward_weights=[1.0, 1.0, 0.1], reward_model="runs/demo/rm", max_new_tokens=48) if demo else \
+        dict(policy="tiny", data=["data/tiny/sft.jsonl"], rewards=["math", "format"], max_new_tokens=16)
+    steps, per = args.wait_steps, 8
+    print(f"policy={base['policy']} rewards={base['rewards']} steps={steps} prompts/step={per} "
+          f"load={os.getloadavg()[0]:.1f}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, chunk in (("generate all, then score (anchor)", per), ("posttrain: chunks of 2, overlapped", 2)):
+            out = Path(tmp) / str(chunk)
+            out.mkdir()
+            rl.train(rl.Config(**base, steps=steps, prompts_per_step=per, generation_batch=chunk,
+                               save_steps=1000, log_rollouts=False, output_dir=str(out)), out)
+            m = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]  # warm-up
+            total = sum(x["time/step"] for x in m)
+            rows.append((label, sum(x["time/generate"] for x in m) / len(m),
+                         sum(x["time/reward_wait"] for x in m) / len(m), total / len(m),
+                         sum(x["time/reward_wait"] for x in m) / total))
+    print(f"\n{'variant':<38}{'generate s':>11}{'reward wait s':>14}{'step s':>9}{'wait share':>11}{'vs anchor':>10}")
+    for label, gen, wait, step, share in rows:
+        print(f"{label:<38}{gen:>11.2f}{wait:>14.3f}{step:>9.2f}{share:>11.1%}{share / rows[0][4]:>10.2f}")
+    print(f"(mean over steps 2..{steps}; load {os.getloadavg()[0]:.1f} at the end)")
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--reward_wait", action="store_true", help="measure the RL step's reward-wait share")
+    ap.add_argument("--wait_steps", type=int, default=4)
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--n", type=int, default=8)
@@ -34,6 +76,8 @@ def main():
     ap.add_argument("--anchor_calls", type=int, default=None, help="time only this many generate calls")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.reward_wait:
+        return reward_wait(args)
 
     model, tok = load_causal_lm(args.model)
     model.eval()

@@ -1,9 +1,10 @@
 """`posttrain demo`: the embedded default pipeline on real Gemma 3 270M weights, one stage after another.
 
 filter (raw demo data -> clean) -> sft (Gemma 3 270M teacher -> 6-layer student) -> rm (WARM: M reward
-models from the sft student, weight-averaged). Later stages (rl, eval) join here as they land. Each stage
-reads its own config under configs/demo/; `--overwrite` reruns finished stages, otherwise a finished stage
-output is reused.
+models from the sft student, weight-averaged) -> eval of the student -> rl (from the student, rewarded by
+math + code + the WARM model) -> eval of the RL policy, and a before/after table. Each stage reads its own
+config under configs/demo/ (eval.yaml for both evaluations); `--overwrite` reruns finished stages,
+otherwise a finished stage output is reused.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ from posttrain.config import doc
 
 @dataclasses.dataclass
 class Config:
-    configs: str = doc("configs/demo", "dir holding filter.yaml, sft.yaml and rm.yaml")
+    configs: str = doc("configs/demo", "dir holding filter.yaml, sft.yaml, rm.yaml, eval.yaml and the rl config")
+    rl: str = doc("rl.yaml", "the rl stage's config file in `configs`")
     output_root: str | None = doc(None, "put every stage's output under this dir (default: as each config says)")
     overwrite: bool = doc(False, "rerun stages whose output is already finished")
     ray_address: str | None = doc(None, "Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
 
 
-def _stage(module, path: Path, overrides: list[str], output_key: str, config: Config):
+def _stage(module, path: Path, overrides: list[str], output_key: str, config: Config, name: str | None = None):
     if config.output_root:
-        overrides = overrides + [f"{output_key}={Path(config.output_root) / path.stem}"]
+        overrides = overrides + [f"{output_key}={Path(config.output_root) / (name or path.stem)}"]
     stage_config = cfg.load(module.Config, path, overrides)
     out = Path(getattr(stage_config, output_key))
     if artifacts.is_done(out) and not config.overwrite:
@@ -37,7 +39,7 @@ def _stage(module, path: Path, overrides: list[str], output_key: str, config: Co
 
 
 def run(config: Config) -> Path:
-    from posttrain import distill, filter as filter_stage, warm
+    from posttrain import distill, evaluate, filter as filter_stage, rl, warm
 
     root = Path(config.configs)
     ray = [f"ray_address={config.ray_address}"] if config.ray_address else []
@@ -51,4 +53,33 @@ def run(config: Config) -> Path:
         print(f"[posttrain demo] reward models, label noise {v['label_noise']:g}: held-out pairwise accuracy "
               f"members {v['members_mean_accuracy']:.3f} (mean), WARM average {v['average_accuracy']:.3f}, "
               f"ensemble {v['ensemble_accuracy']:.3f}")
-    return rm_dir
+    eval_yaml = root / "eval.yaml"
+    before = _stage(evaluate, eval_yaml, [f"model={sft_dir}", f"output_dir={sft_dir.parent / 'eval-sft'}"],
+                    "output_dir", config, "eval-sft")
+    rl_dir = _stage(rl, root / config.rl, ray + [f"policy={sft_dir}", f"reward_model={rm_dir}"], "output_dir",
+                    config, "rl")
+    after = _stage(evaluate, eval_yaml, [f"model={rl_dir}", f"output_dir={rl_dir.parent / 'eval-rl'}"],
+                   "output_dir", config, "eval-rl")
+    _print_before_after(before, after, rl_dir)
+    return rl_dir
+
+
+def _print_before_after(before: Path, after: Path, rl_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    a, b = (json.loads((d / "report.json").read_text()) for d in (before, after))
+    table = Table(title=f"posttrain demo: the student before and after RL ({a['rows']} held-out prompts)")
+    for col in ("reward", "metric", "sft", "rl"):
+        table.add_column(col)
+    for name, res in [*a["per_reward"].items(), ("overall", a["overall"])]:
+        res_after = b["per_reward"].get(name, {}) if name != "overall" else b["overall"]
+        for metric, value in res.items():
+            if isinstance(value, float):
+                after_value = res_after.get(metric)
+                table.add_row(name, metric, f"{value:.3f}", "-" if after_value is None else f"{after_value:.3f}")
+    Console().print(table)
+    summary = json.loads((rl_dir / artifacts.MANIFEST).read_text())["summary"]
+    if "reward_first" in summary:
+        print(f"[posttrain demo] rl: training reward {summary['reward_first']:.3f} (first steps) -> "
+              f"{summary['reward_last']:.3f} (last steps); KL to the SFT policy {summary['kl_init_last']:.3f} nats")

@@ -501,7 +501,8 @@ def train(config: Config, out: Path) -> dict:
             metrics = {
                 "step": step, "reward": _mean(r_policy.tolist()), "reward_anchor": _mean(r_anchor.flatten().tolist()),
                 **{f"reward/{name}": _mean([v[0] for v in vals]) for name, vals in scores["per_reward"].items()},
-                "reward_none": sum(v is None for vals in scores["per_reward"].values() for row in vals for v in row),
+                # scores that failed (timeout, crash); a reward that does not apply to a row is None too
+                "reward_failed": sum(v is not None for vals in scores["reasons"].values() for row in vals for v in row),
                 "bond_reward": _mean(r_bond.tolist()), "quantile": _mean(p_hat.tolist()),
                 "kl_anchor": (logp_policy.detach() - logp_anchor).mean().item(),
                 "kl_init": (logp_policy.detach() - logp_init).mean().item(),

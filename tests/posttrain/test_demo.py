@@ -6,7 +6,7 @@ from tests.posttrain.test_sft_cli import posttrain
 
 
 def test_demo_pipeline_on_tiny_configs(tmp_path):
-    proc = posttrain("demo", "configs=configs/tiny", f"output_root={tmp_path}")
+    proc = posttrain("demo", "configs=configs/tiny", "rl=rl-bond.yaml", f"output_root={tmp_path}")
     sft = json.loads((tmp_path / "sft" / "posttrain.json").read_text())
     assert (tmp_path / "filter" / "DONE").is_file() and (tmp_path / "sft" / "DONE").is_file()
     assert sft["inputs"]["data"] == str(tmp_path / "filter" / "clean.jsonl")
@@ -14,5 +14,11 @@ def test_demo_pipeline_on_tiny_configs(tmp_path):
     rm = json.loads((tmp_path / "rm" / "posttrain.json").read_text())
     assert (tmp_path / "rm" / "DONE").is_file() and rm["config"]["init"] == str(tmp_path / "sft")
     # a second run reuses every finished stage
-    again = posttrain("demo", "configs=configs/tiny", f"output_root={tmp_path}")
-    assert again.stdout.count("reusing finished") == 3  # filter, sft, rm
+    rl = json.loads((tmp_path / "rl" / "posttrain.json").read_text())
+    assert rl["config"]["policy"] == str(tmp_path / "sft") and rl["config"]["reward_model"] == str(tmp_path / "rm")
+    for name in ("eval-sft", "eval-rl"):
+        assert (tmp_path / name / "DONE").is_file()
+    assert json.loads((tmp_path / "eval-rl" / "posttrain.json").read_text())["config"]["model"] == str(tmp_path / "rl")
+    assert "before and after RL" in proc.stdout and "training reward" in proc.stdout
+    again = posttrain("demo", "configs=configs/tiny", "rl=rl-bond.yaml", f"output_root={tmp_path}")
+    assert again.stdout.count("reusing finished") == 6  # filter, sft, rm, eval-sft, rl, eval-rl

@@ -97,7 +97,7 @@ def test_a_reward_that_hangs_or_crashes_never_stalls_a_step(tmp_path):
     assert any(r["scores"]["hang_or_crash"] is not None for r in rollouts)
     reasons = " ".join(r["reasons"].get("hang_or_crash", "") for r in rollouts)
     assert "timeout" in reasons and ("died" in reasons or "exit" in reasons), reasons
-    assert sum(x["reward_none"] for x in m) >= 3 * len(by_id.get("1", []) + by_id.get("2", []))
+    assert sum(x["reward_failed"] for x in m) >= 3 * len(by_id.get("1", []) + by_id.get("2", []))
 
 
 def test_generation_on_ray_actors_matches_in_process(tmp_path, local_ray):
