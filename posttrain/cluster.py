@@ -76,11 +76,13 @@ def map_actors(actor_cls, items: list, *, num_actors: int, actor_args: tuple = (
 
 
 def run_tasks(fn, items: list, *, num_cpus: float = 1, num_gpus: float = 0, names: list[str] | None = None,
-              progress: str | None = None) -> list:
+              progress: str | None = None, retries: int = 0) -> list:
     """Run `fn(item)` as one Ray task per item, each with its own resources (as many at once as the cluster
-    fits); results in item order. Every task runs to its end (so finished ones keep their outputs), then the
-    first failure in item order is raised: a UserError as a UserError naming the task, any other exception
-    as itself with a note naming the task."""
+    fits); results in item order. A task that fails (an exception other than UserError, which bad input would
+    only raise again, or its worker dying) is submitted again, up to `retries` times; `fn` should then pick up
+    from its own checkpoints. Every task runs to its end (so finished ones keep their outputs), then the first
+    failure in item order is raised: a UserError as a UserError naming the task, any other exception as
+    itself with a note naming the task."""
     import ray
     from tqdm import tqdm
 
@@ -88,27 +90,40 @@ def run_tasks(fn, items: list, *, num_cpus: float = 1, num_gpus: float = 0, name
 
     names = names or [f"task {i}" for i in range(len(items))]
     remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(fn)
-    refs = [remote.remote(item) for item in items]
-    index = {ref: i for i, ref in enumerate(refs)}
+    index = {remote.remote(item): i for i, item in enumerate(items)}
+    attempts = [1] * len(items)
     results, errors = [None] * len(items), {}
-    pending = list(refs)
-    with tqdm(total=len(refs), desc=progress, disable=progress is None) as bar:
+    pending = list(index)
+    with tqdm(total=len(items), desc=progress, disable=progress is None) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            i = index[done[0]]
+            i = index.pop(done[0])
             try:
                 results[i] = ray.get(done[0])
+                bar.update(1)
+                continue
             except ray.exceptions.RayTaskError as e:
-                errors[i] = e.cause if e.cause is not None else e
+                err = e.cause if e.cause is not None else e
             except ray.exceptions.RayError as e:  # worker died (OOM kill, node lost): no Python cause
-                errors[i] = e
+                err = e
+            if attempts[i] <= retries and not isinstance(err, UserError):
+                reason = (str(err).strip().splitlines() or [""])[0]
+                print(f"[posttrain] {names[i]} failed ({type(err).__name__}: {reason}); retrying "
+                      f"({attempts[i]} of {retries})", flush=True)
+                attempts[i] += 1
+                ref = remote.remote(items[i])
+                index[ref] = i
+                pending.append(ref)
+                continue
+            errors[i] = err
             bar.update(1)
     if errors:
         i = min(errors)
         err = errors[i]
         if isinstance(err, UserError):
             raise UserError(f"{names[i]}: {err}") from None
-        err.add_note(f"(raised in Ray task {names[i]}; {len(errors)} of {len(items)} tasks failed)")
+        tries = f" after {attempts[i]} attempts" if attempts[i] > 1 else ""
+        err.add_note(f"(raised in Ray task {names[i]}{tries}; {len(errors)} of {len(items)} tasks failed)")
         raise err
     return results
 
