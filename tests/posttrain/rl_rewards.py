@@ -20,3 +20,8 @@ def hang_or_crash(prompts, completions, id=None, **columns):
         if str(row_id).endswith("2"):
             os._exit(3)
     return letter_share(prompts, completions)
+
+
+def letter_binary(prompts, completions, **columns):
+    """1.0 when at least 1/8 of the characters are in a-m, else 0.0: a 0/1 reward (~1/3 pass at init)."""
+    return [float(s >= 0.125) for s in letter_share(prompts, completions)]
