@@ -128,36 +128,35 @@ def find(text: str, ngrams: frozenset, short: frozenset, n: int) -> tuple[int, i
     return start, end, " ".join(toks[hit[0]:hit[0] + hit[1]])
 
 
-_B = 0x100000001B3  # odd, so it has an inverse mod 2^64
+_B = 0x01000193  # odd, so it has an inverse mod 2^32 (32 bits are plenty for picking candidates)
 
 
 @functools.lru_cache(maxsize=2)
 def _powers(n: int):
-    """(_B^j, _B^-j) for j < n, mod 2^64 (rounded up so one table serves many batches)."""
-    powers = np.ones(n, np.uint64)
-    powers[1:] = np.cumprod(np.full(n - 1, _B, np.uint64), dtype=np.uint64)  # wraps mod 2^64, as intended
-    inverse = np.ones(n, np.uint64)
-    inverse[1:] = np.cumprod(np.full(n - 1, pow(_B, -1, 1 << 64), np.uint64), dtype=np.uint64)
+    """(_B^j, _B^-j) for j < n, mod 2^32 (n rounded up so one table serves many batches)."""
+    powers = np.ones(n, np.uint32)
+    powers[1:] = np.cumprod(np.full(n - 1, _B, np.uint32), dtype=np.uint32)  # wraps mod 2^32, as intended
+    inverse = np.ones(n, np.uint32)
+    inverse[1:] = np.cumprod(np.full(n - 1, pow(_B, -1, 1 << 32), np.uint32), dtype=np.uint32)
     return powers, inverse
 
 
 def _window_hashes(data: bytes, k: int):
     """(hashes, line) of every run of k consecutive words inside one line of `data` (lines of words joined
-    by single spaces): the polynomial hash (base _B, mod 2^64) of the run's bytes, all in numpy with prefix
+    by single spaces): the polynomial hash (base _B, mod 2^32) of the run's bytes, all in numpy with prefix
     sums (as dedup.shingle_hashes does), so a run's hash does not depend on where it sits."""
     arr = np.frombuffer(data, np.uint8)
     n = len(arr)
     powers, inverse = _powers(max(1 << 20, 1 << n.bit_length()))
-    prefix = np.zeros(n + 1, np.uint64)
-    np.cumsum(arr * inverse[:n], dtype=np.uint64, out=prefix[1:])
-    sep = (arr == 32) | (arr == 10)
-    step = np.diff(np.concatenate([[0], (~sep).view(np.int8), [0]]))  # +1 where a word starts, -1 past its end
-    starts, ends = np.flatnonzero(step == 1), np.flatnonzero(step == -1)
-    line = np.searchsorted(np.flatnonzero(arr == 10), starts)
+    prefix = np.zeros(n + 1, np.uint32)
+    np.cumsum(inverse[:n] * arr, dtype=np.uint32, out=prefix[1:])
+    seps = np.flatnonzero(arr <= 32)  # spaces and line breaks: words are \w+ (or UTF-8), never below 33
+    starts, ends = np.concatenate([[0], seps + 1]), np.concatenate([seps, [n]])
+    line = np.concatenate([[0], np.cumsum(arr[seps] == 10)])  # the line each word is on
     i = np.arange(max(0, len(starts) - k + 1))
     i = i[line[i] == line[i + k - 1]]
     s, e = starts[i], ends[i + k - 1]
-    return powers[e - 1] * (prefix[e] - prefix[s]), line[i]
+    return powers[np.maximum(e, 1) - 1] * (prefix[e] - prefix[s]), line[i]
 
 
 @functools.lru_cache(maxsize=4)
@@ -168,7 +167,7 @@ def _targets(ngrams: frozenset, short: frozenset) -> tuple[int, object]:
     lines = sorted({" ".join(g[:k]) for g in ngrams | short})
     hashes = np.unique(_window_hashes("\n".join(lines).encode(), k)[0])
     table = np.zeros(min(1 << 26, 1 << (4096 * len(hashes)).bit_length()), bool)
-    table[hashes & np.uint64(len(table) - 1)] = True  # a one-hash Bloom filter: a lookup is one gather
+    table[hashes & np.uint32(len(table) - 1)] = True  # a one-hash Bloom filter: a lookup is one gather
     return k, table, hashes
 
 
@@ -181,7 +180,7 @@ def possible(texts: list[str], ngrams: frozenset, short: frozenset) -> list[bool
         return out
     k, table, targets = _targets(ngrams, short)
     hashes, line = _window_hashes(word_lines([texts[i] for i in idx]), k)
-    maybe = table[hashes & np.uint64(len(table) - 1)]
+    maybe = table[hashes & np.uint32(len(table) - 1)]
     hashes, line = hashes[maybe], line[maybe]
     found = np.minimum(np.searchsorted(targets, hashes), len(targets) - 1)
     hit = np.zeros(len(idx), bool)

@@ -1,4 +1,4 @@
-"""Dedup: exact (hash of normalised text) and near-duplicate (MinHash LSH, datasketch) removal.
+"""Dedup: exact (hash of normalised text) and near-duplicate (MinHash LSH, as datasketch's) removal.
 
 Whether a row is a duplicate depends on every row before it, so this filter has two halves: `apply` is the
 pure batch function (it computes each row's signatures and keeps everything), and `decide` is one
@@ -38,37 +38,24 @@ def normalise(messages: list[dict], roles) -> list[str]:
     return words
 
 
-@functools.lru_cache(maxsize=None)
-def _scheme() -> dict:
-    # datasketch >= 2 wants the scheme named when a MinHash is rebuilt from stored values; 1.x has one scheme.
-    import inspect
-
-    from datasketch import MinHash
-
-    return {"scheme": "affine32"} if "scheme" in inspect.signature(MinHash).parameters else {}
-
-
 @functools.lru_cache(maxsize=8)
-def _permutations(num_perm: int):
-    from datasketch import MinHash
-
-    return MinHash(num_perm=num_perm, seed=1, **_scheme()).permutations
+def _permutations(num_perm: int) -> np.ndarray:
+    """datasketch's affine32 MinHash permutations for seed 1 (MinHash(num_perm, seed=1, scheme="affine32")
+    .permutations; tested equal): odd a and b, drawn here so the filter need not import datasketch (and
+    scipy, which it imports): that import was a third of a second of serial time per run."""
+    gen = np.random.RandomState(1)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return np.array([a, b])
 
 
 def new_minhash(num_perm: int):
-    """A datasketch MinHash (seed 1, xxh32 shingle hash: stable across processes, faster than sha1)."""
+    """A datasketch MinHash with the filter's permutations (seed 1, affine32, xxh32 shingle hash)."""
     import xxhash
     from datasketch import MinHash
 
-    perms = {"permutations": _permutations(num_perm)} if _scheme() else {}  # drawing them is the slow part
-    return MinHash(num_perm=num_perm, seed=1, hashfunc=xxhash.xxh32_intdigest, **perms, **_scheme())
-
-
-def minhash(words: list[str], k: int, m) -> list[int]:
-    """The signature of a row's k-word shingles in the reusable MinHash `m` (the datasketch 1.x path)."""
-    m.clear()
-    m.update_batch([" ".join(words[i:i + k]).encode() for i in range(max(1, len(words) - k + 1))])
-    return m.hashvalues.tolist()
+    return MinHash(num_perm=num_perm, seed=1, hashfunc=xxhash.xxh32_intdigest, permutations=_permutations(num_perm),
+                   scheme="affine32")
 
 
 _B = 0x01000193  # FNV prime: odd, so it has an inverse mod 2^32
@@ -188,13 +175,13 @@ def texts(rows: list[list[dict]], roles) -> list[bytes]:
 def apply(batch: dict[str, list], *, exact=True, near=True, threshold=0.8, num_perm=128, shingle=5,
           roles=("system", "user", "assistant")) -> FilterResult:
     """Signatures only: `_dedup_hash` (hex digest of the normalised text) and `_dedup_minhash` (the MinHash
-    signature as bytes: num_perm little-endian uint32s, or uint64s on datasketch 1.x; b"" with near off)."""
+    signature as bytes: num_perm little-endian uint32s; b"" with near off)."""
     normalised = texts(batch["messages"], roles)
     hashes = [hashlib.blake2b(t, digest_size=16).hexdigest() for t in normalised]
     n = len(hashes)
     if not near:
         sigs = [b""] * n
-    elif _scheme():
+    else:
         first = {}  # a signature depends on the text alone: one per distinct text
         for t, digest in zip(normalised, hashes):
             first.setdefault(digest, t)
@@ -204,50 +191,71 @@ def apply(batch: dict[str, list], *, exact=True, near=True, threshold=0.8, num_p
         width = 4 * num_perm
         by_digest = {d: data[i * width:(i + 1) * width] for i, d in enumerate(first)}
         sigs = [by_digest[d] for d in hashes]
-    else:
-        m = new_minhash(num_perm)
-        sigs = [np.asarray(minhash(t.decode().split(" "), shingle, m), "<u8").tobytes() for t in normalised]
     return FilterResult([True] * n, {"_dedup_hash": hashes, "_dedup_minhash": sigs}, [[] for _ in range(n)])
 
 
 @functools.lru_cache(maxsize=8)
 def _bands(threshold: float, num_perm: int) -> list[tuple[int, int]]:
-    """datasketch MinHashLSH's bands for `threshold` (its false-positive/negative-optimal b x r)."""
-    from datasketch import MinHashLSH
+    """The bands datasketch's MinHashLSH(threshold=min(threshold, 0.9), num_perm) uses (tested equal): the b
+    bands of r values minimising the sum of the false-positive and false-negative areas (its default equal
+    weights), first minimum in its (b, r) order. Its integrals are polynomials of degree r * b <= num_perm,
+    which Gauss-Legendre with num_perm / 2 + 1 nodes integrates exactly (datasketch uses scipy's quad)."""
+    threshold = min(threshold, 0.9)
+    pairs = np.array([(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)], float)
+    nodes, weights = np.polynomial.legendre.leggauss(num_perm // 2 + 1)
 
-    return MinHashLSH(threshold=min(threshold, 0.9), num_perm=num_perm).hashranges
+    def area(lo, hi, fn):  # integral over [lo, hi] for every (b, r) at once
+        s = (hi - lo) / 2 * nodes + (hi + lo) / 2
+        return (hi - lo) / 2 * (fn(s[None, :], pairs[:, :1], pairs[:, 1:]) @ weights)
+
+    false_positive = area(0.0, threshold, lambda s, b, r: 1 - (1 - s ** r) ** b)
+    false_negative = area(threshold, 1.0, lambda s, b, r: 1 - (1 - (1 - s ** r) ** b))
+    b, r = (int(x) for x in pairs[np.argmin(false_positive * 0.5 + false_negative * 0.5)])
+    return [(i * r, (i + 1) * r) for i in range(b)]
 
 
-def _signature_matrix(sigs: list, num_perm: int) -> np.ndarray:
-    """(rows, num_perm) array of the signatures, given as bytes (from apply) or as lists of ints."""
-    if sigs and isinstance(sigs[0], (bytes, bytearray, memoryview)):
-        joined = b"".join(sigs)
-        dtype = "<u4" if len(joined) == 4 * num_perm * len(sigs) else "<u8"
-        return np.frombuffer(joined, dtype).reshape(len(sigs), num_perm)
-    return np.asarray(sigs, dtype=np.uint64).reshape(len(sigs), num_perm)
+def _signature_matrix(sigs, live: np.ndarray, num_perm: int) -> np.ndarray:
+    """(len(live), num_perm) array of the signatures of rows `live`, given as a (rows, num_perm) array, as
+    bytes (from apply) or as lists of ints."""
+    if isinstance(sigs, np.ndarray):
+        return sigs[live]
+    picked = [sigs[r] for r in live.tolist()]
+    if picked and isinstance(picked[0], (bytes, bytearray, memoryview)):
+        joined = b"".join(picked)
+        dtype = "<u4" if len(joined) == 4 * num_perm * len(picked) else "<u8"
+        return np.frombuffer(joined, dtype).reshape(len(picked), num_perm)
+    return np.asarray(picked, dtype=np.uint64).reshape(len(picked), num_perm)
 
 
-def decide(hashes: list[str], sigs: list, alive: list[bool], ids: list, *, exact=True, near=True, threshold=0.8,
+def _band_groups(matrix: np.ndarray, bands) -> list[np.ndarray]:
+    """Per band, the group of each row: rows with the same values in a band share a group."""
+    out = []
+    for start, end in bands:
+        raw = np.ascontiguousarray(matrix[:, start:end]).view(f"V{(end - start) * matrix.itemsize}").ravel()
+        out.append(np.unique(raw, return_inverse=True)[1].ravel())
+    return out
+
+
+def decide(hashes: list[str], sigs, alive: list[bool], ids: list, *, exact=True, near=True, threshold=0.8,
            num_perm=128, shingle=5, roles=None) -> FilterResult:
     """Keep the first of each cluster among the `alive` rows (in order); others get a reason naming it.
 
-    Near duplicates as datasketch's MinHashLSH finds them (rows sharing a band of signature values are
-    candidates; the decision is the signatures' estimated Jaccard against `threshold`, the most similar
-    kept row named, the earliest on ties), but vectorised: bands are grouped with numpy first, and only
-    rows that share a band with another row go through the sequential keep-the-first pass.
+    `sigs`: apply's `_dedup_minhash` per row, or all of them as one (rows, num_perm) array. Near duplicates
+    as datasketch's MinHashLSH finds them (rows sharing a band of signature values are candidates; the
+    decision is the signatures' estimated Jaccard against `threshold`, the most similar kept row named, the
+    earliest on ties), but vectorised: bands are grouped with numpy first, and only rows that share a band
+    with another row go through the sequential keep-the-first pass.
     """
     n = len(hashes)
     keep, reasons = [True] * n, [[] for _ in range(n)]
-    live = [r for r in range(n) if alive[r]]
+    live_rows = np.flatnonzero(np.asarray(alive, bool)) if n else np.zeros(0, np.int64)
+    live = live_rows.tolist()
     if near and live:
-        matrix = _signature_matrix([sigs[r] for r in live], num_perm)
+        matrix = _signature_matrix(sigs, live_rows, num_perm)
+        groups = _band_groups(matrix, _bands(threshold, num_perm))
         shared = np.zeros(len(live), bool)
-        groups = []
-        for start, end in _bands(threshold, num_perm):
-            band = np.ascontiguousarray(matrix[:, start:end]).view(f"V{(end - start) * matrix.itemsize}").ravel()
-            _, inverse, counts = np.unique(band, return_inverse=True, return_counts=True)
-            shared |= counts[inverse] > 1
-            groups.append(inverse)
+        for inverse in groups:
+            shared |= np.bincount(inverse)[inverse] > 1
         order = np.flatnonzero(shared)  # rows no band links to another row are never candidates nor have any
         keys = np.stack(groups, axis=1)[order].tolist() if len(order) else []
         positions = order.tolist()
@@ -289,9 +297,7 @@ def prepare(options: dict) -> dict:
         raise UserError(f"dedup: threshold must be in (0, 1], got {options['threshold']}")
     if int(options["num_perm"]) < 16 or int(options["shingle"]) < 1:
         raise UserError("dedup: num_perm must be >= 16 and shingle >= 1")
-    # Done here, once, in the driver: datasketch's import (scipy) and drawing permutations are the slow
-    # part, and worker processes forked from the driver inherit them.
-    _bands(float(options["threshold"]), int(options["num_perm"]))
-    if _scheme():
-        _permutations(int(options["num_perm"]))
+    if options["near"] and len(_bands(float(options["threshold"]), int(options["num_perm"]))) < 2:
+        raise UserError(f"dedup: threshold {options['threshold']} with num_perm {options['num_perm']} leaves one "
+                        "LSH band; raise num_perm or lower the threshold")
     return options

@@ -136,6 +136,7 @@ def _random_looking(tok: str, min_entropy: float) -> bool:
     return classes >= 2 and entropy(tok) >= min_entropy
 
 
+@functools.lru_cache(maxsize=1 << 16)  # phonenumbers.parse is slow, and the same numbers recur
 def _phone(candidate: str, region: str) -> bool:
     import phonenumbers
 

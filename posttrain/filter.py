@@ -310,18 +310,23 @@ class Results:
 
 
 def _fixed_binary(array, num_perm: int):
-    """The signatures of a binary Arrow array as a (rows, num_perm) array without a bytes object per row, if
-    they are all of one width (else a list of bytes)."""
+    """The signatures of a binary Arrow array as a (rows, num_perm) array without a bytes object per row
+    (zeros for null rows: those an earlier filter dropped), if they are all of one width; else a list."""
     import numpy as np
 
-    if array.null_count or not len(array):
+    if not len(array) or array.null_count == len(array):
         return array.to_pylist()
     offsets = np.frombuffer(array.buffers()[1], np.int32)[array.offset:array.offset + len(array) + 1]
-    width = (offsets[-1] - offsets[0]) // len(array)
-    if width == 0 or (np.diff(offsets) != width).any() or width % num_perm:
+    lengths = np.diff(offsets)
+    valid = array.is_valid().to_numpy(zero_copy_only=False)
+    widths = np.unique(lengths[valid])
+    if len(widths) != 1 or widths[0] not in (4 * num_perm, 8 * num_perm):
         return array.to_pylist()
-    data = np.frombuffer(array.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
-    return data.view("<u4" if width == 4 * num_perm else "<u8").reshape(len(array), num_perm)
+    dtype = "<u4" if widths[0] == 4 * num_perm else "<u8"
+    data = np.frombuffer(array.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]  # the valid rows' bytes, in order
+    matrix = np.zeros((len(array), num_perm), dtype)
+    matrix[valid] = data.view(dtype).reshape(-1, num_perm)
+    return matrix
 
 
 def run_filters(config: Config, inp: Input, chain, tmp: str) -> Results:

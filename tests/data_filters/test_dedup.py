@@ -78,3 +78,21 @@ def test_shingle_hashes_and_signatures_match_references():
         m = MinHash(num_perm=128, seed=1, scheme="affine32", hashfunc=int)
         m.update_batch(h.tolist())
         assert m.hashvalues.tolist() == sig
+
+
+def test_bands_and_permutations_are_datasketchs():
+    """The filter draws datasketch's permutations and picks its LSH bands itself (no datasketch import at
+    run time): equal to MinHash(seed=1, scheme="affine32") and MinHashLSH's over a grid of settings."""
+    import numpy as np
+    from datasketch import MinHash, MinHashLSH
+
+    for num_perm in (16, 64, 128, 256):
+        assert np.array_equal(dedup._permutations(num_perm),
+                              MinHash(num_perm=num_perm, seed=1, scheme="affine32").permutations)
+        for threshold in np.arange(0.1, 0.91, 0.05):
+            ours = dedup._bands(float(threshold), num_perm)
+            try:
+                theirs = MinHashLSH(threshold=float(threshold), num_perm=num_perm).hashranges
+            except ValueError:  # datasketch refuses a single band; prepare() does too
+                theirs = ours[:1]
+            assert ours == theirs, (num_perm, threshold)
