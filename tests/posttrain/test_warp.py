@@ -1,0 +1,122 @@
+"""`posttrain rl --algorithm warp` (posttrain/warp.py) through the CLI on configs/tiny/rl-warp.yaml (I = 2, M = 2):
+every artifact, the Pareto front's endpoints, a killed Ray worker retried from its checkpoint, a run that fails
+twice failing the stage with one error line, and --resume finishing exactly as an uninterrupted run.
+
+Failures are injected deterministically: POSTTRAIN_KILL_AT_STEP=2 (rl.py's hook) SIGKILLs the Ray worker of every
+run's first attempt after step 2 (checkpoint-2 is saved first, so the retry resumes past step 2 and finishes);
+POSTTRAIN_WARP_FAIL_RUN=iter-2/run-2 (warp.py's hook) raises in that run's task on every attempt."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT
+from tests.posttrain.test_sft_cli import posttrain
+
+TINY = str(ROOT / "configs" / "tiny" / "rl-warp.yaml")
+RUNS = [f"iter-{i}/run-{m}" for i in (1, 2) for m in (1, 2)]
+
+
+def weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def same(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def steps(run_dir) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def warp(tmp_path_factory):
+    """One uninterrupted tiny WARP, shared by the tests below."""
+    out = tmp_path_factory.mktemp("warp") / "rl"
+    proc = posttrain("rl", "--config", TINY, f"output_dir={out}")
+    return out, proc
+
+
+def test_tiny_warp_writes_every_artifact(warp):
+    from transformers import AutoModelForCausalLM
+
+    out, proc = warp
+    assert (out / "DONE").is_file()
+    record = json.loads((out / "posttrain.json").read_text())
+    assert record["stage"] == "rl" and record["config"]["algorithm"] == "warp"
+    for i in (1, 2):
+        for name in ("run-1", "run-2", "slerp", "init"):
+            model = AutoModelForCausalLM.from_pretrained(out / f"iter-{i}" / name)
+            assert model.config.model_type == "gemma3_text", (i, name)
+    for run in RUNS:
+        assert (out / run / "DONE").is_file() and (out / run / "reward_kl.png").is_file()
+        assert steps(out / run) == [1, 2, 3]
+    manifests = {run: json.loads((out / run / "posttrain.json").read_text()) for run in RUNS}
+    assert len({m["config"]["seed"] for m in manifests.values()}) == 4  # every run has its own seed
+    assert {m["config"]["algorithm"] for m in manifests.values()} == {"bond"}
+    # iteration 2 starts from iteration 1's LITI step, iteration 1 from the SFT policy
+    assert manifests["iter-2/run-1"]["inputs"]["policy"] == str(out / "iter-1" / "init")
+    assert manifests["iter-1/run-1"]["inputs"]["policy"] == record["inputs"]["sft_weights"]
+    assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "gemma3_text"  # the final policy
+
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["iteration"] for h in history] == [1, 2]
+    assert all(0 < h["task_vector_angle_deg"] < 180 and len(h["runs"]) == 2 for h in history)
+
+    rows = json.loads((out / "pareto.json").read_text())
+    assert [r["eta"] for r in rows] == [0.0, 0.5, 1.0]
+    for r in rows:
+        assert (out / "pareto" / f"eta-{r['eta']:g}" / "eval" / "DONE").is_file()
+        assert isinstance(r["kl"], float) and r["reward"] is not None
+        assert set(r["per_reward"]) == {"math", "format"} and "greedy_accuracy" in r["overall"]
+    assert rows[0]["kl"] == 0.0  # θ_0 is θ_sft: both log-probs come from one code path
+    assert rows[2]["kl"] != 0.0
+    assert (out / "pareto.png").stat().st_size > 1000
+    assert "Pareto front" in proc.stdout and "WARP iterations" in proc.stdout
+
+
+def test_pareto_endpoints_are_the_sft_and_the_final_weights(warp):
+    out, _ = warp
+    sft = weights(out / json.loads((out / "posttrain.json").read_text())["inputs"]["sft_weights"])
+    final = weights(out)
+    assert same(final, weights(out / "iter-2" / "slerp"))
+    assert not same(final, sft)
+    assert same(weights(out / "pareto" / "eta-0"), sft)
+    assert same(weights(out / "pareto" / "eta-1"), final)
+
+
+def test_failed_runs_retry_once_then_fail_the_stage_and_resume_finishes_exactly(warp, tmp_path):
+    out = tmp_path / "rl"
+    env = {"POSTTRAIN_KILL_AT_STEP": "2", "POSTTRAIN_WARP_FAIL_RUN": "iter-2/run-2"}
+    proc = posttrain("rl", "--config", TINY, f"output_dir={out}", env=env, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "iter-2/run-2 failed 2 times" in errors[0] and "injected failure" in errors[0]
+    assert "Traceback" not in proc.stderr.split(errors[0])[-1]
+    # every run's first attempt lost its worker at step 2 and its retry resumed from checkpoint-2
+    for run in ("iter-1/run-1", "iter-1/run-2", "iter-2/run-1"):
+        assert f"{run} failed (WorkerCrashedError" in proc.stdout
+        assert (out / run / "DONE").is_file() and steps(out / run) == [1, 2, 3]  # steps logged once
+    assert "iter-2/run-2 failed (RuntimeError: injected failure" in proc.stdout
+    assert not (out / "iter-2" / "run-2" / "DONE").exists() and (out / "iter-2" / "run-2" / "error.log").is_file()
+    assert not (out / "DONE").exists() and not (out / "iter-2" / "slerp").exists()
+
+    finished = {run: (out / run / "model.safetensors").stat().st_mtime_ns for run in RUNS[:3]}
+    resumed = posttrain("rl", "--config", TINY, f"output_dir={out}", "--resume")
+    assert "WARP iteration 1: finished earlier" in resumed.stdout and "1 of 2 bond runs" in resumed.stdout
+    assert {run: (out / run / "model.safetensors").stat().st_mtime_ns for run in RUNS[:3]} == finished
+    assert (out / "DONE").is_file() and not (out / "iter-2" / "run-2" / "error.log").exists()
+    # retried and resumed runs reproduce the uninterrupted WARP bit for bit (CPU, seeded)
+    straight, _ = warp
+    for sub in (*RUNS, "iter-2/init", "pareto/eta-0.5"):
+        assert same(weights(out / sub), weights(straight / sub)), sub
+    assert same(weights(out), weights(straight))
+    kl = [r["kl"] for r in json.loads((out / "pareto.json").read_text())]
+    assert kl == [r["kl"] for r in json.loads((straight / "pareto.json").read_text())]
+
+
+def test_bad_warp_fields_are_one_error_line(tmp_path):
+    proc = posttrain("rl", "--config", TINY, f"output_dir={tmp_path / 'rl'}", "pareto_etas=[0,1.5]", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == "error: pareto_etas must be in [0, 1], got [1.5]"
