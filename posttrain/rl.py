@@ -279,11 +279,15 @@ def _score(reward_list, workers, rows: list[dict], messages: list, completions: 
 # Checkpoints: trainable tensors of policy and anchor, optimizer, scheduler
 
 
-def save_checkpoint(out: Path, step: int, params, anchor, optimizer, scheduler) -> None:
+def save_checkpoint(out: Path, step: int, model, tokenizer, params, anchor, optimizer, scheduler) -> None:
+    """checkpoint-N: the policy as an HF dir (peft adapter dir with LoRA), plus what exact resume needs: the
+    trainable tensors of policy and anchor by parameter name, AdamW and scheduler state, the step."""
     from safetensors.torch import save_file
 
     final = out / "checkpoints" / f"checkpoint-{step}"
     staging = artifacts.atomic_dir(final)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
     save_file({k: v.detach().contiguous() for k, v in params.items()}, str(staging / "policy.safetensors"))
     save_file({k: v.contiguous() for k, v in anchor.items()}, str(staging / "anchor.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, staging / "optim.pt")
@@ -531,7 +535,7 @@ def train(config: Config, out: Path) -> dict:
                             "anchor_rewards": scores["combined"][j][1:], "bond_reward": _nan_none(r_bond[j])}) + "\n")
             bar.set_postfix(reward=_fmt(metrics["reward"]), kl=f"{metrics['kl_anchor']:.3f}")
             if step % config.save_steps == 0 or step == config.steps:
-                save_checkpoint(out, step, params, anchor, optimizer, scheduler)
+                save_checkpoint(out, step, model, tokenizer, params, anchor, optimizer, scheduler)
             if step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
             if not math.isfinite(stats["loss"]):

@@ -52,6 +52,8 @@ def test_cli_tiny_config_writes_every_artifact(tmp_path):
         assert key in m[0], key
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    # a checkpoint is an HF dir too
+    AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "checkpoint-2")
     rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
     assert len(rollouts) == 4 * 4 and set(rollouts[0]["scores"]) == {"math", "format"}
     record = json.loads((out / "posttrain.json").read_text())
@@ -123,6 +125,7 @@ def test_lora_trains_only_adapters_and_the_anchor_follows_them(tmp_path):
     # B starts at 0: after 2 steps the policy's B moved, and the anchor's is an EMA of it (between 0 and it)
     assert any(policy[k].abs().sum() > 0 for k in b_keys)
     assert sum(anchor[k].abs().sum() for k in b_keys) < sum(policy[k].abs().sum() for k in b_keys)
+    assert (out / "checkpoints" / "checkpoint-2" / "adapter_config.json").is_file()  # peft adapter checkpoint
     merged = AutoModelForCausalLM.from_pretrained(out)  # merged: a plain model, no adapter files
     assert not any("lora" in k for k in merged.state_dict()) and not (out / "adapter_config.json").exists()
 
