@@ -6,7 +6,9 @@ Reads jsonl / parquet / an HF datasets dir; rows need `messages` (a list of {rol
 content). Bad rows are rejects with a reason (or, with on_bad_row=error, one error naming file:line).
 The chain of pure batch filters runs under `datasets.map(batched=True, num_proc=N)` here, or as Ray Data
 `map_batches` when `ray_address` (or `use_ray`) is set; dedup's keep-the-first decision is one pass in the
-driver over the signatures the workers computed. Output dir:
+driver over the signatures the workers computed. The driver does little else, as it runs alone: it hands
+the workers the input lines as Arrow strings (memory-mapped files in a temp dir), they parse, filter and
+serialise each row, and it writes their output lines straight from the Arrow buffers. Output dir:
   clean.jsonl    kept rows, original columns, PII redacted
   rejects.jsonl  every dropped row and every redacted row: action, filter, reasons (with spans), the
                  original row -- it holds the raw PII, so treat it like the input
@@ -17,7 +19,6 @@ Every input row is in clean.jsonl or (dropped) in rejects.jsonl, never both, nev
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import re
@@ -78,7 +79,7 @@ def _check_row(row) -> str | None:
 
 
 def _iter_input(path: Path):
-    """(source, row or None, raw text or error) for each input row of a parquet file or an HF datasets dir."""
+    """(source, row) for each input row of a parquet file or an HF datasets dir."""
     if path.is_dir():
         import datasets
 
@@ -89,12 +90,12 @@ def _iter_input(path: Path):
         if isinstance(ds, datasets.DatasetDict):
             raise UserError(f"input {path} holds splits {list(ds)}; point input at one split's dir")
         for i, row in enumerate(ds):
-            yield f"{path}[{i}]", row, None
+            yield f"{path}[{i}]", row
     else:
         import pyarrow.parquet as pq
 
         for i, row in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path}[{i}]", row, None
+            yield f"{path}[{i}]", row
 
 
 class Input:
@@ -117,7 +118,7 @@ class Input:
             self.table = pa.table({"_row": pa.array(range(self.rows), pa.int64()), "_line": lines})
             return
         rows, texts, self.rows = [], [], 0
-        for source, row, _ in _iter_input(self.path):
+        for source, row in _iter_input(self.path):
             reason = _check_row(row)
             if reason is not None:
                 if on_bad_row == "error":
@@ -387,19 +388,25 @@ def _input_hash(path: str) -> dict:
     return {"sha256": artifacts.file_sha256(p)} if p.is_file() else {"sha256": artifacts.dir_sha256(p)}
 
 
-def _write_strings(f, array) -> None:
-    """Write the strings of an Arrow (chunked) string array back to back, straight from its buffers."""
+def _write_rows(f, array, rows) -> None:
+    """Write the strings at sorted positions `rows` of an Arrow (chunked) string array back to back, each
+    run of consecutive positions as one slice of the array's data buffer: no Python object per row."""
     import numpy as np
     import pyarrow as pa
 
+    base = 0
     for chunk in getattr(array, "chunks", [array]):
-        if not len(chunk):
+        local = rows[(rows >= base) & (rows < base + len(chunk))] - base
+        base += len(chunk)
+        if not len(local):
             continue
         wide = pa.types.is_large_string(chunk.type) or pa.types.is_large_binary(chunk.type)
         offsets = np.frombuffer(chunk.buffers()[1], np.int64 if wide else np.int32)
         offsets = offsets[chunk.offset:chunk.offset + len(chunk) + 1]
-        if offsets[-1] > offsets[0]:
-            f.write(memoryview(chunk.buffers()[2])[offsets[0]:offsets[-1]])
+        data = memoryview(chunk.buffers()[2]) if chunk.buffers()[2] is not None else b""
+        breaks = np.flatnonzero(np.diff(local) != 1)
+        for start, end in zip(np.concatenate([[0], breaks + 1]).tolist(), np.concatenate([breaks, [len(local) - 1]]).tolist()):
+            f.write(data[offsets[local[start]]:offsets[local[end] + 1]])
 
 
 def write_outputs(out_dir: Path, config: Config, out: Results, inp: Input, seconds: float, chain) -> dict:
@@ -412,7 +419,7 @@ def write_outputs(out_dir: Path, config: Config, out: Results, inp: Input, secon
     good = np.asarray([why is None for why in out.bad], bool)
     kept_rows = np.flatnonzero(out.keep & good)
     with open(out_dir / CLEAN, "wb") as clean:
-        _write_strings(clean, out.table.column("_out").take(kept_rows))
+        _write_rows(clean, out.table.column("_out"), kept_rows)
     kept = len(kept_rows)
     dropped = int(good.sum()) - kept
     redacted = 0
@@ -420,7 +427,7 @@ def write_outputs(out_dir: Path, config: Config, out: Results, inp: Input, secon
     rejects = []  # (row, JSON text)
     lines = inp.table.column("_line")
     outs, datas = out.table.column("_out"), out.table.column("_data")
-    dumps = functools.partial(json.dumps, ensure_ascii=False)
+    dumps = json.JSONEncoder(ensure_ascii=False).encode
     for r in sorted(set(np.flatnonzero(~good).tolist()) | set(out.dedup)
                     | {i for i, x in enumerate(out.reasons) if x != "[]"}):
         row = out.row[r]
@@ -453,7 +460,7 @@ def write_outputs(out_dir: Path, config: Config, out: Results, inp: Input, secon
                 x = next(x for x in reasons if x["filter"] == name)
                 stats["examples"].append(_example(x, json.loads(outs[r].as_py()), out.ids[r], action))
     bad.sort(key=lambda x: x["row"])
-    rejects += [(b["row"], dumps(b, default=str)) for b in bad]
+    rejects += [(b["row"], json.dumps(b, ensure_ascii=False, default=str)) for b in bad]
     rejects.sort(key=lambda x: x[0])
     per_filter["input"]["dropped"] = len(bad)
     for b in bad[:config.examples]:
