@@ -62,6 +62,19 @@ def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tens
     return ids.to(device), mask.to(device)
 
 
+def _top_mass(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest probabilities in descending order, and their ids: the top k for the smallest k in
+    (1024, 16384, vocab) whose mass reaches top_p in every row, so the nucleus lies inside them (a full
+    sort of a 262k vocabulary costs ~10x a top-1024)."""
+    vocab = probs.shape[-1]
+    for k in (1024, 16384):
+        if k < vocab:
+            top, order = probs.topk(k, dim=-1)
+            if bool((top.sum(-1) >= top_p).all()):
+                return top, order
+    return probs.sort(dim=-1, descending=True)
+
+
 def _pick(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     """Inverse-CDF sample from softmax(logits / temperature) restricted to the top-p nucleus;
     temperature 0 is greedy."""
@@ -70,7 +83,7 @@ def _pick(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: floa
     probs = F.softmax(logits / temperature, dim=-1)
     order = None
     if top_p < 1.0:
-        probs, order = probs.sort(dim=-1, descending=True)
+        probs, order = _top_mass(probs, top_p)
         # keep a token if the mass before it is < top_p (the top token is always kept)
         probs = probs * ((probs.cumsum(-1) - probs) < top_p)
     cdf = probs.cumsum(-1)

@@ -101,3 +101,19 @@ def test_top_p_keeps_only_the_nucleus(lm):
     assert not torch.equal(full_p.tokens, greedy.tokens)
     # log-probs stay those of the temperature-1 model, whatever the sampling temperature
     torch.testing.assert_close(tiny_p.logprobs, greedy.logprobs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [8.0, 0.5])  # peaked (nucleus in the top 1024) and flat (needs more)
+def test_top_p_over_a_large_vocabulary_equals_the_full_sort(scale):
+    from posttrain.rollout import _pick
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn((6, 20000), generator=gen) * scale
+    u = torch.rand(6, generator=gen)
+    probs = torch.softmax(logits, dim=-1)
+    ref_p, ref_order = probs.sort(dim=-1, descending=True)
+    ref_p = ref_p * ((ref_p.cumsum(-1) - ref_p) < 0.9)
+    cdf = ref_p.cumsum(-1)
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    expected = ref_order.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
+    assert torch.equal(_pick(logits, u, 1.0, 0.9), expected)
