@@ -143,11 +143,13 @@ def _flat_signatures(h: np.ndarray, bounds: np.ndarray, permutations, chunk: int
     """Signatures of the rows whose hashes are h[bounds[r]:bounds[r + 1]] (each row has at least one)."""
     a, b = (np.asarray(p, dtype=np.uint32) for p in permutations)
     out, i, rows = [np.zeros((0, len(a)), np.uint32)], 0, len(bounds) - 1
+    buffer = np.empty(len(a) * max(chunk, int(np.diff(bounds).max(initial=0))), np.uint32)  # reused: no page faults
     while i < rows:
         j = max(i + 1, int(np.searchsorted(bounds, bounds[i] + chunk, side="right")) - 1)  # rows i..j-1
         j = min(j, rows)
         lo, hi = bounds[i], bounds[j]
-        phv = np.multiply.outer(a, _fmix32(h[lo:hi]))
+        phv = buffer[:len(a) * (hi - lo)].reshape(len(a), hi - lo)
+        np.multiply(a[:, None], _fmix32(h[lo:hi])[None, :], out=phv)
         phv += b[:, None]
         out.append(np.minimum.reduceat(phv, bounds[i:j] - lo, axis=1).T)
         i = j
