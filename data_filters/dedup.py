@@ -230,11 +230,25 @@ def _signature_matrix(sigs, live: np.ndarray, num_perm: int) -> np.ndarray:
 
 
 def _band_groups(matrix: np.ndarray, bands) -> list[np.ndarray]:
-    """Per band, the group of each row: rows with the same values in a band share a group."""
+    """Per band, the group of each row: rows with the same values in a band share a group. A band's values
+    are packed into 64-bit words and mixed into one number to group by (an integer sort, not a sort of
+    byte strings), then checked word by word, so the groups are exact."""
     out = []
     for start, end in bands:
-        raw = np.ascontiguousarray(matrix[:, start:end]).view(f"V{(end - start) * matrix.itemsize}").ravel()
-        out.append(np.unique(raw, return_inverse=True)[1].ravel())
+        width = end - start
+        words = -(-width * matrix.itemsize // 8)
+        packed = np.zeros((len(matrix), words * 8 // matrix.itemsize), matrix.dtype)
+        packed[:, :width] = matrix[:, start:end]
+        packed = packed.view(np.uint64)
+        mixed = packed[:, 0].copy()
+        for j in range(1, words):
+            mixed = mixed * np.uint64(0x9E3779B97F4A7C15) + packed[:, j]  # wraps mod 2^64, as intended
+        _, first, inverse = np.unique(mixed, return_index=True, return_inverse=True)
+        inverse = inverse.ravel()
+        if not (packed == packed[first[inverse]]).all():  # two different bands mixed alike: sort the bytes
+            raw = np.ascontiguousarray(matrix[:, start:end]).view(f"V{width * matrix.itemsize}").ravel()
+            inverse = np.unique(raw, return_inverse=True)[1].ravel()
+        out.append(inverse)
     return out
 
 
