@@ -86,6 +86,7 @@ class Config:
     generation_batch: int = doc(8, "prompts per generation chunk: each chunk's rewards are scored while the "
                                 "next one is generated")
     generation_workers: int = doc(0, "Ray actors that generate (0 = in this process)")
+    generation_worker_gpus: float = doc(0.0, "GPUs each generation actor asks for")
     reward_timeout: float = doc(120.0, "hard wall-clock limit per reward call, in seconds")
     reward_batch_size: int = doc(64, "samples per reward call")
     reward_workers: int = doc(2, "reward worker processes")
@@ -178,6 +179,10 @@ def load_policy(spec: str, config: Config, dtype=None):
     return model, tokenizer
 
 
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _autocast(model, enabled: bool):
     device = next(model.parameters()).device
     ok = enabled and (device.type == "cpu" or torch.cuda.is_bf16_supported())
@@ -196,6 +201,7 @@ class Sampler:
     def __init__(self, spec: str, config: Config):
         self.config = config
         self.model, self.tokenizer = load_policy(spec, config, torch.bfloat16 if config.bf16 else torch.float32)
+        self.model.to(_device())
         self.params = trainable(self.model)
         self.anchor = None
 
@@ -288,8 +294,8 @@ def save_checkpoint(out: Path, step: int, model, tokenizer, params, anchor, opti
     staging = artifacts.atomic_dir(final)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    save_file({k: v.detach().contiguous() for k, v in params.items()}, str(staging / "policy.safetensors"))
-    save_file({k: v.contiguous() for k, v in anchor.items()}, str(staging / "anchor.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in params.items()}, str(staging / "policy.safetensors"))
+    save_file({k: v.cpu().contiguous() for k, v in anchor.items()}, str(staging / "anchor.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, staging / "optim.pt")
     (staging / "state.json").write_text(json.dumps({"step": step}))
     artifacts.publish_dir(staging, final)
@@ -367,7 +373,9 @@ def train(config: Config, out: Path) -> dict:
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     reward_list = build_rewards(config)
+    device = _device()
     model, tokenizer = load_policy(config.policy, config)
+    model.to(device)
     rows, messages, prompts = _load_prompts(config, tokenizer)
     params = trainable(model)
     anchor, init = snapshot(params), snapshot(params)
@@ -391,7 +399,8 @@ def train(config: Config, out: Path) -> dict:
     if config.generation_workers:
         cluster.init(config.ray_address)
         actors = cluster.start_actors(Sampler, num_actors=config.generation_workers,
-                                      actor_args=(str(config.policy), config))
+                                      actor_args=(str(config.policy), config),
+                                      num_gpus=config.generation_worker_gpus)
     else:
         sampler = Sampler(str(config.policy), config)
     kill_at = int(os.environ.get("POSTTRAIN_KILL_AT_STEP", 0))  # test hook: a real SIGKILL after a step
@@ -425,7 +434,8 @@ def train(config: Config, out: Path) -> dict:
             if actors:
                 # one object-store copy for all actors; an actor runs its calls in order, so every
                 # sample call below sees these weights
-                policy_ref, anchor_ref = cluster.put(snapshot(params)), cluster.put(anchor)
+                policy_ref = cluster.put({k: v.detach().cpu() for k, v in params.items()})
+                anchor_ref = cluster.put({k: v.cpu() for k, v in anchor.items()})
                 for a in actors:
                     a.set_weights.remote(policy_ref, anchor_ref)
                 for ci, result in cluster.as_completed(actors, "sample", jobs):
@@ -458,7 +468,7 @@ def train(config: Config, out: Path) -> dict:
                     scores["reasons"][name] += s["reasons"][name]
             t_wait = time.perf_counter() - t0
 
-            combined = bond.as_rewards(scores["combined"])  # (P, 1 + k)
+            combined = bond.as_rewards(scores["combined"], device=device)  # (P, 1 + k)
             r_policy, r_anchor = combined[:, 0], combined[:, 1:]
             t0 = time.perf_counter()
             model.zero_grad(set_to_none=True)
