@@ -220,7 +220,7 @@ def _signature_matrix(sigs, live: np.ndarray, num_perm: int) -> np.ndarray:
     """(len(live), num_perm) array of the signatures of rows `live`, given as a (rows, num_perm) array, as
     bytes (from apply) or as lists of ints."""
     if isinstance(sigs, np.ndarray):
-        return sigs[live]
+        return sigs if len(live) == len(sigs) else sigs[live]
     picked = [sigs[r] for r in live.tolist()]
     if picked and isinstance(picked[0], (bytes, bytearray, memoryview)):
         joined = b"".join(picked)

@@ -25,6 +25,7 @@ import re
 import tempfile
 import time
 from collections import Counter
+from json.encoder import encode_basestring as _json_str  # a str as json.dumps(..., ensure_ascii=False) writes it
 from pathlib import Path
 
 from posttrain import artifacts
@@ -225,7 +226,7 @@ def filter_lines(rows: list[int], lines: list[str], chain) -> dict[str, list]:
         out["_out"][k] = json.dumps(_restore(originals[j], res["messages"][j]), ensure_ascii=False) + "\n"
         if res["messages"][j] != messages[j]:
             out["_data"][k] = json.dumps(_restore(originals[j], messages[j]), ensure_ascii=False)
-        out["_nbytes"][k] = sum(len(m["content"].encode()) for m in messages[j])
+        out["_nbytes"][k] = sum(len(c) if (c := m["content"]).isascii() else len(c.encode()) for m in messages[j])
         for c in extra:
             out[c][k] = res[c][j]
     return out
@@ -297,10 +298,13 @@ class Results:
         if dedup is not None and table.num_rows:
             from data_filters import dedup as dd
 
+            # Rows an earlier filter dropped have no signature and take no part: decide sees the others.
             sigs = col("_dedup_minhash").combine_chunks()
-            res = dd.decide(col("_dedup_hash").to_pylist(), _fixed_binary(sigs, dedup.keywords["num_perm"]),
-                            self.keep.tolist(), self.ids, **dedup.keywords)
-            for r, (k, reasons) in enumerate(zip(res.keep, res.reasons)):
+            where = np.flatnonzero(sigs.is_valid().to_numpy(zero_copy_only=False))
+            hashes = col("_dedup_hash").to_pylist()
+            res = dd.decide([hashes[r] for r in where.tolist()], _fixed_binary(sigs, dedup.keywords["num_perm"]),
+                            self.keep[where].tolist(), [self.ids[r] for r in where.tolist()], **dedup.keywords)
+            for r, k, reasons in zip(where.tolist(), res.keep, res.reasons):
                 if not k:
                     self.keep[r] = False
                     self.dedup[r] = reasons
@@ -309,25 +313,34 @@ class Results:
         chain = json.loads(self.reasons[r]) if self.reasons[r] != "[]" else []
         return chain + self.dedup.get(r, [])
 
+    def reasons_json(self, r: int) -> str:
+        """reasons_of(r) as JSON text, as json.dumps(..., ensure_ascii=False) writes it, from the workers'."""
+        text, extra = self.reasons[r], self.dedup.get(r)
+        if not extra:
+            return text
+        if all(isinstance(v, str) for x in extra for v in x.values()):  # dedup's: strings only, the common case
+            extra_json = "[" + ", ".join("{" + ", ".join(f"{_json_str(k)}: {_json_str(v)}" for k, v in x.items())
+                                         + "}" for x in extra) + "]"
+        else:
+            extra_json = json.dumps(extra, ensure_ascii=False)
+        return extra_json if text == "[]" else text[:-1] + ", " + extra_json[1:]
+
 
 def _fixed_binary(array, num_perm: int):
-    """The signatures of a binary Arrow array as a (rows, num_perm) array without a bytes object per row
-    (zeros for null rows: those an earlier filter dropped), if they are all of one width; else a list."""
+    """The signatures of the valid rows of a binary Arrow array as a (valid rows, num_perm) array, without
+    a bytes object per row, if they are all of one width; else a list of them."""
     import numpy as np
 
-    if not len(array) or array.null_count == len(array):
-        return array.to_pylist()
-    offsets = np.frombuffer(array.buffers()[1], np.int32)[array.offset:array.offset + len(array) + 1]
-    lengths = np.diff(offsets)
-    valid = array.is_valid().to_numpy(zero_copy_only=False)
-    widths = np.unique(lengths[valid])
+    valid = array.filter(array.is_valid()) if array.null_count else array
+    if not len(valid):
+        return []
+    offsets = np.frombuffer(valid.buffers()[1], np.int32)[valid.offset:valid.offset + len(valid) + 1]
+    widths = np.unique(np.diff(offsets))
     if len(widths) != 1 or widths[0] not in (4 * num_perm, 8 * num_perm):
-        return array.to_pylist()
+        return valid.to_pylist()
     dtype = "<u4" if widths[0] == 4 * num_perm else "<u8"
-    data = np.frombuffer(array.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]  # the valid rows' bytes, in order
-    matrix = np.zeros((len(array), num_perm), dtype)
-    matrix[valid] = data.view(dtype).reshape(-1, num_perm)
-    return matrix
+    data = np.frombuffer(valid.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
+    return data.view(dtype).reshape(-1, num_perm)
 
 
 def run_filters(config: Config, inp: Input, chain, tmp: str) -> Results:
@@ -427,7 +440,6 @@ def write_outputs(out_dir: Path, config: Config, out: Results, inp: Input, secon
     rejects = []  # (row, JSON text)
     lines = inp.table.column("_line")
     outs, datas = out.table.column("_out"), out.table.column("_data")
-    dumps = json.JSONEncoder(ensure_ascii=False).encode
     for r in sorted(set(np.flatnonzero(~good).tolist()) | set(out.dedup)
                     | {i for i, x in enumerate(out.reasons) if x != "[]"}):
         row = out.row[r]
@@ -442,8 +454,8 @@ def write_outputs(out_dir: Path, config: Config, out: Results, inp: Input, secon
         redacted += action == "redacted"
         culprit = by[-1] if action == "dropped" else ",".join(dict.fromkeys(by))
         data = datas[r].as_py() or outs[r].as_py().rstrip("\n")  # JSON text, as json.dumps writes it
-        rejects.append((row, f'{{"row": {row}, "id": {dumps(out.ids[r])}, "source": {dumps(inp.source(row))}, '
-                             f'"action": "{action}", "filter": {dumps(culprit)}, "reasons": {dumps(reasons)}, '
+        rejects.append((row, f'{{"row": {row}, "id": {_json_str(out.ids[r])}, "source": {_json_str(inp.source(row))}, '
+                             f'"action": "{action}", "filter": {_json_str(culprit)}, "reasons": {out.reasons_json(r)}, '
                              f'"data": {data}}}'))
         for name in dict.fromkeys(by):
             stats = per_filter.setdefault(name, {"dropped": 0, "redacted_rows": 0, "spans": Counter(),
