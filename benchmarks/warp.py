@@ -6,10 +6,17 @@
    fp32 and merges in memory (per-tensor SLERP in fp32, as a straightforward script would). Each variant runs
    in its own process, so its peak RSS (ru_maxrss) is its own; the fine-tunes are the init plus small random
    deltas (1e-3 of each tensor's std), saved once as HF dirs in a temp dir.
-2. (to come with posttrain/warp.py) wall time of the M RL runs in parallel vs one after another: add a
-   `bench_rl(...) -> rows` and its table beside `bench_merge` / `merge_table`.
+2. The M = 2 RL runs of one WARP iteration (the same two J-BOND runs: same init, configs and seeds, as
+   posttrain.warp builds them), as M parallel Ray tasks with 1 CPU and 1 torch thread each (posttrain.warp.run_all)
+   against the anchor, the same runs one after another in one process with 1 torch thread (identical configs,
+   so the weights must come out equal), and one after another with every core's torch threads (what a run
+   without Ray would use). Model: a small random Gemma 3 (`--rl-model`, default 6 layers, hidden 256, ~5M
+   parameters; byte tokenizer), so the step's compute rather than Python overhead dominates. Each variant is
+   its own process; the parallel time includes the Ray workers' imports (the sequential process imports first),
+   not Ray's start-up (shown beside it).
 
-    .venv/bin/python benchmarks/warp.py [--model gemma3-270m] [--chunk-elements 4194304]
+    .venv/bin/python benchmarks/warp.py [--model gemma3-270m] [--chunk-elements 4194304] [--rl-model SPEC]
+                                        [--rl-steps 4] [--skip merge|rl]
 """
 
 from __future__ import annotations
@@ -122,13 +129,47 @@ def max_difference(a: str, b: str) -> dict:
     return {"max_abs_diff": worst_abs, "max_rel_diff": worst_rel}
 
 
+RL_MODEL = "tiny:hidden_size=256,intermediate_size=1024,num_attention_heads=4,head_dim=64"
+
+
+def rl_jobs(args: argparse.Namespace, work: Path, cpus_per_run: float) -> tuple[object, list[dict]]:
+    """The M runs of WARP's first iteration from the rl model, exactly as posttrain.warp builds them."""
+    from posttrain import models, rl, warp
+
+    config = rl.Config(algorithm="warp", inner="bond", runs=M, run_cpus=cpus_per_run, policy=args.rl_model,
+                       data=[str(ROOT / "data" / "tiny" / "sft.jsonl")], rewards=["math", "format"],
+                       steps=args.rl_steps, prompts_per_step=8, generation_batch=4, max_new_tokens=32,
+                       learning_rate=1e-3, save_steps=1000, reward_workers=1, bf16=False, output_dir=str(work))
+    return config, warp.run_jobs(config, models.resolve(args.rl_model), work / "iter-1", 1)
+
+
+def rl_variant(name: str, args: argparse.Namespace, work: Path) -> dict:
+    from posttrain import cluster, warp
+
+    if name == "rl-parallel":
+        config, jobs = rl_jobs(args, work / name, 1)
+        t0 = time.perf_counter()
+        cluster.init(None)
+        t1 = time.perf_counter()
+        warp.run_all(warp.train_run, jobs, config, "rl runs")
+        t2 = time.perf_counter()
+        cluster.shutdown()
+        return {"wall_s": t2 - t1, "ray_start_s": t1 - t0, "runs": [j["out"] for j in jobs]}
+    threads = 1 if name == "rl-sequential-1" else os.cpu_count() or 1
+    _, jobs = rl_jobs(args, work / name, threads)
+    t0 = time.perf_counter()
+    for job in jobs:
+        warp.train_run(job)
+    return {"wall_s": time.perf_counter() - t0, "runs": [j["out"] for j in jobs], "threads": threads}
+
+
 def _variant(name: str, args: argparse.Namespace) -> None:
     """Run one variant in this (fresh) process and print its RESULT line."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
     work = Path(args.work)
-    setup = json.loads((work / "setup.json").read_text()) if name != "setup" else None
+    setup = json.loads((work / "setup.json").read_text()) if name in ("naive", "streamed") else None
     base_rss = _peak_rss_mb()
     if name == "setup":
         result = make_fine_tunes(args.model, work)
@@ -137,6 +178,8 @@ def _variant(name: str, args: argparse.Namespace) -> None:
         result = merge_naive(setup["init"], setup["fine_tunes"], work)
     elif name == "streamed":
         result = merge_streamed(setup["init"], setup["fine_tunes"], work, args.chunk_elements)
+    elif name.startswith("rl-"):
+        result = rl_variant(name, args, work)
     else:  # check
         result = max_difference(args.a, args.b)
     print("RESULT " + json.dumps({**result, "peak_rss_mb": _peak_rss_mb(), "rss_after_imports_mb": base_rss}))
@@ -144,7 +187,8 @@ def _variant(name: str, args: argparse.Namespace) -> None:
 
 def _run(name: str, args: argparse.Namespace, *extra: str) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--variant", name, "--work", args.work, "--model", args.model,
-                           "--chunk-elements", str(args.chunk_elements), *extra], capture_output=True, text=True)
+                           "--chunk-elements", str(args.chunk_elements), "--rl-model", args.rl_model,
+                           "--rl-steps", str(args.rl_steps), *extra], capture_output=True, text=True)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not line:
         raise SystemExit(f"variant {name} failed:\n{proc.stderr[-3000:]}")
@@ -179,10 +223,39 @@ def merge_table(setup: dict, rows: list[dict], diff: dict, load: tuple[float, fl
     return table
 
 
+def bench_rl(args: argparse.Namespace) -> tuple[list[dict], dict]:
+    rows = [dict(_run("rl-sequential-1", args), variant="anchor: one after another, 1 torch thread"),
+            dict(_run("rl-sequential-all", args), variant=f"one after another, {os.cpu_count()} torch threads"),
+            dict(_run("rl-parallel", args), variant=f"{M} Ray tasks in parallel, 1 CPU + 1 thread each")]
+    diffs = [_run("check", args, "--a", str(Path(a) / "model.safetensors"), "--b", str(Path(b) / "model.safetensors"))
+             for a, b in zip(rows[2]["runs"], rows[0]["runs"])]
+    return rows, {"max_abs_diff": max(d["max_abs_diff"] for d in diffs)}
+
+
+def rl_table(args: argparse.Namespace, rows: list[dict], diff: dict, load: tuple[float, float]):
+    from rich.table import Table
+
+    anchor = rows[0]["wall_s"]
+    table = Table(title=f"WARP: the M={M} J-BOND runs of one iteration ({args.rl_steps} steps x 8 prompts, 2 anchor "
+                        f"samples, 32 new tokens; model {args.rl_model}); {os.cpu_count()} CPUs, load average "
+                        f"{load[0]:.1f} -> {load[1]:.1f} (shared machine)")
+    for col in ("variant", "wall s", "wall s / M", "speed vs anchor", "Ray start-up s (not in wall)"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["variant"], f"{r['wall_s']:.1f}", f"{r['wall_s'] / M:.1f}", f"{anchor / r['wall_s']:.2f}x",
+                      f"{r['ray_start_s']:.1f}" if "ray_start_s" in r else "-")
+    table.caption = (f"same runs: parallel vs anchor weights max |diff| = {diff['max_abs_diff']:.1e} (identical "
+                     "configs, 1 thread each); the parallel wall time includes each Ray worker importing torch")
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gemma3-270m", help="model spec of the init (default: the embedded 270M)")
     parser.add_argument("--chunk-elements", type=int, default=1 << 22, help="posttrain.merging's row block size")
+    parser.add_argument("--rl-model", default=RL_MODEL, help="model spec of the RL runs' init (default: a small tiny)")
+    parser.add_argument("--rl-steps", type=int, default=4, help="steps per RL run")
+    parser.add_argument("--skip", choices=("merge", "rl"), help="leave one table out")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--a", help=argparse.SUPPRESS)
@@ -194,14 +267,19 @@ def main() -> None:
 
     from rich.console import Console
 
+    console = Console(width=150)
     args.work = tempfile.mkdtemp(prefix="warp-bench-")
     try:
-        load_before = os.getloadavg()[0]
-        setup, rows, diff = bench_merge(args)
-        load_after = os.getloadavg()[0]
+        if args.skip != "merge":
+            load_before = os.getloadavg()[0]
+            setup, rows, diff = bench_merge(args)
+            console.print(merge_table(setup, rows, diff, (load_before, os.getloadavg()[0])))
+        if args.skip != "rl":
+            load_before = os.getloadavg()[0]
+            rows, diff = bench_rl(args)
+            console.print(rl_table(args, rows, diff, (load_before, os.getloadavg()[0])))
     finally:
         shutil.rmtree(args.work, ignore_errors=True)
-    Console(width=150).print(merge_table(setup, rows, diff, (load_before, load_after)))
 
 
 if __name__ == "__main__":

@@ -119,6 +119,19 @@ def error_log(path: Path):
     path.unlink(missing_ok=True)
 
 
+def run_jobs(config, init: Path, idir: Path, i: int) -> list[dict]:
+    """The Ray task inputs of iteration i's unfinished runs (out: iter-<i>/run-<m>)."""
+    fail = os.environ.get("POSTTRAIN_WARP_FAIL_RUN")
+    jobs = []
+    for m in range(1, config.runs + 1):
+        out = idir / f"run-{m}"
+        if not artifacts.is_done(out):
+            jobs.append({"config": run_config(config, init, out, i, m), "out": str(out), "log": str(out / "error.log"),
+                         "name": f"{idir.name}/{out.name}", "iteration": i, "run": m,
+                         "fail": fail == f"{idir.name}/{out.name}"})
+    return jobs
+
+
 def train_run(job: dict) -> dict:
     """rl.train into job['out'] (continuing from its latest checkpoint if an earlier attempt left one), then
     the run's posttrain.json and DONE."""
@@ -343,7 +356,6 @@ def run(config, out: Path, policy_dir: Path) -> Path:
         raise UserError(f"a run asks for {config.run_cpus:g} CPU / {config.run_gpus:g} GPU but the Ray cluster has "
                         f"{have.get('CPU', 0):g} CPU / {have.get('GPU', 0):g} GPU in all (run_cpus, run_gpus)")
     sft = sft_weights(policy_dir, out)
-    fail = os.environ.get("POSTTRAIN_WARP_FAIL_RUN")
     tb = SummaryWriter(str(out / "tensorboard"))
     init, redone, history = sft, False, []
     for i in range(1, config.iterations + 1):
@@ -355,10 +367,7 @@ def run(config, out: Path, policy_dir: Path) -> Path:
             init = idir / "init"
             print(f"[posttrain rl] WARP iteration {i}: finished earlier, kept", flush=True)
             continue
-        jobs = [{"config": run_config(config, init, r, i, m), "out": str(r), "log": str(r / "error.log"),
-                 "name": f"iter-{i}/run-{m}",
-                 "iteration": i, "run": m, "fail": fail == f"iter-{i}/run-{m}"}
-                for m, r in enumerate(runs, 1) if not artifacts.is_done(r)]
+        jobs = run_jobs(config, init, idir, i)
         print(f"[posttrain rl] WARP iteration {i}/{config.iterations}: {len(jobs)} of {config.runs} {config.inner} "
               f"runs to train from {init} ({config.run_cpus:g} CPU / {config.run_gpus:g} GPU each)", flush=True)
         t0 = time.perf_counter()

@@ -119,4 +119,5 @@ def test_failed_runs_retry_once_then_fail_the_stage_and_resume_finishes_exactly(
 
 def test_bad_warp_fields_are_one_error_line(tmp_path):
     proc = posttrain("rl", "--config", TINY, f"output_dir={tmp_path / 'rl'}", "pareto_etas=[0,1.5]", check=False)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == "error: pareto_etas must be in [0, 1], got [1.5]"
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: pareto_etas must be in [0, 1], got [1.5]"
