@@ -276,3 +276,24 @@ def word_lines(texts: list[str]) -> bytes:
     lead = arr == 32  # a space left at the start of a line
     lead[1:] &= arr[:-1] == 10
     return arr[~lead].tobytes()
+
+
+# ------------------------------------------------------------------------------------ polynomial hashes
+POLY_BASE = 0x01000193  # the FNV prime: odd, so it has an inverse mod 2^32
+
+
+def poly_powers(n: int):
+    """(POLY_BASE^j, POLY_BASE^-j) mod 2^32 as uint32 arrays of at least n entries (a power of two, at least
+    2^20, so one table serves many batches): for prefix-sum polynomial hashes of byte spans."""
+    return _poly_powers(max(1 << 20, 1 << max(n - 1, 0).bit_length()))
+
+
+@functools.lru_cache(maxsize=2)
+def _poly_powers(size: int):
+    import numpy as np
+
+    powers = np.ones(size, np.uint32)
+    powers[1:] = np.cumprod(np.full(size - 1, POLY_BASE, np.uint32), dtype=np.uint32)  # wraps mod 2^32, as intended
+    inverse = np.ones(size, np.uint32)
+    inverse[1:] = np.cumprod(np.full(size - 1, pow(POLY_BASE, -1, 1 << 32), np.uint32), dtype=np.uint32)
+    return powers, inverse

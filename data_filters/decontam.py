@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_filters.base import FAST, FilterResult, turns, word_lines
+from data_filters.base import FAST, FilterResult, poly_powers, turns, word_lines
 
 DEFAULTS = {
     "eval_files": ["data/demo/eval_math.jsonl", "data/demo/eval_code.jsonl"],
@@ -128,26 +128,13 @@ def find(text: str, ngrams: frozenset, short: frozenset, n: int) -> tuple[int, i
     return start, end, " ".join(toks[hit[0]:hit[0] + hit[1]])
 
 
-_B = 0x01000193  # odd, so it has an inverse mod 2^32 (32 bits are plenty for picking candidates)
-
-
-@functools.lru_cache(maxsize=2)
-def _powers(n: int):
-    """(_B^j, _B^-j) for j < n, mod 2^32 (n rounded up so one table serves many batches)."""
-    powers = np.ones(n, np.uint32)
-    powers[1:] = np.cumprod(np.full(n - 1, _B, np.uint32), dtype=np.uint32)  # wraps mod 2^32, as intended
-    inverse = np.ones(n, np.uint32)
-    inverse[1:] = np.cumprod(np.full(n - 1, pow(_B, -1, 1 << 32), np.uint32), dtype=np.uint32)
-    return powers, inverse
-
-
 def _window_hashes(data: bytes, k: int):
     """(hashes, line) of every run of k consecutive words inside one line of `data` (lines of words joined
-    by single spaces): the polynomial hash (base _B, mod 2^32) of the run's bytes, all in numpy with prefix
-    sums (as dedup.shingle_hashes does), so a run's hash does not depend on where it sits."""
+    by single spaces): the polynomial hash (base.POLY_BASE, mod 2^32) of the run's bytes, all in numpy
+    with prefix sums (as dedup.shingle_hashes does), so a run's hash does not depend on where it sits."""
     arr = np.frombuffer(data, np.uint8)
     n = len(arr)
-    powers, inverse = _powers(max(1 << 20, 1 << n.bit_length()))
+    powers, inverse = poly_powers(n + 1)
     prefix = np.zeros(n + 1, np.uint32)
     np.cumsum(inverse[:n] * arr, dtype=np.uint32, out=prefix[1:])
     seps = np.flatnonzero(arr <= 32)  # spaces and line breaks: words are \w+ (or UTF-8), never below 33

@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from data_filters.base import FAST, FilterResult, word_lines
+from data_filters.base import FAST, FilterResult, poly_powers, word_lines
 
 DEFAULTS = {
     "exact": True,
@@ -58,15 +58,11 @@ def new_minhash(num_perm: int):
                    scheme="affine32")
 
 
-_B = 0x01000193  # FNV prime: odd, so it has an inverse mod 2^32
-_B_INV = pow(_B, -1, 1 << 32)
-
-
 def shingle_hashes(texts: list[str], k: int) -> list[np.ndarray]:
     """uint32 hashes of each text's k-word shingles (texts: words joined by single spaces), all in numpy.
 
-    A shingle's hash is the polynomial hash (base _B, mod 2^32) of its bytes, " ".join(window).encode().
-    With prefix sums G[t] = sum_{j<t} byte_j * _B^-j, any span's hash is _B^(end-1) * (G[end] - G[start]),
+    A shingle's hash is the polynomial hash (base B = POLY_BASE, mod 2^32) of its bytes, " ".join(window).encode().
+    With prefix sums G[t] = sum_{j<t} byte_j * B^-j, any span's hash is B^(end-1) * (G[end] - G[start]),
     so every shingle of the batch costs a few vector operations instead of a Python-level string and call.
     A text shorter than k words is one shingle.
     """
@@ -79,21 +75,11 @@ def _shingle_hashes(joined: bytes, rows: int, k: int) -> list[np.ndarray]:
     return [h[bounds[r]:bounds[r + 1]] for r in range(rows)]
 
 
-@functools.lru_cache(maxsize=2)
-def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(_B^j, _B^-j) mod 2^32 for j < n (n rounded up by the callers so one table serves many batches)."""
-    powers = np.ones(n, np.uint32)
-    powers[1:] = np.cumprod(np.full(n - 1, _B, dtype=np.uint32), dtype=np.uint32)  # wraps mod 2^32, as intended
-    inverse = np.ones(n, np.uint32)
-    inverse[1:] = np.cumprod(np.full(n - 1, _B_INV, dtype=np.uint32), dtype=np.uint32)
-    return powers, inverse
-
-
 def _flat_shingle_hashes(joined: bytes, rows: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(every row's shingle hashes back to back, row r's at [bounds[r], bounds[r + 1]))."""
     data = np.frombuffer(joined, dtype=np.uint8)
     n = len(data)
-    powers, inv = _powers(max(1 << 20, 1 << n.bit_length()))
+    powers, inv = poly_powers(n + 1)
     prefix = np.zeros(n + 1, np.uint32)
     np.cumsum(inv[:n] * data, dtype=np.uint32, out=prefix[1:])
     newline = data == 10

@@ -417,8 +417,9 @@ def _write_rows(f, array, rows) -> None:
         offsets = np.frombuffer(chunk.buffers()[1], np.int64 if wide else np.int32)
         offsets = offsets[chunk.offset:chunk.offset + len(chunk) + 1]
         data = memoryview(chunk.buffers()[2]) if chunk.buffers()[2] is not None else b""
-        breaks = np.flatnonzero(np.diff(local) != 1)
-        for start, end in zip(np.concatenate([[0], breaks + 1]).tolist(), np.concatenate([breaks, [len(local) - 1]]).tolist()):
+        breaks = np.flatnonzero(np.diff(local) != 1)  # runs of consecutive rows: local[first[i]..last[i]]
+        first, last = np.concatenate([[0], breaks + 1]).tolist(), np.concatenate([breaks, [len(local) - 1]]).tolist()
+        for start, end in zip(first, last):
             f.write(data[offsets[local[start]]:offsets[local[end] + 1]])
 
 
