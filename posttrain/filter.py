@@ -328,18 +328,16 @@ class Results:
 
 def _fixed_binary(array, num_perm: int):
     """The signatures of the valid rows of a binary Arrow array as a (valid rows, num_perm) array, without
-    a bytes object per row, if they are all of one width; else a list of them."""
+    a bytes object per row or a copy, if they are all of one width; else a list of them."""
     import numpy as np
 
-    valid = array.filter(array.is_valid()) if array.null_count else array
-    if not len(valid):
-        return []
-    offsets = np.frombuffer(valid.buffers()[1], np.int32)[valid.offset:valid.offset + len(valid) + 1]
-    widths = np.unique(np.diff(offsets))
+    offsets = np.frombuffer(array.buffers()[1], np.int32)[array.offset:array.offset + len(array) + 1]
+    lengths = np.diff(offsets)
+    widths = np.unique(lengths[array.is_valid().to_numpy(zero_copy_only=False)])
     if len(widths) != 1 or widths[0] not in (4 * num_perm, 8 * num_perm):
-        return valid.to_pylist()
+        return [x for x in array.to_pylist() if x is not None]
     dtype = "<u4" if widths[0] == 4 * num_perm else "<u8"
-    data = np.frombuffer(valid.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
+    data = np.frombuffer(array.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]  # null rows take no bytes
     return data.view(dtype).reshape(-1, num_perm)
 
 
@@ -440,9 +438,11 @@ def write_outputs(out_dir: Path, config: Config, out: Results, inp: Input, secon
     bad = list(inp.bad)
     rejects = []  # (row, JSON text)
     lines = inp.table.column("_line")
-    outs, datas = out.table.column("_out"), out.table.column("_data")
-    for r in sorted(set(np.flatnonzero(~good).tolist()) | set(out.dedup)
-                    | {i for i, x in enumerate(out.reasons) if x != "[]"}):
+    todo = sorted(set(np.flatnonzero(~good).tolist()) | set(out.dedup)
+                  | {i for i, x in enumerate(out.reasons) if x != "[]"})
+    picked = np.asarray(todo, np.int64)  # the rows rejects.jsonl gets: their JSON lines in one take each
+    outs, datas = (dict(zip(todo, out.table.column(c).take(picked).to_pylist())) for c in ("_out", "_data"))
+    for r in todo:
         row = out.row[r]
         if out.bad[r] is not None:
             why, line = out.bad[r], lines[r].as_py()
@@ -454,7 +454,7 @@ def write_outputs(out_dir: Path, config: Config, out: Results, inp: Input, secon
         action = "redacted" if out.keep[r] else "dropped"
         redacted += action == "redacted"
         culprit = by[-1] if action == "dropped" else ",".join(dict.fromkeys(by))
-        data = datas[r].as_py() or outs[r].as_py().rstrip("\n")  # JSON text, as json.dumps writes it
+        data = datas[r] or outs[r].rstrip("\n")  # JSON text, as json.dumps writes it
         rejects.append((row, f'{{"row": {row}, "id": {_json_str(out.ids[r])}, "source": {_json_str(inp.source(row))}, '
                              f'"action": "{action}", "filter": {_json_str(culprit)}, "reasons": {out.reasons_json(r)}, '
                              f'"data": {data}}}'))
@@ -471,7 +471,7 @@ def write_outputs(out_dir: Path, config: Config, out: Results, inp: Input, secon
                     stats["spans"][x.get("type") or re.split(r" \(| of row ", x["reason"])[0]] += 1
             if len(stats["examples"]) < config.examples:
                 x = next(x for x in reasons if x["filter"] == name)
-                stats["examples"].append(_example(x, json.loads(outs[r].as_py()), out.ids[r], action))
+                stats["examples"].append(_example(x, json.loads(outs[r]), out.ids[r], action))
     bad.sort(key=lambda x: x["row"])
     rejects += [(b["row"], json.dumps(b, ensure_ascii=False, default=str)) for b in bad]
     rejects.sort(key=lambda x: x[0])
