@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import re
 from typing import NamedTuple
 
 
@@ -148,6 +149,10 @@ def _re2_source(pattern: str) -> str | None:
             continue
         if c in "^$":
             return None
+        if c == "{" and re.match(r"\{,\d+\}", pattern[i:]):  # Python's {,n} is {0,n}; RE2 reads it literally
+            out.append("{0")
+            i += 1
+            continue
         if c == "(" and pattern.startswith("?", i + 1):
             head = pattern[i + 2:i + 4]
             if head[:1] in ("=", "!") or head in ("<=", "<!"):
@@ -195,8 +200,6 @@ FAST = True  # False: no RE2 or numpy shortcuts, every text the plain way (the r
 def re2_set(patterns: tuple[tuple[str, int], ...]):
     """(RE2 Set of the (pattern, flags) RE2 can take, in ASCII text each matching at least where `re` does;
     for each of `patterns` its index in the set or None). The set is None if google-re2 is missing."""
-    import re
-
     try:
         import re2
     except ImportError:  # a pinned dependency; without it, every text takes the slower triggers

@@ -68,6 +68,7 @@ def test_re2_source():
     assert base._re2_source(r"(?<![\w.])a\s+b(?!\d)") == r"a[\t\n\x0b\x0c\r\x1c-\x1f ]+b"
     assert base._re2_source(r"[\s.]x") == r"[\t\n\x0b\x0c\r\x1c-\x1f .]x"
     assert base._re2_source(r"[]a](?=[)])") == r"[\]a]"
+    assert base._re2_source(r"a{,3}b{2,}c\{,x") == r"a{0,3}b{2,}c\{,x"  # Python's {,n}
     for unsupported in (r"^a", r"a$", r"(a)\1", r"a\Z", r"(?P<x>a)(?P=x)", r"[\S]"):
         assert base._re2_source(unsupported) is None, unsupported
 
