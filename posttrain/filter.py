@@ -224,9 +224,10 @@ def filter_lines(rows: list[int], lines: list[str], chain) -> dict[str, list]:
         out["_reasons"][k] = res["_reasons"][j]
         out["_id"][k] = ids[j]
         out["_out"][k] = json.dumps(_restore(originals[j], res["messages"][j]), ensure_ascii=False) + "\n"
-        if res["messages"][j] != messages[j]:
-            out["_data"][k] = json.dumps(_restore(originals[j], messages[j]), ensure_ascii=False)
-        out["_nbytes"][k] = sum(len(c) if (c := m["content"]).isascii() else len(c.encode()) for m in messages[j])
+        before = [{"role": m["role"], "content": m["content"]} for m in originals[j]["messages"]]  # not the
+        if res["messages"][j] != before:  # filters' copies: a filter may (wrongly) have changed those in place
+            out["_data"][k] = json.dumps(_restore(originals[j], before), ensure_ascii=False)
+        out["_nbytes"][k] = sum(len(c) if (c := m["content"]).isascii() else len(c.encode()) for m in before)
         for c in extra:
             out[c][k] = res[c][j]
     return out
