@@ -243,7 +243,8 @@ def sampled_reward(eval_dir: Path, weights: dict[str, float]) -> float | None:
 
 
 def evaluate_point(job: dict) -> dict:
-    """KL of θ_η' to θ_sft (kl.json), then `posttrain eval` of θ_η' into job['out'] (its DONE comes last)."""
+    """KL of θ_η' to θ_sft (kl.json), then `posttrain eval` of θ_η' into job['out'] (its DONE comes last),
+    sampling at the runs' temperature and top_p: the front measures the reward the runs optimised."""
     from posttrain import evaluate
 
     config, point, out = job["config"], Path(job["dir"]), Path(job["out"])
@@ -350,11 +351,11 @@ def run(config, out: Path, policy_dir: Path) -> Path:
     check(config)
     build_rewards(config)  # a bad reward spec fails here, not in every Ray task
     out = out.resolve()  # Ray workers need not share the driver's working directory
-    ray = cluster.init(config.ray_address)
-    have = ray.cluster_resources()
-    if config.run_cpus > have.get("CPU", 0) or config.run_gpus > have.get("GPU", 0):
-        raise UserError(f"a run asks for {config.run_cpus:g} CPU / {config.run_gpus:g} GPU but the Ray cluster has "
-                        f"{have.get('CPU', 0):g} CPU / {have.get('GPU', 0):g} GPU in all (run_cpus, run_gpus)")
+    have = cluster.init(config.ray_address).cluster_resources()
+    too_big = config.run_cpus > have.get("CPU", 0) or config.run_gpus > have.get("GPU", 0)
+    if too_big and cluster.describe()["embedded"]:  # (a cluster may autoscale; here the tasks would wait forever)
+        raise UserError(f"a run asks for {config.run_cpus:g} CPU / {config.run_gpus:g} GPU but this machine's Ray "
+                        f"has {have.get('CPU', 0):g} CPU / {have.get('GPU', 0):g} GPU (run_cpus, run_gpus)")
     sft = sft_weights(policy_dir, out)
     tb = SummaryWriter(str(out / "tensorboard"))
     init, redone, history = sft, False, []

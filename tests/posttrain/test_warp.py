@@ -121,3 +121,34 @@ def test_bad_warp_fields_are_one_error_line(tmp_path):
     proc = posttrain("rl", "--config", TINY, f"output_dir={tmp_path / 'rl'}", "pareto_etas=[0,1.5]", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "error: pareto_etas must be in [0, 1], got [1.5]"
+
+
+def _flaky(job):
+    """Fails on its first `fails` calls (counted in a file, since each attempt is a fresh Ray task)."""
+    from posttrain.errors import UserError
+
+    count = job["count"]
+    calls = int(count.read_text()) + 1 if count.exists() else 1
+    count.write_text(str(calls))
+    if job.get("user_error"):
+        raise UserError("bad input")
+    if calls <= job["fails"]:
+        raise RuntimeError(f"attempt {calls} failed")
+    return calls
+
+
+def test_run_tasks_retries_a_failed_task_but_not_a_user_error(local_ray, tmp_path):
+    from posttrain import cluster
+    from posttrain.errors import UserError
+
+    jobs = [{"count": tmp_path / "a", "fails": 0}, {"count": tmp_path / "b", "fails": 1}]
+    assert cluster.run_tasks(_flaky, jobs, num_cpus=0.5, retries=1) == [1, 2]
+    with pytest.raises(RuntimeError, match="attempt 2 failed") as info:
+        cluster.run_tasks(_flaky, [{"count": tmp_path / "c", "fails": 2}], num_cpus=0.5, names=["c"], retries=1)
+    assert "Ray task c after 2 attempts" in "".join(info.value.__notes__)
+    with pytest.raises(UserError, match="^u: bad input$"):
+        cluster.run_tasks(_flaky, [{"count": tmp_path / "u", "user_error": True}], num_cpus=0.5, names=["u"],
+                          retries=1)
+    assert (tmp_path / "u").read_text() == "1"  # a UserError is not retried
+    with pytest.raises(RuntimeError, match="attempt 1 failed"):  # retries=0 (the default): one attempt
+        cluster.run_tasks(_flaky, [{"count": tmp_path / "d", "fails": 1}], num_cpus=0.5)
