@@ -82,25 +82,26 @@ def _flat_shingle_hashes(joined: bytes, rows: int, k: int) -> tuple[np.ndarray, 
     powers, inv = poly_powers(n + 1)
     prefix = np.zeros(n + 1, np.uint32)
     np.cumsum(inv[:n] * data, dtype=np.uint32, out=prefix[1:])
-    newline = data == 10
-    seps = np.flatnonzero((data == 32) | newline)
+    seps = np.flatnonzero((data == 32) | (data == 10))
     starts = np.concatenate([[0], seps + 1])
     ends = np.concatenate([seps, [n]])
-    word_rows = np.searchsorted(np.flatnonzero(newline), starts, side="right")  # row of each word
+    word_rows = np.concatenate([[0], np.cumsum(data[seps] == 10)])  # row of each word: line breaks before it
     counts = np.bincount(word_rows, minlength=rows)
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])
     last = first + np.maximum(counts, 1) - 1
     i = np.arange(len(starts) - k + 1) if len(starts) >= k else np.arange(0)
-    full = i[word_rows[i + k - 1] == word_rows[i]] if len(i) else i  # windows inside one row
-    short = np.flatnonzero(counts < k)  # rows with fewer than k words: the whole row
-    span_start = np.concatenate([starts[full], starts[first[short]]])
-    span_end = np.concatenate([ends[full + k - 1], ends[last[short]]])
-    span_row = np.concatenate([word_rows[full], short])
-    h = powers[span_end - 1] * (prefix[span_end] - prefix[span_start])
-    if len(short):  # the short rows' shingles went last; put every row's together, in row order
-        order = np.argsort(span_row, kind="stable")
-        h, span_row = h[order], span_row[order]
-    return h, np.searchsorted(span_row, np.arange(rows + 1))
+    full = i[word_rows[i + k - 1] == word_rows[i]] if len(i) else i  # windows inside one row, in row order
+    short = np.flatnonzero(counts < k)  # rows with fewer than k words (no window): the whole row, one shingle
+    bounds = np.zeros(rows + 1, np.int64)
+    np.cumsum(np.where(counts < k, 1, counts - k + 1), out=bounds[1:])
+    h = np.empty(bounds[-1], np.uint32)
+    at_short = np.zeros(len(h), bool)
+    at_short[bounds[short]] = True  # a short row's one shingle sits where its row starts
+    s, e = starts[full], ends[full + k - 1]
+    h[~at_short] = powers[e - 1] * (prefix[e] - prefix[s])
+    s, e = starts[first[short]], ends[last[short]]
+    h[at_short] = powers[e - 1] * (prefix[e] - prefix[s])
+    return h, bounds
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
