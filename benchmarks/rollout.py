@@ -12,10 +12,9 @@ does not depend on how many are run); the default runs all of them.
 
 --reward_wait runs `posttrain rl` steps (J-BOND, 8 prompts x (1 policy + 2 anchor samples)) on the demo
 policy with the demo's rewards (math + code + the WARM reward model, which is the costly one), twice in the
-same run: the anchor generates every sample and then scores them (generation_batch = prompts_per_step: no
-overlap); posttrain's default scores each chunk of generation_batch prompts while the next is generated and
-computes the anchor/init log-probs while the last chunk is scored. Needs `make demo`'s runs/demo/{sft,rm}
-(falls back to a tiny policy with math + format rewards otherwise).
+same run: the anchor scores the samples and waits for the scores before it computes the anchor/init
+log-probs (overlap_rewards=false); posttrain computes those log-probs while the rewards are scored in the
+reward workers. Needs `make demo`'s runs/demo/{sft,rm} (falls back to a tiny policy with math + format rewards otherwise).
 
 Measured 2026-11-24, CPU, 2 shared cores (other jobs running; load 2-13), N=8, 16 prompts, 64 new tokens:
   tiny, all 128 anchor calls:       HF 15.8 tok/s, rollout 284.5 tok/s: 18.0x
@@ -42,17 +41,17 @@ def reward_wait(args) -> None:
 
     demo = Path("runs/demo/sft/DONE").exists() and Path("runs/demo/rm/DONE").exists()
     base = dict(policy="runs/demo/sft", data=["data/demo/sft.jsonl"], rewards=["math", "code", "reward_model"],
-                reward_weights=[1.0, 1.0, 0.1], reward_model="runs/demo/rm", max_new_tokens=48) if demo else \
+                reward_weights=[1.0, 1.0, 0.1], reward_model="runs/demo/rm", max_new_tokens=32) if demo else \
         dict(policy="tiny", data=["data/tiny/sft.jsonl"], rewards=["math", "format"], max_new_tokens=16)
     steps, per = args.wait_steps, 8
     print(f"policy={base['policy']} rewards={base['rewards']} steps={steps} prompts/step={per} "
           f"load={os.getloadavg()[0]:.1f}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, chunk in (("generate all, then score (anchor)", per), ("posttrain: chunks of 2, overlapped", 2)):
-            out = Path(tmp) / str(chunk)
+        for label, overlap in (("score, then log-probs (anchor)", False), ("posttrain: overlapped", True)):
+            out = Path(tmp) / str(overlap)
             out.mkdir()
-            rl.train(rl.Config(**base, steps=steps, prompts_per_step=per, generation_batch=chunk,
+            rl.train(rl.Config(**base, steps=steps, prompts_per_step=per, generation_batch=per, overlap_rewards=overlap,
                                save_steps=1000, log_rollouts=False, output_dir=str(out)), out)
             m = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]  # warm-up
             total = sum(x["time/step"] for x in m)

@@ -84,7 +84,10 @@ class Config:
     temperature: float = doc(1.0, "sampling temperature (1.0 samples π itself, as BOND assumes)")
     top_p: float = doc(1.0, "nucleus sampling threshold")
     generation_batch: int = doc(8, "prompts per generation chunk: each chunk's rewards are scored while the "
-                                "next one is generated")
+                                "next one is generated (on CPU decoding is weight-bandwidth bound, so fewer, "
+                                "larger chunks are faster)")
+    overlap_rewards: bool = doc(True, "compute the anchor/init log-probs while the last chunk's rewards are "
+                                "scored (false: wait for the rewards first, the sequential baseline)")
     generation_workers: int = doc(0, "Ray actors that generate (0 = in this process)")
     generation_worker_gpus: float = doc(0.0, "GPUs each generation actor asks for")
     reward_timeout: float = doc(120.0, "hard wall-clock limit per reward call, in seconds")
@@ -281,6 +284,20 @@ def _score(reward_list, workers, rows: list[dict], messages: list, completions: 
             "reasons": {k: unflat(v) for k, v in s.reasons.items()}}
 
 
+def wait_for_scores(futures: dict, reward_list) -> tuple[dict, float]:
+    """The chunks' scores concatenated in prompt order, and the seconds spent waiting for them."""
+    t0 = time.perf_counter()
+    scores = {"combined": [], "per_reward": {r.name: [] for r in reward_list},
+              "reasons": {r.name: [] for r in reward_list}}
+    for ci in range(len(futures)):
+        s = futures[ci].result()
+        scores["combined"] += s["combined"]
+        for name in s["per_reward"]:
+            scores["per_reward"][name] += s["per_reward"][name]
+            scores["reasons"][name] += s["reasons"][name]
+    return scores, time.perf_counter() - t0
+
+
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints: trainable tensors of policy and anchor, optimizer, scheduler
 
@@ -447,6 +464,8 @@ def train(config: Config, out: Path) -> dict:
             t_gen = time.perf_counter() - t_step
 
             # 3. while the last chunk is scored: log π_a(y) and log π_init(y) of the policy samples
+            if not config.overlap_rewards:
+                scores, t_wait = wait_for_scores(futures, reward_list)
             t0 = time.perf_counter()
             pol_seqs = [policy_out[j][0] for j in range(len(idx))]
             pidx = list(range(len(idx)))
@@ -457,16 +476,8 @@ def train(config: Config, out: Path) -> dict:
                 with swapped(params, init):
                     logp_init = _seq_logp(model, step_prompt_ids, pidx, pol_seqs, config.bf16)
             t_ref = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            scores = {"combined": [], "per_reward": {r.name: [] for r in reward_list},
-                      "reasons": {r.name: [] for r in reward_list}}
-            for ci in range(len(chunks)):
-                s = futures[ci].result()
-                scores["combined"] += s["combined"]
-                for name in s["per_reward"]:
-                    scores["per_reward"][name] += s["per_reward"][name]
-                    scores["reasons"][name] += s["reasons"][name]
-            t_wait = time.perf_counter() - t0
+            if config.overlap_rewards:
+                scores, t_wait = wait_for_scores(futures, reward_list)
 
             combined = bond.as_rewards(scores["combined"], device=device)  # (P, 1 + k)
             r_policy, r_anchor = combined[:, 0], combined[:, 1:]
