@@ -127,6 +127,9 @@ def _check(config: Config) -> None:
             raise UserError(f"inner must be 'bond' or 'reinforce', got '{config.inner}'")
         if config.iterations < 1 or config.runs < 2:
             raise UserError(f"WARP needs iterations >= 1 and runs >= 2 (got {config.iterations}, {config.runs})")
+        from posttrain import warp
+
+        warp.check(config)  # before the output dir exists: bad input leaves nothing behind
         config = dataclasses.replace(config, algorithm=config.inner)
     k = anchor_count(config)
     if config.algorithm != "reinforce" and (config.n < 2 or k < 1 or (config.n == 2 and k < 2)):
