@@ -15,6 +15,7 @@ Ratios are against the anchor's MB/s. Prints a table; the target for the chain i
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -138,6 +139,18 @@ def main() -> None:
     print(f"corpus: {len(rows)} rows, {mb:.1f} MB of message text ({raw.stat().st_size / 1e6:.1f} MB jsonl), "
           f"{os.cpu_count()} cores")
 
+    sample, size = [], 0.0
+    for r in rows:
+        if size >= args.slice_mb:
+            break
+        sample.append(r["messages"])
+        size += sum(len(m["content"].encode()) for m in r["messages"]) / 1e6
+    lines = [json.dumps(r) + "\n" for r in rows[:len(sample)]]
+    # `posttrain filter` does not hold the corpus as Python objects; neither should this process when it
+    # forks the workers (their garbage collector would touch, and so copy, every page of it).
+    del rows
+    gc.collect()
+
     results = []  # (what, MB, wall seconds, cpu seconds, processes)
     config = stage.Config(input=str(raw), output=str(work / "out"), num_proc=args.procs, overwrite=True,
                           batch_size=1000)
@@ -146,17 +159,10 @@ def main() -> None:
     driver_cpu, workers_cpu = (b - a for a, b in zip(before, cpu_split()))
     results.append((f"chain: posttrain filter end to end ({args.procs} procs)", mb, wall, cpu, args.procs))
 
-    sample, size = [], 0.0
-    for r in rows:
-        if size >= args.slice_mb:
-            break
-        sample.append(r["messages"])
-        size += sum(len(m["content"].encode()) for m in r["messages"]) / 1e6
     chain = build_chain(config.filters, {"decontam": {}})
     batches = [{"messages": sample[i:i + 1000]} for i in range(0, len(sample), 1000)]
     import pyarrow as pa
 
-    lines = [json.dumps(r) + "\n" for r in rows[:len(sample)]]
     table = pa.table({"_row": pa.array(range(len(lines)), pa.int64()), "_line": pa.array(lines, pa.large_string())})
     stage._arrow_fn(table.slice(0, 1000), chain)  # warm: regex compilation, lazy imports
     wall, cpu = time_it(lambda: [stage._arrow_fn(table.slice(i, 1000), chain) for i in range(0, len(lines), 1000)])
