@@ -1,8 +1,8 @@
 """`posttrain demo`: the embedded default pipeline on real Gemma 3 270M weights, one stage after another.
 
 filter (raw demo data -> clean) -> sft (Gemma 3 270M teacher -> 6-layer student) -> rm (WARM: M reward
-models from the sft student, weight-averaged) -> eval of the student -> rl (from the student, rewarded by
-math + code + the WARM model) -> eval of the RL policy, and a before/after table. Each stage reads its own
+models from the sft student, weight-averaged) -> eval of the student -> rl (WARP around J-BOND from the student,
+rewarded by math + code + the WARM model) -> eval of the RL policy, and a before/after table. Each stage reads its own
 config under configs/demo/ (eval.yaml for both evaluations); `--overwrite` reruns finished stages,
 otherwise a finished stage output is reused.
 """
@@ -20,7 +20,8 @@ from posttrain.config import doc
 @dataclasses.dataclass
 class Config:
     configs: str = doc("configs/demo", "dir holding filter.yaml, sft.yaml, rm.yaml, eval.yaml and the rl config")
-    rl: str = doc("rl.yaml", "the rl stage's config file in `configs`")
+    rl: str = doc("recipe.yaml", "the rl stage's config file in `configs` (recipe.yaml: WARP around J-BOND; "
+                  "rl.yaml: one J-BOND run)")
     output_root: str | None = doc(None, "put every stage's output under this dir (default: as each config says)")
     overwrite: bool = doc(False, "rerun stages whose output is already finished")
     ray_address: str | None = doc(None, "Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
@@ -80,6 +81,8 @@ def _print_before_after(before: Path, after: Path, rl_dir: Path) -> None:
                 table.add_row(name, metric, f"{value:.3f}", "-" if after_value is None else f"{after_value:.3f}")
     Console().print(table)
     summary = json.loads((rl_dir / artifacts.MANIFEST).read_text())["summary"]
-    if "reward_first" in summary:
-        print(f"[posttrain demo] rl: training reward {summary['reward_first']:.3f} (first steps) -> "
-              f"{summary['reward_last']:.3f} (last steps); KL to the SFT policy {summary['kl_init_last']:.3f} nats")
+    for i, it in enumerate(summary.get("iterations", [summary]), 1):  # WARP: one summary per iteration
+        what = f"WARP iteration {i}, mean of its runs" if "iterations" in summary else "J-BOND"
+        f = [("-" if it.get(k) is None else f"{it[k]:.3f}") for k in ("reward_first", "reward_last", "kl_init_last")]
+        print(f"[posttrain demo] rl ({what}): training reward {f[0]} (first steps) -> {f[1]} (last steps); "
+              f"KL to the init {f[2]} nats")

@@ -6,7 +6,7 @@ from tests.posttrain.test_sft_cli import posttrain
 
 
 def test_demo_pipeline_on_tiny_configs(tmp_path):
-    proc = posttrain("demo", "configs=configs/tiny", "rl=rl-bond.yaml", f"output_root={tmp_path}")
+    proc = posttrain("demo", "configs=configs/tiny", "rl=rl-warp.yaml", f"output_root={tmp_path}")
     sft = json.loads((tmp_path / "sft" / "posttrain.json").read_text())
     assert (tmp_path / "filter" / "DONE").is_file() and (tmp_path / "sft" / "DONE").is_file()
     assert sft["inputs"]["data"] == str(tmp_path / "filter" / "clean.jsonl")
@@ -19,6 +19,6 @@ def test_demo_pipeline_on_tiny_configs(tmp_path):
     for name in ("eval-sft", "eval-rl"):
         assert (tmp_path / name / "DONE").is_file()
     assert json.loads((tmp_path / "eval-rl" / "posttrain.json").read_text())["config"]["model"] == str(tmp_path / "rl")
-    assert "before and after RL" in proc.stdout and "training reward" in proc.stdout
-    again = posttrain("demo", "configs=configs/tiny", "rl=rl-bond.yaml", f"output_root={tmp_path}")
+    assert "before and after RL" in proc.stdout and "WARP iteration 2, mean of its runs" in proc.stdout
+    again = posttrain("demo", "configs=configs/tiny", "rl=rl-warp.yaml", f"output_root={tmp_path}")
     assert again.stdout.count("reusing finished") == 6  # filter, sft, rm, eval-sft, rl, eval-rl
