@@ -32,11 +32,22 @@ def _stage(module, path: Path, overrides: list[str], output_key: str, config: Co
         overrides = overrides + [f"{output_key}={Path(config.output_root) / (name or path.stem)}"]
     stage_config = cfg.load(module.Config, path, overrides)
     out = Path(getattr(stage_config, output_key))
-    if artifacts.is_done(out) and not config.overwrite:
+    if artifacts.is_done(out) and not config.overwrite and _same_config(out, stage_config):
         print(f"[posttrain demo] {path.name}: reusing finished {out}")
         return out
     stage_config = dataclasses.replace(stage_config, overwrite=True)
     return Path(module.run(stage_config))
+
+
+def _same_config(out: Path, stage_config) -> bool:
+    """A finished output is reused only if it was made with this config (e.g. eval-rl of another model is not)."""
+    try:
+        done = json.loads((out / artifacts.MANIFEST).read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return False
+    now = cfg.to_dict(stage_config)
+    ignore = {"overwrite", "resume"}
+    return {k: v for k, v in done.items() if k not in ignore} == {k: v for k, v in now.items() if k not in ignore}
 
 
 def run(config: Config) -> Path:

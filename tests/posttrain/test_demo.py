@@ -1,5 +1,6 @@
 """`posttrain demo` chains the stages: filter -> sft (on the clean output) -> rm (from the sft output)."""
 
+import dataclasses
 import json
 
 from tests.posttrain.test_sft_cli import posttrain
@@ -22,3 +23,15 @@ def test_demo_pipeline_on_tiny_configs(tmp_path):
     assert "before and after RL" in proc.stdout and "WARP iteration 2, mean of its runs" in proc.stdout
     again = posttrain("demo", "configs=configs/tiny", "rl=rl-warp.yaml", f"output_root={tmp_path}")
     assert again.stdout.count("reusing finished") == 6  # filter, sft, rm, eval-sft, rl, eval-rl
+
+
+def test_a_finished_stage_is_reused_only_with_the_same_config(tmp_path):
+    from posttrain import artifacts, demo, evaluate
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    made = evaluate.Config(model="runs/a", output_dir=str(out))
+    artifacts.write_manifest(out, stage="eval", config=dataclasses.asdict(made), inputs={})
+    artifacts.mark_done(out)
+    assert demo._same_config(out, dataclasses.replace(made, overwrite=True))
+    assert not demo._same_config(out, dataclasses.replace(made, model="runs/b"))  # another model: rerun
