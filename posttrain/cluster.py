@@ -60,19 +60,17 @@ def map_actors(actor_cls, items: list, *, num_actors: int, actor_args: tuple = (
                num_cpus: float = 1, num_gpus: float = 0, progress: str | None = None) -> list:
     """Run `actor.method(item)` for every item on a pool of `num_actors` actors; results in item order.
     A failing item raises its worker's error here, after the pool is torn down."""
-    import ray
     from ray.util import ActorPool
     from tqdm import tqdm
 
-    remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(actor_cls)
-    actors = [remote_cls.remote(*actor_args) for _ in range(max(1, num_actors))]
+    actors = start_actors(actor_cls, num_actors=num_actors, actor_args=actor_args, num_cpus=num_cpus,
+                          num_gpus=num_gpus)
     try:
         pool = ActorPool(actors)
         results = pool.map(lambda a, item: getattr(a, method).remote(item), items)
         return list(tqdm(results, total=len(items), desc=progress, disable=progress is None))
     finally:
-        for a in actors:
-            ray.kill(a)
+        kill(actors)
 
 
 def run_tasks(fn, items: list, *, num_cpus: float = 1, num_gpus: float = 0, names: list[str] | None = None,
@@ -142,13 +140,6 @@ def put(obj):
     import ray
 
     return ray.put(obj)
-
-
-def call_all(actors: list, method: str, *args) -> list:
-    """`actor.method(*args)` on every actor; waits for all."""
-    import ray
-
-    return ray.get([getattr(a, method).remote(*args) for a in actors])
 
 
 def as_completed(actors: list, method: str, items: list):

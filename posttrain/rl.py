@@ -157,19 +157,22 @@ def snapshot(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in params.items()}
 
 
+@torch.no_grad()
+def assign(params: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:
+    """Copy `values` into the trainable tensors by name (across dtypes and devices)."""
+    for name, p in params.items():
+        p.copy_(values[name])
+
+
 @contextlib.contextmanager
 def swapped(params: dict[str, torch.Tensor], values: dict[str, torch.Tensor]):
     """Temporarily give the model's trainable tensors other values (the anchor's, the init's)."""
     saved = snapshot(params)
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(values[name])
+    assign(params, values)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(saved[name])
+        assign(params, saved)
 
 
 def load_policy(spec: str, config: Config, dtype=None):
@@ -212,9 +215,7 @@ class Sampler:
         self.anchor = None
 
     def set_weights(self, policy: dict, anchor: dict) -> None:
-        with torch.no_grad():
-            for name, p in self.params.items():
-                p.copy_(policy[name])
+        assign(self.params, policy)
         self.anchor = anchor
 
     def sample(self, job: tuple) -> tuple[list, list]:
@@ -253,11 +254,12 @@ def _step_noise(config: Config, step: int, n_prompts: int) -> torch.Tensor:
 def step_prompts(config: Config, step: int, n_rows: int) -> list[int]:
     """Row indices for a step: consecutive slices of a fresh seeded permutation per epoch."""
     per = config.prompts_per_step
-    out = []
+    perms, out = {}, []
     for pos in range((step - 1) * per, step * per):
         epoch, i = divmod(pos, n_rows)
-        perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(config.seed + 7919 * epoch))
-        out.append(int(perm[i]))
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(n_rows, generator=torch.Generator().manual_seed(config.seed + 7919 * epoch))
+        out.append(int(perms[epoch][i]))
     return out
 
 
@@ -324,12 +326,8 @@ def save_checkpoint(out: Path, step: int, model, tokenizer, params, anchor, opti
 def load_checkpoint(path: Path, params, anchor, optimizer, scheduler) -> int:
     from safetensors.torch import load_file
 
-    policy = load_file(str(path / "policy.safetensors"))
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(policy[name])
-    for name, value in load_file(str(path / "anchor.safetensors")).items():
-        anchor[name].copy_(value)
+    assign(params, load_file(str(path / "policy.safetensors")))
+    assign(anchor, load_file(str(path / "anchor.safetensors")))
     state = torch.load(path / "optim.pt", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -427,7 +425,6 @@ def train(config: Config, out: Path) -> dict:
     tb = SummaryWriter(str(out / "tensorboard"))
     workers = Workers(processes=config.reward_workers)
     scoring = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rewards")
-    history = []
     try:
         bar = tqdm(range(start + 1, config.steps + 1), desc="rl", initial=start, total=config.steps)
         for step in bar:
@@ -443,19 +440,18 @@ def train(config: Config, out: Path) -> dict:
 
             def collect(ci, result):
                 pol, anc = result
-                for j, p in zip(chunks[ci], range(len(chunks[ci]))):
+                for p, j in enumerate(chunks[ci]):
                     policy_out[j], anchor_out[j] = pol[p], anc[p * k:(p + 1) * k]
                 chunk_rows = [rows[idx[j]] for j in chunks[ci]]
                 texts = [[policy_out[j][1]] + [a[1] for a in anchor_out[j]] for j in chunks[ci]]
                 futures[ci] = scoring.submit(_score, reward_list, workers, chunk_rows,
                                              [messages[idx[j]] for j in chunks[ci]], texts)
 
-            model.eval()
             if actors:
                 # one object-store copy for all actors; an actor runs its calls in order, so every
                 # sample call below sees these weights
-                policy_ref = cluster.put({k: v.detach().cpu() for k, v in params.items()})
-                anchor_ref = cluster.put({k: v.cpu() for k, v in anchor.items()})
+                policy_ref = cluster.put({name: v.detach().cpu() for name, v in params.items()})
+                anchor_ref = cluster.put({name: v.cpu() for name, v in anchor.items()})
                 for a in actors:
                     a.set_weights.remote(policy_ref, anchor_ref)
                 for ci, result in cluster.as_completed(actors, "sample", jobs):
@@ -543,7 +539,6 @@ def train(config: Config, out: Path) -> dict:
                 "time/generate": t_gen, "time/ref_logprobs": t_ref, "time/reward_wait": t_wait,
                 "time/train": t_train, "time/step": t_total, "reward_wait_share": t_wait / t_total,
             }
-            history.append(metrics)
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             for key, value in metrics.items():
