@@ -1,9 +1,9 @@
-# `make demo` sets up .venv and runs the embedded default pipeline; `make test` sets up and runs the tests.
+# `make demo` sets up .venv and runs the embedded default pipeline (`make demo-quick`: a ~5 min version); `make test` sets up and runs the tests.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test system-deps clean
+.PHONY: setup demo demo-quick test system-deps clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -23,6 +23,10 @@ setup: $(VENV)/.installed system-deps
 
 demo: setup
 	$(BIN)/posttrain demo
+
+# the same stages at a size that takes ~5 min (configs/demo-quick)
+demo-quick: setup
+	$(BIN)/posttrain demo --quick
 
 test: setup
 	$(BIN)/python -m pytest -q -ra --durations=15

@@ -21,6 +21,8 @@ STAGES = {
     "eval": ("posttrain.evaluate", "evaluate a checkpoint with the rewards (accuracy, pass@k)"),
     "demo": ("posttrain.demo", "run the embedded default pipeline on real Gemma 3 270M weights"),
 }
+# bool fields that are also bare flags: `--resume` == `resume=true`.
+FLAGS = ("resume", "overwrite", "quick")
 
 
 def _available_stages() -> dict[str, str]:
@@ -45,12 +47,12 @@ def _stage_parser(name: str, cls) -> argparse.ArgumentParser:
     if "ray_address" in field_names:
         parser.add_argument("--ray-address", dest="ray_address_flag",
                             help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
-    for flag in ("resume", "overwrite"):
+    for flag in FLAGS:
         if flag in field_names:
             parser.add_argument(f"--{flag}", action="store_true", dest=f"{flag}_flag",
                                 help=f"same as {flag}=true")
     for f in dataclasses.fields(cls):
-        if f.name in ("resume", "overwrite"):
+        if f.name in FLAGS:
             continue
         parser.add_argument(f"--{f.name}", dest=f"field_{f.name}", metavar="VALUE", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
@@ -70,7 +72,7 @@ def run_stage(name: str, argv: list[str]) -> int:
             overrides.append(f"{f.name}={value}")
     if getattr(args, "ray_address_flag", None):
         overrides.append(f"ray_address={args.ray_address_flag}")
-    for flag in ("resume", "overwrite"):
+    for flag in FLAGS:
         if getattr(args, f"{flag}_flag", False):
             overrides.append(f"{flag}=true")
     config = cfg.load(cls, args.config, overrides)

@@ -15,11 +15,16 @@ from pathlib import Path
 
 from posttrain import artifacts, config as cfg
 from posttrain.config import doc
+from posttrain.errors import UserError
+
+QUICK_CONFIGS = "configs/demo-quick"
 
 
 @dataclasses.dataclass
 class Config:
     configs: str = doc("configs/demo", "dir holding filter.yaml, sft.yaml, rm.yaml, eval.yaml and the rl config")
+    quick: bool = doc(False, "run configs/demo-quick instead: the same stages at a size that takes ~5 min "
+                      "(shows every stage working; its numbers mean nothing)")
     rl: str = doc("recipe.yaml", "the rl stage's config file in `configs` (recipe.yaml: WARP around J-BOND; "
                   "rl.yaml: one J-BOND run)")
     output_root: str | None = doc(None, "put every stage's output under this dir (default: as each config says)")
@@ -54,6 +59,10 @@ def run(config: Config) -> Path:
     from posttrain import distill, evaluate, filter as filter_stage, rl, warm
 
     root = Path(config.configs)
+    if config.quick:
+        if config.configs != Config.configs:
+            raise UserError(f"demo: quick=true uses {QUICK_CONFIGS}; drop configs={config.configs} or quick")
+        root = Path(QUICK_CONFIGS)
     ray = [f"ray_address={config.ray_address}"] if config.ray_address else []
     clean_dir = _stage(filter_stage, root / "filter.yaml", ray, "output", config)
     sft_dir = _stage(distill, root / "sft.yaml", ray + [f"data={clean_dir / 'clean.jsonl'}"], "output_dir", config)

@@ -30,6 +30,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +99,8 @@ class Config:
     bf16: bool = doc(True, "bf16 autocast for sampling and the forward passes (fp32 master weights)")
     torch_threads: int | None = doc(None, "CPU threads for this process's torch (None = torch's default)")
     save_steps: int = doc(10, "checkpoint every N steps (and at the end)")
+    save_total_limit: int | None = doc(2, "checkpoints kept: older ones are removed once a newer one is "
+                                          "published (~1.3 GB each for the demo student); None keeps all")
     log_rollouts: bool = doc(True, "write every policy sample with its scores to rollouts.jsonl")
     seed: int = doc(0, "seed for the data order, sampling and random tie-breaks")
     # WARP (algorithm: warp; posttrain/warp.py)
@@ -143,6 +146,8 @@ def _check(config: Config) -> None:
     if min(config.steps, config.prompts_per_step, config.generation_batch, config.max_new_tokens,
            config.save_steps) < 1:
         raise UserError("steps, prompts_per_step, generation_batch, max_new_tokens and save_steps must be >= 1")
+    if config.save_total_limit is not None and config.save_total_limit < 1:
+        raise UserError(f"save_total_limit must be >= 1 or null (got {config.save_total_limit})")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -307,9 +312,11 @@ def wait_for_scores(futures: dict, reward_list) -> tuple[dict, float]:
 # Checkpoints: trainable tensors of policy and anchor, optimizer, scheduler
 
 
-def save_checkpoint(out: Path, step: int, model, tokenizer, params, anchor, optimizer, scheduler) -> None:
+def save_checkpoint(out: Path, step: int, model, tokenizer, params, anchor, optimizer, scheduler,
+                    keep: int | None = None) -> None:
     """checkpoint-N: the policy as an HF dir (peft adapter dir with LoRA), plus what exact resume needs: the
-    trainable tensors of policy and anchor by parameter name, AdamW and scheduler state, the step."""
+    trainable tensors of policy and anchor by parameter name, AdamW and scheduler state, the step. Then only
+    the newest `keep` checkpoints are kept (resume reads the newest)."""
     from safetensors.torch import save_file
 
     final = out / "checkpoints" / f"checkpoint-{step}"
@@ -321,6 +328,10 @@ def save_checkpoint(out: Path, step: int, model, tokenizer, params, anchor, opti
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, staging / "optim.pt")
     (staging / "state.json").write_text(json.dumps({"step": step}))
     artifacts.publish_dir(staging, final)
+    if keep:
+        done = sorted(final.parent.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+        for old in done[:-keep]:
+            shutil.rmtree(old)
 
 
 def load_checkpoint(path: Path, params, anchor, optimizer, scheduler) -> int:
@@ -554,7 +565,8 @@ def train(config: Config, out: Path) -> dict:
                             "anchor_rewards": scores["combined"][j][1:], "bond_reward": _nan_none(r_bond[j])}) + "\n")
             bar.set_postfix(reward=_fmt(metrics["reward"]), kl=f"{metrics['kl_anchor']:.3f}")
             if step % config.save_steps == 0 or step == config.steps:
-                save_checkpoint(out, step, model, tokenizer, params, anchor, optimizer, scheduler)
+                save_checkpoint(out, step, model, tokenizer, params, anchor, optimizer, scheduler,
+                                config.save_total_limit)
             if step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
             if not math.isfinite(stats["loss"]):

@@ -147,6 +147,8 @@ def train_run(job: dict) -> dict:
                              inputs={"policy": config.policy, "data": config.data},
                              extra={"summary": summary, "warp": {"iteration": job["iteration"], "run": job["run"]}})
     artifacts.mark_done(out)
+    # WARP never resumes a finished run, so its checkpoints (2 x 1.3 GB per run at demo size) are dead weight
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return summary
 
 

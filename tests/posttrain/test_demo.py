@@ -35,3 +35,36 @@ def test_a_finished_stage_is_reused_only_with_the_same_config(tmp_path):
     artifacts.mark_done(out)
     assert demo._same_config(out, dataclasses.replace(made, overwrite=True))
     assert not demo._same_config(out, dataclasses.replace(made, model="runs/b"))  # another model: rerun
+
+
+def test_quick_demo_configs_load_and_are_smaller_than_the_full_demo():
+    """`posttrain demo --quick` reads configs/demo-quick: every stage's config is valid, writes under
+    runs/demo-quick, and is smaller than its configs/demo counterpart where time goes."""
+    from posttrain import config as cfg, distill, evaluate, filter as filter_stage, rl, warm
+    from tests.conftest import ROOT
+
+    def load(module, name, which):
+        return cfg.load(module.Config, ROOT / "configs" / which / name, [])
+
+    quick = {n: load(m, n, "demo-quick") for m, n in
+             [(filter_stage, "filter.yaml"), (distill, "sft.yaml"), (warm, "rm.yaml"), (evaluate, "eval.yaml"),
+              (rl, "recipe.yaml")]}
+    full = {n: load(m, n, "demo") for m, n in
+            [(distill, "sft.yaml"), (warm, "rm.yaml"), (evaluate, "eval.yaml"), (rl, "recipe.yaml")]}
+    assert quick["filter.yaml"].output.startswith("runs/demo-quick/")
+    for name in ("sft.yaml", "rm.yaml", "recipe.yaml"):
+        assert quick[name].output_dir.startswith("runs/demo-quick/"), name
+    assert quick["sft.yaml"].max_examples < full["sft.yaml"].max_examples
+    assert quick["rm.yaml"].num_members * quick["rm.yaml"].max_examples < full["rm.yaml"].num_members * full[
+        "rm.yaml"].max_examples
+    assert quick["eval.yaml"].max_examples * quick["eval.yaml"].samples < full["eval.yaml"].max_examples * full[
+        "eval.yaml"].samples
+    q, f = quick["recipe.yaml"], full["recipe.yaml"]
+    assert q.algorithm == "warp" and q.iterations == 2 and q.runs == 2  # still the whole recipe
+    assert q.steps * q.prompts_per_step < f.steps * f.prompts_per_step
+    assert q.policy == quick["sft.yaml"].output_dir and q.reward_model == quick["rm.yaml"].output_dir
+
+
+def test_quick_with_another_configs_dir_is_one_error():
+    proc = posttrain("demo", "--quick", "configs=configs/tiny", check=False)
+    assert proc.returncode == 2 and "error: demo: quick=true uses configs/demo-quick" in proc.stderr

@@ -79,6 +79,8 @@ def test_resume_after_sigkill_continues_exactly(tmp_path):
         y = load_file(killed / "checkpoints" / "checkpoint-6" / name)
         assert all(torch.equal(x[k], y[k]) for k in x)
     assert [x["step"] for x in metrics(killed)] == list(range(1, 7))  # step 3 is not logged twice
+    for run in (straight, killed):  # save_total_limit=2 (default): checkpoint-2 was removed after -6
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-4", "checkpoint-6"]
     drop = ("time/", "reward_wait_share")
     strip = lambda ms: [{k: v for k, v in x.items() if not k.startswith(drop)} for x in ms]  # noqa: E731
     assert strip(metrics(killed)) == strip(metrics(straight))
@@ -154,6 +156,7 @@ def test_swapped_restores_the_trainable_tensors(tiny_model_and_tokenizer):
     ("data=missing.jsonl", "missing.jsonl"),
     ("policy=runs/does-not-exist", "does-not-exist"),
     ("n=1", "need n >= 2"),
+    ("save_total_limit=0", "save_total_limit must be >= 1"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, override, message):
     out = tmp_path / "rl"

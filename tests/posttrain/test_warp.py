@@ -53,6 +53,7 @@ def test_tiny_warp_writes_every_artifact(warp):
     for run in RUNS:
         assert (out / run / "DONE").is_file() and (out / run / "reward_kl.png").is_file()
         assert steps(out / run) == [1, 2, 3]
+        assert not (out / run / "checkpoints").exists()  # a finished run is never resumed: no dead GBs
     manifests = {run: json.loads((out / run / "posttrain.json").read_text()) for run in RUNS}
     assert len({m["config"]["seed"] for m in manifests.values()}) == 4  # every run has its own seed
     assert {m["config"]["algorithm"] for m in manifests.values()} == {"bond"}
