@@ -52,6 +52,20 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _base(model):
+    """The transformers model under a peft wrapper (LoRA layers stay in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _project(base, hidden: torch.Tensor) -> torch.Tensor:
+    """fp32 temperature-1 logits of 2-D hidden states (N, d): the LM head, then Gemma's logit softcap."""
+    logits = base.lm_head(hidden)
+    softcap = getattr(base.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.float()
+
+
 def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -116,9 +130,13 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, *, max_new_tokens
     ids, attn = _left_pad(prompts, pad_id, device)
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
-    logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)
+    base = _base(model)
+    hidden = base.model(input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache,
+                        use_cache=True).last_hidden_state
+    # Project the last position as a 2-D batch. Through HF's logits_to_keep=1 the (B, 1, d) slice of a longer
+    # sequence is not foldable, and with a frozen head torch.matmul then broadcasts the head into a (B, d, V)
+    # copy: 5.8 s of a 7.3 s draw for 4 prompts on the demo student.
+    logits = _project(base, hidden[:, -1]).repeat_interleave(n, dim=0)
     cache.batch_repeat_interleave(n)
     attn = attn.repeat_interleave(n, dim=0)
     next_pos = positions[:, -1:].repeat_interleave(n, dim=0) + 1
@@ -162,7 +180,7 @@ def sequence_logprobs(model, prompts: list[list[int]], prompt_index: torch.Tenso
 
     Sequences are right-padded (prompt + completion, then pad), so positions are plain aranges and padding
     never precedes a real token; only completion positions are projected to the vocabulary."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     device = _device(model)
     m, width = tokens.shape
     lengths = mask.sum(-1).tolist()
@@ -180,11 +198,7 @@ def sequence_logprobs(model, prompts: list[list[int]], prompt_index: torch.Tenso
     prompt_len = torch.tensor([len(p) for p in prompts], device=device)[prompt_index.to(device)]
     rows_t, t_idx = mask.nonzero(as_tuple=True)  # row-major, so in the order of tokens[mask]
     cols_t = prompt_len[rows_t] - 1 + t_idx
-    logits = base.lm_head(hidden[rows_t, cols_t])
-    softcap = getattr(base.config, "final_logit_softcapping", None)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    logits = logits.float()
+    logits = _project(base, hidden[rows_t, cols_t])
     targets = tokens.to(device)[mask]
     lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     return torch.zeros((m, width), dtype=torch.float32, device=device).index_put((rows_t, t_idx), lp)
