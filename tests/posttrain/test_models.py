@@ -58,13 +58,20 @@ def test_bad_specs_are_clear_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_gemma3_270m_gguf_converts_once_and_derives_a_5_to_1_student():
+def test_real_gemma3_270m_gguf_converts_once_and_derives_a_5_to_1_student(tmp_path, monkeypatch):
+    import gguf
     from transformers import AutoModelForCausalLM
 
     from posttrain.data import prompt_ids
 
+    monkeypatch.setenv("POSTTRAIN_CACHE", str(tmp_path))  # a cold cache: the conversion runs here
+    built = []
+    original = gguf.GGUFReader
+    monkeypatch.setattr(gguf, "GGUFReader", lambda *a, **k: built.append(a) or original(*a, **k))
     hf_dir = models.resolve(models.EMBEDDED)
-    assert models.resolve(models.EMBEDDED) == hf_dir  # cached: the second call converts nothing
+    # tokenizer, config and weights share one parse of the file (~17 s each; 3 parses before)
+    assert len(built) == 1
+    assert models.resolve(models.EMBEDDED) == hf_dir and len(built) == 1  # cached: converts nothing
     config = json.loads((hf_dir / "config.json").read_text())
     assert config["num_hidden_layers"] == 18 and config["vocab_size"] == 262144
     assert "quantization_config" not in config
