@@ -16,7 +16,10 @@ from posttrain import artifacts
 
 
 def atomic_checkpoints(trainer_cls):
-    """A subclass of `trainer_cls` (Trainer, TRL's RewardTrainer, ...) whose checkpoints appear atomically."""
+    """A subclass of `trainer_cls` (Trainer, TRL's RewardTrainer, ...) whose checkpoints appear atomically.
+
+    Multi-process launches: every rank writes its part (its rng state; its shards under DeepSpeed) into one
+    staging dir per step, and the main rank publishes it after all have written."""
     from transformers.trainer_utils import rotate_checkpoints
 
     class AtomicCheckpoints(trainer_cls):
@@ -25,24 +28,49 @@ def atomic_checkpoints(trainer_cls):
 
         def _save_checkpoint(self, model, trial):
             final_root = Path(self.args.output_dir)
-            self._staging = str(artifacts.atomic_dir(final_root / "staging"))
+            staging = final_root / f".staging-{self.state.global_step}"
+            main = self.is_world_process_zero()
+            if main:
+                shutil.rmtree(staging, ignore_errors=True)  # left by a run killed mid-save
+                staging.mkdir(parents=True)
+            self.accelerator.wait_for_everyone()
+            self._staging = str(staging)
             try:
                 super()._save_checkpoint(model, trial)
             finally:
-                staging, self._staging = Path(self._staging), None
-            for ckpt in staging.glob("checkpoint-*"):
-                artifacts.publish_dir(ckpt, final_root / ckpt.name)
-            shutil.rmtree(staging)
-            if self.args.should_save:
-                rotate_checkpoints(output_dir=str(final_root), save_total_limit=self.args.save_total_limit,
-                                   best_model_checkpoint=None, use_mtime=False)
+                self._staging = None
+            self.accelerator.wait_for_everyone()
+            if main:
+                for ckpt in staging.glob("checkpoint-*"):
+                    artifacts.publish_dir(ckpt, final_root / ckpt.name)
+                shutil.rmtree(staging)
+                if self.args.should_save:
+                    rotate_checkpoints(output_dir=str(final_root), save_total_limit=self.args.save_total_limit,
+                                       best_model_checkpoint=None, use_mtime=False)
+            self.accelerator.wait_for_everyone()
 
     AtomicCheckpoints.__name__ = f"Atomic{trainer_cls.__name__}"
     return AtomicCheckpoints
 
 
-def metrics_callbacks(out: Path) -> list:
-    """metrics.jsonl + TensorBoard (out/tensorboard), and the POSTTRAIN_KILL_AT_STEP test hook."""
+def ranks() -> tuple[bool, callable]:
+    """(is this the main rank, a barrier) for a multi-process launch (torchrun, accelerate launch, deepspeed:
+    WORLD_SIZE > 1); (True, no-op) for one process. Initialises the process group the Trainer then reuses."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True, lambda: None
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank() == 0, dist.barrier
+
+
+def metrics_callbacks(out: Path, main: bool = True) -> list:
+    """metrics.jsonl + TensorBoard (out/tensorboard) from the main rank, and the POSTTRAIN_KILL_AT_STEP test
+    hook."""
     from torch.utils.tensorboard import SummaryWriter
     from transformers import TrainerCallback
     from transformers.integrations import TensorBoardCallback
@@ -53,7 +81,11 @@ def metrics_callbacks(out: Path) -> list:
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
-    callbacks = [JsonlMetrics(), TensorBoardCallback(tb_writer=SummaryWriter(str(out / "tensorboard")))]
+    callbacks = []
+    if main:
+        tensorboard = TensorBoardCallback(tb_writer=SummaryWriter(str(out / "tensorboard")))
+        tensorboard.logging_dir = str(out / "tensorboard")  # where it reopens after train end (final evaluate)
+        callbacks = [JsonlMetrics(), tensorboard]
     if os.environ.get("POSTTRAIN_KILL_AT_STEP"):  # test hook: a real SIGKILL at a deterministic step
         kill_at = int(os.environ["POSTTRAIN_KILL_AT_STEP"])
 

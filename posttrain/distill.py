@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -241,10 +242,16 @@ def _eval_loss(model, examples: list[dict], config: Config, pad_id: int) -> floa
 
 def run(config: Config) -> Path:
     from posttrain import data, models, teacher
-    from posttrain.checkpoint import latest_checkpoint, metrics_callbacks, truncate_metrics
+    from posttrain.checkpoint import latest_checkpoint, metrics_callbacks, ranks, truncate_metrics
 
     torch.manual_seed(config.seed)
-    out = artifacts.prepare_output(config.output_dir, overwrite=config.overwrite, resume=config.resume)
+    # Multi-process launch: the main rank prepares the output dir, the student and the teacher targets; the
+    # other ranks wait, then find them in the cache.
+    main, barrier = ranks()
+    if not main:
+        barrier()
+    out = artifacts.prepare_output(config.output_dir, overwrite=config.overwrite, resume=config.resume) if main \
+        else Path(config.output_dir)
     rows = data.read_rows(config.data)[: config.max_examples]
     teacher_dir = models.resolve(config.teacher)
     student_dir = models.resolve(config.student)
@@ -265,6 +272,8 @@ def run(config: Config) -> Path:
     if len(examples) <= config.eval_size:
         raise UserError(f"{config.data}: {len(examples)} rows, need more than eval_size={config.eval_size}")
     eval_set, train_set = examples[: config.eval_size], examples[config.eval_size:]
+    if main:
+        barrier()
 
     from transformers import AutoModelForCausalLM
 
@@ -274,18 +283,27 @@ def run(config: Config) -> Path:
     model = models.apply_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                               target_modules=config.lora_target_modules)
     trainer = _make_trainer(model, train_set, eval_set, config, out, tokenizer.pad_token_id,
-                            metrics_callbacks(out))
+                            metrics_callbacks(out, main))
     resume_from = latest_checkpoint(out) if config.resume else None
-    truncate_metrics(out / "metrics.jsonl", int(resume_from.rsplit("-", 1)[1]) if resume_from else 0)
+    if main:
+        truncate_metrics(out / "metrics.jsonl", int(resume_from.rsplit("-", 1)[1]) if resume_from else 0)
     before = _eval_loss(model, eval_set, config, tokenizer.pad_token_id)  # before the Trainer wraps the model
     trainer.train(resume_from_checkpoint=resume_from)
     after = trainer.evaluate()["eval_loss"]
 
-    staging = artifacts.atomic_dir(out / "model")
+    staging = out / ".model.staging"  # one dir for every rank: save_model gathers ZeRO-3 partitions on all
+    if main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    trainer.accelerator.wait_for_everyone()
     if config.lora_r > 0:
-        trainer.model.merge_and_unload().save_pretrained(staging)
+        if main:
+            trainer.model.merge_and_unload().save_pretrained(staging)
     else:
         trainer.save_model(str(staging))  # gathers ZeRO-3 partitions (stage3_gather_16bit_weights_on_model_save)
+    trainer.accelerator.wait_for_everyone()
+    if not main:
+        return out  # the main rank publishes the model, writes the manifest and DONE
     tokenizer.save_pretrained(staging)
     for item in staging.iterdir():
         os.replace(item, out / item.name)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,3 +157,45 @@ def test_lora_run_saves_merged_full_weights(tmp_path):
     assert trained.keys() == init.keys()
     changed = [k for k in trained if not torch.equal(trained[k], init[k])]
     assert changed and all(any(m in k for m in ("q_proj", "k_proj", "v_proj", "o_proj")) for k in changed)
+
+
+def torchrun(*args, env=None, check=True):
+    """`torchrun --nproc_per_node 2 -m posttrain.cli ...`: two ranks, DDP over gloo on CPU."""
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "posttrain.cli", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def test_two_rank_launch_prepares_once_publishes_whole_checkpoints_and_resumes_exactly(tmp_path):
+    """Only rank 0 prepares the output dir and builds the teacher targets (a cold cache, on Ray; rank 1 waits
+    and reads them); every rank's part of a checkpoint lands in the one published checkpoint-N; only rank 0
+    logs and writes DONE; a SIGKILLed two-rank run resumed with --resume equals the uninterrupted one."""
+    env = {"POSTTRAIN_CACHE": str(tmp_path / "cache")}
+    args = ("sft", "--config", TINY, "max_steps=8", "save_steps=3", "batch_size=2")
+    straight = tmp_path / "straight"
+    proc = torchrun(*args, f"output_dir={straight}", env=env)
+    assert proc.stdout.count("Ray actors") == 1 and proc.stdout.count("teacher targets: cache hit") == 1
+    assert (straight / "DONE").is_file()
+    assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["checkpoint-6", "checkpoint-8"]
+    for ckpt in (straight / "checkpoints").iterdir():
+        assert {"model.safetensors", "rng_state_0.pth", "rng_state_1.pth", "trainer_state.json"} <= {
+            p.name for p in ckpt.iterdir()}, ckpt
+        assert json.loads((ckpt / "trainer_state.json").read_text())["train_batch_size"] == 2
+    assert not [p for p in straight.iterdir() if p.name.startswith(".")]  # no staging dir left behind
+    logged = [json.loads(line)["step"] for line in (straight / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert logged == list(range(1, 9))  # one rank logs
+    assert len(list((straight / "tensorboard").iterdir())) >= 1
+
+    killed = tmp_path / "killed"
+    proc = torchrun(*args, f"output_dir={killed}", env={**env, "POSTTRAIN_KILL_AT_STEP": "5"}, check=False)
+    assert proc.returncode != 0 and not (killed / "DONE").exists()
+    assert sorted(p.name for p in (killed / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3"]
+    torchrun(*args, f"output_dir={killed}", "--resume", env=env)
+    a = load_file(str(straight / "model.safetensors"))
+    b = load_file(str(killed / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
