@@ -6,6 +6,7 @@ never leaves a dir that `--resume` would take for a checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,18 +29,14 @@ def atomic_checkpoints(trainer_cls):
 
         def _save_checkpoint(self, model, trial):
             final_root = Path(self.args.output_dir)
-            staging = final_root / f".staging-{self.state.global_step}"
             main = self.is_world_process_zero()
-            if main:
-                shutil.rmtree(staging, ignore_errors=True)  # left by a run killed mid-save
-                staging.mkdir(parents=True)
-            self.accelerator.wait_for_everyone()
-            self._staging = str(staging)
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                self._staging = None
-            self.accelerator.wait_for_everyone()
+            with shared_staging(final_root / f".staging-{self.state.global_step}", main,
+                                self.accelerator.wait_for_everyone) as staging:
+                self._staging = str(staging)
+                try:
+                    super()._save_checkpoint(model, trial)
+                finally:
+                    self._staging = None
             if main:
                 for ckpt in staging.glob("checkpoint-*"):
                     artifacts.publish_dir(ckpt, final_root / ckpt.name)
@@ -51,6 +48,18 @@ def atomic_checkpoints(trainer_cls):
 
     AtomicCheckpoints.__name__ = f"Atomic{trainer_cls.__name__}"
     return AtomicCheckpoints
+
+
+@contextlib.contextmanager
+def shared_staging(staging: Path, main: bool, wait):
+    """One staging dir that every rank writes its part into: the main rank empties it first (a run killed
+    mid-save leaves one), and all ranks wait before and after writing. The caller's main rank publishes it."""
+    if main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    wait()
+    yield staging
+    wait()
 
 
 def ranks() -> tuple[bool, callable]:

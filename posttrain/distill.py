@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -242,7 +241,7 @@ def _eval_loss(model, examples: list[dict], config: Config, pad_id: int) -> floa
 
 def run(config: Config) -> Path:
     from posttrain import data, models, teacher
-    from posttrain.checkpoint import latest_checkpoint, metrics_callbacks, ranks, truncate_metrics
+    from posttrain.checkpoint import latest_checkpoint, metrics_callbacks, ranks, shared_staging, truncate_metrics
 
     torch.manual_seed(config.seed)
     # Multi-process launch: the main rank prepares the output dir, the student and the teacher targets; the
@@ -291,17 +290,13 @@ def run(config: Config) -> Path:
     trainer.train(resume_from_checkpoint=resume_from)
     after = trainer.evaluate()["eval_loss"]
 
-    staging = out / ".model.staging"  # one dir for every rank: save_model gathers ZeRO-3 partitions on all
-    if main:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-    trainer.accelerator.wait_for_everyone()
-    if config.lora_r > 0:
-        if main:
-            trainer.model.merge_and_unload().save_pretrained(staging)
-    else:
-        trainer.save_model(str(staging))  # gathers ZeRO-3 partitions (stage3_gather_16bit_weights_on_model_save)
-    trainer.accelerator.wait_for_everyone()
+    # one dir for every rank: save_model gathers ZeRO-3 partitions on all of them
+    with shared_staging(out / ".model.staging", main, trainer.accelerator.wait_for_everyone) as staging:
+        if config.lora_r > 0:
+            if main:
+                trainer.model.merge_and_unload().save_pretrained(staging)
+        else:
+            trainer.save_model(str(staging))  # gathers ZeRO-3 partitions (stage3_gather_16bit_weights_on_model_save)
     if not main:
         return out  # the main rank publishes the model, writes the manifest and DONE
     tokenizer.save_pretrained(staging)

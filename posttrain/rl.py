@@ -30,7 +30,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -318,6 +317,7 @@ def save_checkpoint(out: Path, step: int, model, tokenizer, params, anchor, opti
     trainable tensors of policy and anchor by parameter name, AdamW and scheduler state, the step. Then only
     the newest `keep` checkpoints are kept (resume reads the newest)."""
     from safetensors.torch import save_file
+    from transformers.trainer_utils import rotate_checkpoints
 
     final = out / "checkpoints" / f"checkpoint-{step}"
     staging = artifacts.atomic_dir(final)
@@ -328,10 +328,8 @@ def save_checkpoint(out: Path, step: int, model, tokenizer, params, anchor, opti
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, staging / "optim.pt")
     (staging / "state.json").write_text(json.dumps({"step": step}))
     artifacts.publish_dir(staging, final)
-    if keep:
-        done = sorted(final.parent.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
-        for old in done[:-keep]:
-            shutil.rmtree(old)
+    rotate_checkpoints(output_dir=str(final.parent), save_total_limit=keep, best_model_checkpoint=None,
+                       use_mtime=False)  # HF's, as the Trainer stages use
 
 
 def load_checkpoint(path: Path, params, anchor, optimizer, scheduler) -> int:
