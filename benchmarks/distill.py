@@ -7,7 +7,7 @@ Same synthetic batches (random token ids; the last half of each sequence is the 
 same optimiser, bf16 autocast, measured in one run, each variant in its own fresh process so peak RSS is
 its own:
   posttrain      sparse targets (K=256, ids int32 + weights fp16) precomputed once by the teacher, loss over
-                 the student's chunked full-vocab log-softmax (posttrain.distill.sparse_kd_loss)
+                 the student's chunked full-vocab log-softmax (posttrain.kd.sparse_kd_loss)
   trl-chunked    TRL DistillationTrainer's loss (trl.trainer.distillation_trainer._chunked_divergence_loss,
                  beta=0 i.e. forward KL = KD) with the teacher run online every step, as that trainer does
   trl-full       TRL GKD's generalized_jsd_loss (beta=0) on full B x T x V logits, teacher online
@@ -53,7 +53,7 @@ def run_variant(variant: str, steps: int, batch: int, seq: int, targets_path: st
     import torch
     from transformers import AutoModelForCausalLM
 
-    from posttrain.distill import sample_targets, sparse_kd_loss
+    from posttrain.kd import sample_targets, sparse_kd_loss
 
     torch.manual_seed(0)
     teacher_cfg, student_cfg = _configs()

@@ -42,13 +42,15 @@ def reward_wait(args) -> None:
     from pathlib import Path
 
     from posttrain import rl
+    from posttrain.scoring import Rewards
 
     demo = Path("runs/demo/sft/DONE").exists() and Path("runs/demo/rm/DONE").exists()
-    base = dict(policy="runs/demo/sft", data=["data/demo/sft.jsonl"], rewards=["math", "code", "reward_model"],
-                reward_weights=[1.0, 1.0, 0.1], reward_model="runs/demo/rm", max_new_tokens=32) if demo else \
-        dict(policy="tiny", data=["data/tiny/sft.jsonl"], rewards=["math", "format"], max_new_tokens=16)
+    base = dict(policy="runs/demo/sft", data=["data/demo/sft.jsonl"], max_new_tokens=32,
+                rewards=Rewards(names=["math", "code", "reward_model"], weights=[1.0, 1.0, 0.1],
+                                reward_model="runs/demo/rm")) if demo else \
+        dict(policy="tiny", data=["data/tiny/sft.jsonl"], rewards=Rewards(names=["math", "format"]), max_new_tokens=16)
     steps, per = args.wait_steps, 8
-    print(f"policy={base['policy']} rewards={base['rewards']} steps={steps} prompts/step={per} "
+    print(f"policy={base['policy']} rewards={base['rewards'].names} steps={steps} prompts/step={per} "
           f"load={os.getloadavg()[0]:.1f}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

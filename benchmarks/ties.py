@@ -21,11 +21,12 @@ import tempfile
 from pathlib import Path
 
 from posttrain import rl
+from posttrain.scoring import Rewards
 
-TINY = dict(policy="tiny", data=["data/tiny/sft.jsonl"], rewards=["tests/posttrain/rl_rewards.py:letter_binary"],
+TINY = dict(policy="tiny", data=["data/tiny/sft.jsonl"], rewards=Rewards(names=["tests/posttrain/rl_rewards.py:letter_binary"]),
             prompts_per_step=8, generation_batch=8, max_new_tokens=8, learning_rate=1e-2, eta=0.1,
             freeze_embeddings=False, torch_threads=1, bf16=False)
-DEMO = dict(policy="runs/demo/sft", data=["data/demo/sft.jsonl"], rewards=["math"], prompts_per_step=8,
+DEMO = dict(policy="runs/demo/sft", data=["data/demo/sft.jsonl"], rewards=Rewards(names=["math"]), prompts_per_step=8,
             generation_batch=4, max_new_tokens=48, learning_rate=1e-5, eta=0.05)
 
 
@@ -39,7 +40,7 @@ def main():
     base = DEMO if args.demo else TINY
     if args.demo:  # math prompts only
         rows = [r for r in map(json.loads, Path("data/demo/sft.jsonl").read_text().splitlines()) if r["task"] == "math"]
-    print(f"policy={base['policy']} rewards={base['rewards']} steps={args.steps} seeds={args.seeds} "
+    print(f"policy={base['policy']} rewards={base['rewards'].names} steps={args.steps} seeds={args.seeds} "
           f"beta={args.beta} load={os.getloadavg()[0]:.1f}")
     table = []
     with tempfile.TemporaryDirectory() as tmp:

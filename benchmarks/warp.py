@@ -135,11 +135,12 @@ RL_MODEL = "tiny:hidden_size=256,intermediate_size=1024,num_attention_heads=4,he
 def rl_jobs(args: argparse.Namespace, work: Path, cpus_per_run: float) -> tuple[object, list[dict]]:
     """The M runs of WARP's first iteration from the rl model, exactly as posttrain.warp builds them."""
     from posttrain import models, rl, warp
+    from posttrain.scoring import Rewards
 
-    config = rl.Config(algorithm="warp", inner="bond", runs=M, run_cpus=cpus_per_run, policy=args.rl_model,
-                       data=[str(ROOT / "data" / "tiny" / "sft.jsonl")], rewards=["math", "format"],
-                       steps=args.rl_steps, prompts_per_step=8, generation_batch=4, max_new_tokens=32,
-                       learning_rate=1e-3, save_steps=1000, reward_workers=1, bf16=False, output_dir=str(work))
+    inner = rl.Config(algorithm="bond", data=[str(ROOT / "data" / "tiny" / "sft.jsonl")],
+                      rewards=Rewards(names=["math", "format"], workers=1), steps=args.rl_steps, prompts_per_step=8,
+                      generation_batch=4, max_new_tokens=32, learning_rate=1e-3, save_steps=1000, bf16=False)
+    config = warp.Config(runs=M, run_cpus=cpus_per_run, policy=args.rl_model, output_dir=str(work), inner=inner)
     return config, warp.run_jobs(config, models.resolve(args.rl_model), work / "iter-1", 1)
 
 

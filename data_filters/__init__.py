@@ -18,45 +18,43 @@ import importlib.util
 import json
 from pathlib import Path
 
-from data_filters.base import FilterResult
+from data_filters.base import FilterError, FilterResult
 
-__all__ = ["FILTERS", "FilterResult", "build", "build_chain", "run_chain", "load_callable"]
+__all__ = ["FILTERS", "FilterError", "FilterResult", "build", "build_chain", "run_chain", "load_callable"]
 
 FILTERS = {name: f"data_filters.{name}" for name in ("pii", "safety", "identity", "dedup", "decontam")}
 
 
 def load_callable(spec: str, what: str):
-    """'pkg.mod:fn' or 'path/to/file.py:fn' -> the function; errors are UserErrors naming `what`."""
-    from posttrain.errors import UserError
+    """'pkg.mod:fn' or 'path/to/file.py:fn' -> the function; errors are FilterErrors naming `what`."""
 
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
-        raise UserError(f"{what}: {spec!r} is not of the form 'module:function' or 'file.py:function'")
+        raise FilterError(f"{what}: {spec!r} is not of the form 'module:function' or 'file.py:function'")
     try:
         if target.endswith(".py"):
             path = Path(target)
             if not path.is_file():
-                raise UserError(f"{what}: file not found: {path}")
+                raise FilterError(f"{what}: file not found: {path}")
             mod_spec = importlib.util.spec_from_file_location(f"_user_{path.stem}", path)
             module = importlib.util.module_from_spec(mod_spec)
             mod_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(target)
     except ImportError as e:
-        raise UserError(f"{what}: cannot import {target!r}: {e}") from None
+        raise FilterError(f"{what}: cannot import {target!r}: {e}") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise UserError(f"{what}: {target!r} has no function {attr!r}")
+        raise FilterError(f"{what}: {target!r} has no function {attr!r}")
     return fn
 
 
 def module(name: str):
-    from posttrain.errors import UserError
 
     if name not in FILTERS:
         close = difflib.get_close_matches(name, list(FILTERS), n=1, cutoff=0.0)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise UserError(f"unknown filter '{name}'{hint}; valid filters: {', '.join(FILTERS)}, or 'module:function'")
+        raise FilterError(f"unknown filter '{name}'{hint}; valid filters: {', '.join(FILTERS)}, or 'module:function'")
     return importlib.import_module(FILTERS[name])
 
 
@@ -66,9 +64,8 @@ def build(name: str, options: dict | None = None):
 
     if ":" in name:
         if options:
-            from posttrain.errors import UserError
 
-            raise UserError(f"filter {name}: options are only for built-in filters")
+            raise FilterError(f"filter {name}: options are only for built-in filters")
         return name, load_callable(name, f"filter {name}"), {}
     mod = module(name)
     opts = check_options(name, dict(options or {}), mod.DEFAULTS)
@@ -79,14 +76,13 @@ def build(name: str, options: dict | None = None):
 
 
 def build_chain(names: list[str], options: dict[str, dict] | None = None) -> list[tuple[str, object, dict]]:
-    from posttrain.errors import UserError
 
     options = options or {}
     if len(set(names)) != len(names):
-        raise UserError(f"filters: a filter is listed twice in {names}")
+        raise FilterError(f"filters: a filter is listed twice in {names}")
     for key in options:
         if key not in names:
-            raise UserError(f"options given for filter '{key}', which is not in filters {names}")
+            raise FilterError(f"options given for filter '{key}', which is not in filters {names}")
     return [build(name, options.get(name)) for name in names]
 
 

@@ -15,6 +15,11 @@ import re
 from typing import NamedTuple
 
 
+class FilterError(ValueError):
+    """Bad filter input (an unknown option, a missing eval file, a spec that names nothing): the stage that runs
+    the filters turns it into its own one-line error."""
+
+
 class FilterResult(NamedTuple):
     keep: list[bool]
     columns: dict[str, list]  # rewritten columns only ({} if the filter changes nothing)
@@ -86,16 +91,15 @@ def merge_spans(spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]
 
 
 def check_options(name: str, options: dict, defaults: dict) -> dict:
-    """Defaults overlaid by `options`; an unknown option key is a UserError naming the closest one."""
+    """Defaults overlaid by `options`; an unknown option key is a FilterError naming the closest one."""
     import difflib
 
-    from posttrain.errors import UserError
 
     for key in options:
         if key not in defaults:
             close = difflib.get_close_matches(key, list(defaults), n=1, cutoff=0.0)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise UserError(f"{name}: unknown option '{key}'{hint}; valid: {', '.join(defaults)}")
+            raise FilterError(f"{name}: unknown option '{key}'{hint}; valid: {', '.join(defaults)}")
     return {**defaults, **options}
 
 

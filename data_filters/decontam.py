@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_filters.base import FAST, FilterResult, poly_powers, turns, word_lines
+from data_filters.base import FAST, poly_powers, turns, word_lines, FilterError, FilterResult
 
 DEFAULTS = {
     "eval_files": ["data/demo/eval_math.jsonl", "data/demo/eval_code.jsonl"],
@@ -44,14 +44,13 @@ def _strings(value):
 
 
 def load_ngrams(paths, n: int, fields=(), min_words: int = 6) -> tuple[frozenset, frozenset, dict]:
-    """(n-grams, whole short texts, stats) of the eval files; a missing or unreadable file is a UserError."""
-    from posttrain.errors import UserError
+    """(n-grams, whole short texts, stats) of the eval files; a missing or unreadable file is a FilterError."""
 
     grams, short, stats = set(), set(), {"files": {}, "texts": 0, "short_texts": 0}
     for path in paths:
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"decontam: eval file not found: {path} (set decontam.eval_files)")
+            raise FilterError(f"decontam: eval file not found: {path} (set decontam.eval_files)")
         rows = 0
         with open(path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
@@ -60,7 +59,7 @@ def load_ngrams(paths, n: int, fields=(), min_words: int = 6) -> tuple[frozenset
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise UserError(f"decontam: {path}:{lineno}: not valid JSON ({e.msg})") from None
+                    raise FilterError(f"decontam: {path}:{lineno}: not valid JSON ({e.msg})") from None
                 rows += 1
                 values = [row.get(k) for k in fields] if fields and isinstance(row, dict) else [row]
                 for text in _strings(values):
@@ -195,12 +194,11 @@ def apply(batch: dict[str, list], *, ngrams=frozenset(), short=frozenset(), n=13
 
 def prepare(options: dict) -> dict:
     """Options -> `apply` keyword arguments: the eval n-gram sets replace the file list."""
-    from posttrain.errors import UserError
 
     if int(options["n"]) < 1:
-        raise UserError(f"decontam: n must be >= 1, got {options['n']}")
+        raise FilterError(f"decontam: n must be >= 1, got {options['n']}")
     if not options["eval_files"]:
-        raise UserError("decontam: no eval_files given")
+        raise FilterError("decontam: no eval_files given")
     grams, short, stats = load_ngrams(options["eval_files"], int(options["n"]), options["fields"],
                                       int(options["min_words"]))
     return {"ngrams": grams, "short": short, "n": int(options["n"]), "roles": options["roles"], "_stats": stats}

@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from data_filters.base import FAST, FilterResult, poly_powers, word_lines
+from data_filters.base import FAST, poly_powers, word_lines, FilterError, FilterResult
 
 DEFAULTS = {
     "exact": True,
@@ -294,13 +294,12 @@ def decide(hashes: list[str], sigs, alive: list[bool], ids: list, *, exact=True,
 
 
 def prepare(options: dict) -> dict:
-    from posttrain.errors import UserError
 
     if not 0.0 < float(options["threshold"]) <= 1.0:
-        raise UserError(f"dedup: threshold must be in (0, 1], got {options['threshold']}")
+        raise FilterError(f"dedup: threshold must be in (0, 1], got {options['threshold']}")
     if int(options["num_perm"]) < 16 or int(options["shingle"]) < 1:
-        raise UserError("dedup: num_perm must be >= 16 and shingle >= 1")
+        raise FilterError("dedup: num_perm must be >= 16 and shingle >= 1")
     if options["near"] and len(_bands(float(options["threshold"]), int(options["num_perm"]))) < 2:
-        raise UserError(f"dedup: threshold {options['threshold']} with num_perm {options['num_perm']} leaves one "
+        raise FilterError(f"dedup: threshold {options['threshold']} with num_perm {options['num_perm']} leaves one "
                         "LSH band; raise num_perm or lower the threshold")
     return options

@@ -20,7 +20,7 @@ import math
 import re
 from collections import Counter
 
-from data_filters.base import AsciiTexts, FilterResult, Joined, merge_spans, redact, turns
+from data_filters.base import merge_spans, redact, turns, AsciiTexts, FilterError, FilterResult, Joined
 
 TYPES = ["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS", "SECRET", "ADDRESS", "NAME"]
 PLACEHOLDER = {t: f"<{t}>" for t in TYPES}
@@ -357,20 +357,19 @@ def apply(batch: dict[str, list], *, action="redact", actions=None, types=TYPES,
 
 
 def prepare(options: dict) -> dict:
-    from posttrain.errors import UserError
 
     if options["action"] not in ("redact", "drop"):
-        raise UserError(f"pii: action must be 'redact' or 'drop', got {options['action']!r}")
+        raise FilterError(f"pii: action must be 'redact' or 'drop', got {options['action']!r}")
     for kind, act in options["actions"].items():
         if kind not in TYPES or act not in ("redact", "drop"):
-            raise UserError(f"pii: actions must map a type in {TYPES} to 'redact' or 'drop', got {kind}: {act}")
+            raise FilterError(f"pii: actions must map a type in {TYPES} to 'redact' or 'drop', got {kind}: {act}")
     if options["engine"] not in ("builtin", "presidio", "both"):
-        raise UserError(f"pii: engine must be 'builtin', 'presidio' or 'both', got {options['engine']!r}")
+        raise FilterError(f"pii: engine must be 'builtin', 'presidio' or 'both', got {options['engine']!r}")
     if options["engine"] != "builtin":
         from data_filters import pii_presidio
 
         pii_presidio.engine(options["spacy_model"])  # fail here, once, if Presidio cannot start
     unknown = [t for t in options["types"] if t not in TYPES]
     if unknown:
-        raise UserError(f"pii: unknown PII type(s) {unknown}; valid: {TYPES}")
+        raise FilterError(f"pii: unknown PII type(s) {unknown}; valid: {TYPES}")
     return options

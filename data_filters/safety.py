@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import re
 
-from data_filters.base import AsciiTexts, FilterResult, Joined, turns
+from data_filters.base import turns, AsciiTexts, FilterError, FilterResult, Joined
 
 DEFAULTS = {
     "roles": ["assistant"],
@@ -231,23 +231,22 @@ def _hf_classifier(path: str, unsafe_label):
 
 
 def prepare(options: dict) -> dict:
-    from posttrain.errors import UserError
 
     cats = options["categories"]
     if cats is not None:
         bad = [c for c in cats if c not in CATEGORIES]
         if bad:
-            raise UserError(f"safety: unknown categor(ies) {bad}; valid: {CATEGORIES}")
+            raise FilterError(f"safety: unknown categor(ies) {bad}; valid: {CATEGORIES}")
     for p in options["extra_patterns"]:
         try:
             re.compile(p)
         except re.error as e:
-            raise UserError(f"safety: extra pattern {p!r} is not a valid regex: {e}") from None
+            raise FilterError(f"safety: extra pattern {p!r} is not a valid regex: {e}") from None
     spec = options["classifier"]
     if spec:
         import os
 
         if not os.path.isdir(spec) and ":" not in spec:
-            raise UserError(f"safety: classifier {spec!r} is neither a model dir nor 'module:function'")
+            raise FilterError(f"safety: classifier {spec!r} is neither a model dir nor 'module:function'")
         load_classifier(spec, options["unsafe_label"])  # fail now, in the driver, not in every worker
     return options

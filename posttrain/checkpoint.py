@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import shutil
 from pathlib import Path
 
@@ -78,8 +77,7 @@ def ranks() -> tuple[bool, callable]:
 
 
 def metrics_callbacks(out: Path, main: bool = True) -> list:
-    """metrics.jsonl + TensorBoard (out/tensorboard) from the main rank, and the POSTTRAIN_KILL_AT_STEP test
-    hook."""
+    """metrics.jsonl + TensorBoard (out/tensorboard), from the main rank."""
     from torch.utils.tensorboard import SummaryWriter
     from transformers import TrainerCallback
     from transformers.integrations import TensorBoardCallback
@@ -95,15 +93,6 @@ def metrics_callbacks(out: Path, main: bool = True) -> list:
         tensorboard = TensorBoardCallback(tb_writer=SummaryWriter(str(out / "tensorboard")))
         tensorboard.logging_dir = str(out / "tensorboard")  # where it reopens after train end (final evaluate)
         callbacks = [JsonlMetrics(), tensorboard]
-    if os.environ.get("POSTTRAIN_KILL_AT_STEP"):  # test hook: a real SIGKILL at a deterministic step
-        kill_at = int(os.environ["POSTTRAIN_KILL_AT_STEP"])
-
-        class KillAtStep(TrainerCallback):
-            def on_step_end(self, args, state, control, **kw):
-                if state.global_step == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-        callbacks.append(KillAtStep())
     return callbacks
 
 

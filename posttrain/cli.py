@@ -1,7 +1,8 @@
 """`posttrain STAGE [--config FILE] [--FIELD VALUE ...] [KEY=VALUE ...]`: parse, load config, run the stage.
 
 Every stage is `module.run(config) -> output dir`, with `module.Config` its dataclass. Each config field is
-also a flag (`--output_dir x` == `output_dir=x`), so `posttrain STAGE --help` documents every field.
+also a flag (`--output_dir x` == `output_dir=x`, `--inner.steps 8` == `inner.steps=8`), so
+`posttrain STAGE --help` documents every field.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ STAGES = {
     "filter": ("posttrain.filter", "clean a chat dataset: PII, safety, identity, dedup, decontamination"),
     "sft": ("posttrain.distill", "distil a teacher into a student with Gemma 3 sampled-logit KD"),
     "rm": ("posttrain.warm", "train M reward models in parallel and weight-average them (WARM)"),
-    "rl": ("posttrain.rl", "RL: J-BOND, optionally inside WARP"),
+    "rl": ("posttrain.rl", "RL: J-BOND (or REINFORCE) with an EMA anchor"),
+    "warp": ("posttrain.warp", "WARP: M parallel RL runs per iteration, SLERP, LITI, a Pareto front"),
     "eval": ("posttrain.evaluate", "evaluate a checkpoint with the rewards (accuracy, pass@k)"),
     "demo": ("posttrain.demo", "run the embedded default pipeline on real Gemma 3 270M weights"),
 }
@@ -38,9 +40,10 @@ def _stage_parser(name: str, cls) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog=f"posttrain {name}",
-        description=STAGES[name][1] + ".\n\nConfig fields (set in the YAML, as KEY=VALUE, or as --KEY VALUE):\n"
-        + cfg.help_text(cls),
+        description=STAGES[name][1] + ".\n\nConfig fields (set in the YAML, as KEY=VALUE with dotted keys for "
+        "sections, or as --KEY VALUE):\n" + cfg.help_text(cls),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # `--rewards` must not silently mean `--rewards.names`
     )
     parser.add_argument("--config", help="YAML config file")
     field_names = {f.name for f in dataclasses.fields(cls)}
@@ -51,38 +54,43 @@ def _stage_parser(name: str, cls) -> argparse.ArgumentParser:
         if flag in field_names:
             parser.add_argument(f"--{flag}", action="store_true", dest=f"{flag}_flag",
                                 help=f"same as {flag}=true")
-    for f in dataclasses.fields(cls):
-        if f.name in FLAGS:
-            continue
-        parser.add_argument(f"--{f.name}", dest=f"field_{f.name}", metavar="VALUE", help=argparse.SUPPRESS)
+    for key in cfg.field_paths(cls, shorthands=True):
+        if key not in FLAGS:
+            parser.add_argument(f"--{key}", dest=f"field_{key}", metavar="VALUE", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     return parser
 
 
-def run_stage(name: str, argv: list[str]) -> int:
+def load_stage_config(name: str, argv: list[str]):
+    """(stage module, its config) from the command line: YAML, then `--FIELD VALUE` flags, then KEY=VALUE."""
     from posttrain import config as cfg
 
     module = importlib.import_module(STAGES[name][0])
     cls = module.Config
     args = _stage_parser(name, cls).parse_intermixed_args(argv)
-    overrides = list(args.overrides)
-    for f in dataclasses.fields(cls):
-        value = getattr(args, f"field_{f.name}", None)
+    overrides = []
+    for key in cfg.field_paths(cls, shorthands=True):
+        value = getattr(args, f"field_{key}", None)
         if value is not None:
-            overrides.append(f"{f.name}={value}")
+            overrides.append((f"{key}={value}", f"command line --{key} {value}"))
     if getattr(args, "ray_address_flag", None):
-        overrides.append(f"ray_address={args.ray_address_flag}")
+        overrides.append((f"ray_address={args.ray_address_flag}", "command line --ray-address"))
     for flag in FLAGS:
         if getattr(args, f"{flag}_flag", False):
-            overrides.append(f"{flag}=true")
-    config = cfg.load(cls, args.config, overrides)
-    out = module.run(config)
+            overrides.append((f"{flag}=true", f"command line --{flag}"))
+    return module, cfg.load(cls, args.config, overrides + list(args.overrides))
+
+
+def run_stage(name: str, argv: list[str], hooks=None) -> int:
+    """Run a stage from its command line; `hooks` (posttrain.hooks) go to stages that take them."""
+    module, config = load_stage_config(name, argv)
+    out = module.run(config) if hooks is None else module.run(config, hooks=hooks)
     if out is not None:
         print(f"[posttrain {name}] done: {out}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, hooks=None) -> int:
     from posttrain.errors import UserError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -96,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     try:
-        return run_stage(argv[0], argv[1:])
+        return run_stage(argv[0], argv[1:], hooks)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

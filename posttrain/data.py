@@ -1,8 +1,5 @@
-"""Chat data: read jsonl/parquet/HF-datasets dirs, validate rows, Gemma turn formatting with loss masks.
-
-Gemma 3 chat format (report, Table 4): `[BOS]` once, then per turn
-`<start_of_turn>{user|model}\n{content}<end_of_turn>\n`. A system turn is folded into the first user turn,
-as Gemma's own chat template does. Loss covers only model-turn content and its `<end_of_turn>`.
+"""Chat data: read jsonl/parquet/HF-datasets dirs, validate rows, tokenise them in the Gemma 3 chat format
+(rewards/chat_format.py) with loss masks covering only model-turn content and its `<end_of_turn>`.
 """
 
 from __future__ import annotations
@@ -13,9 +10,8 @@ from pathlib import Path
 
 from posttrain.errors import UserError
 
-START_OF_TURN = "<start_of_turn>"
-END_OF_TURN = "<end_of_turn>"
-ROLE_NAMES = {"user": "user", "assistant": "model", "model": "model", "system": "system"}
+from rewards.chat_format import (  # noqa: F401 (gemma_turns, tokenize_chat: the format's names, here too)
+    END_OF_TURN, ROLE_NAMES, START_OF_TURN, encode_text, gemma_turns, tokenize_chat)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -80,39 +76,20 @@ def validate_messages(messages, where: str) -> None:
             raise UserError(f"{where}: messages[{i}].content must be a string")
 
 
-def gemma_turns(messages: list[dict]) -> list[tuple[str, str]]:
-    """(gemma role, content) pairs with a leading system turn folded into the first user turn."""
-    turns = [(ROLE_NAMES[m["role"]], m["content"]) for m in messages]
-    if turns and turns[0][0] == "system":
-        system = turns.pop(0)[1]
-        if turns and turns[0][0] == "user":
-            turns[0] = ("user", f"{system}\n\n{turns[0][1]}")
-        else:
-            turns.insert(0, ("user", system))
-    return turns
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def tokenize_chat(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], list[bool]]:
-    """input ids and a per-token mask marking the tokens the model is trained to produce."""
-    eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
-    ids, mask = [tokenizer.bos_token_id], [False]
-    for role, content in gemma_turns(messages):
-        head = _encode(tokenizer, f"{START_OF_TURN}{role}\n")
-        body = _encode(tokenizer, content) + [eot]
-        tail = _encode(tokenizer, "\n")
-        ids += head + body + tail
-        mask += [False] * len(head) + [role == "model"] * len(body) + [False] * len(tail)
-    return ids[:max_length], mask[:max_length]
+def prompt_messages(row: dict) -> list[dict]:
+    """A row's messages without its trailing reference reply: what a model is prompted with."""
+    messages = list(row["messages"])
+    while messages and messages[-1]["role"] in ("assistant", "model"):
+        messages.pop()
+    if not messages:
+        raise UserError(f"{row.get('_where', '?')}: no user turn to prompt with")
+    return messages
 
 
 def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     """BOS + the turns + `<start_of_turn>model\\n`: the prefix from which a model reply is generated."""
     ids, _ = tokenize_chat(tokenizer, messages, max_length=1 << 30)
-    return ids + _encode(tokenizer, f"{START_OF_TURN}model\n")
+    return ids + encode_text(tokenizer, f"{START_OF_TURN}model\n")
 
 
 def tokenize_rows(tokenizer, rows: list[dict], max_length: int) -> list[dict]:

@@ -3,8 +3,9 @@
 filter (raw demo data -> clean) -> sft (Gemma 3 270M teacher -> 6-layer student) -> rm (WARM: M reward
 models from the sft student, weight-averaged) -> eval of the student -> rl (WARP around J-BOND from the student,
 rewarded by math + code + the WARM model) -> eval of the RL policy, and a before/after table. Each stage reads its own
-config under configs/demo/ (eval.yaml for both evaluations); `--overwrite` reruns finished stages,
-otherwise a finished stage output is reused.
+config under configs/demo/ (eval.yaml for both evaluations; the RL config runs `posttrain warp` when it has an
+`inner:` section, else `posttrain rl`); `--overwrite` reruns finished stages, otherwise a finished stage output
+is reused.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ class Config:
     configs: str = doc("configs/demo", "dir holding filter.yaml, sft.yaml, rm.yaml, eval.yaml and the rl config")
     quick: bool = doc(False, "run configs/demo-quick instead: the same stages at a size that takes ~5 min "
                       "(shows every stage working; its numbers mean nothing)")
-    rl: str = doc("recipe.yaml", "the rl stage's config file in `configs` (recipe.yaml: WARP around J-BOND; "
-                  "rl.yaml: one J-BOND run)")
+    rl: str = doc("recipe.yaml", "the RL stage's config file in `configs` (recipe.yaml: WARP around J-BOND, "
+                  "`posttrain warp`; rl.yaml: one J-BOND run, `posttrain rl`)")
     output_root: str | None = doc(None, "put every stage's output under this dir (default: as each config says)")
     overwrite: bool = doc(False, "rerun stages whose output is already finished")
     ray_address: str | None = doc(None, "Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
@@ -56,7 +57,7 @@ def _same_config(out: Path, stage_config) -> bool:
 
 
 def run(config: Config) -> Path:
-    from posttrain import distill, evaluate, filter as filter_stage, rl, warm
+    from posttrain import distill, evaluate, filter as filter_stage, warm
 
     root = Path(config.configs)
     if config.quick:
@@ -77,12 +78,20 @@ def run(config: Config) -> Path:
     eval_yaml = root / "eval.yaml"
     before = _stage(evaluate, eval_yaml, [f"model={sft_dir}", f"output_dir={sft_dir.parent / 'eval-sft'}"],
                     "output_dir", config, "eval-sft")
-    rl_dir = _stage(rl, root / config.rl, ray + [f"policy={sft_dir}", f"reward_model={rm_dir}"], "output_dir",
-                    config, "rl")
+    rl_module, rewards_key = rl_stage(root / config.rl)
+    rl_dir = _stage(rl_module, root / config.rl, ray + [f"policy={sft_dir}", f"{rewards_key}.reward_model={rm_dir}"],
+                    "output_dir", config, "rl")
     after = _stage(evaluate, eval_yaml, [f"model={rl_dir}", f"output_dir={rl_dir.parent / 'eval-rl'}"],
                    "output_dir", config, "eval-rl")
     _print_before_after(before, after, rl_dir)
     return rl_dir
+
+
+def rl_stage(path: Path):
+    """(the stage module, the key of its rewards section) for an RL config: WARP's has an `inner:` section."""
+    from posttrain import rl, warp
+
+    return (warp, "inner.rewards") if "inner" in cfg.read_yaml(path) else (rl, "rewards")
 
 
 def _print_before_after(before: Path, after: Path, rl_dir: Path) -> None:

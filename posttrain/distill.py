@@ -1,21 +1,8 @@
-"""`posttrain sft`: Gemma 3 sampled-logit distillation, top to bottom.
+"""`posttrain sft`: Gemma 3 sampled-logit distillation, the stage (the maths is in posttrain/kd.py).
 
-The algorithm (Gemma 3 report §2.2; ../shared/ALGORITHMS.md):
-  1. per target token t, draw K token ids S_t from the teacher distribution p_T (at a temperature);
-  2. the teacher target keeps only those ids:
-       unbiased (default): K draws with replacement, each weighted 1/K (duplicates stay as separate
-                           slots, so the weight of an id is its count/K): E[target] = p_T exactly, so the
-                           loss is an unbiased estimate of full-vocabulary cross-entropy to the teacher;
-       renormalized:       K distinct ids drawn without replacement (Gumbel top-K), weighted
-                           p_T(v) / sum_{u in S_t} p_T(u): the report's "zero the rest, renormalise" (biased);
-  3. the student is trained with cross-entropy on that sparse target, L_t = -sum_{v in S_t} q(v) log p_S(v),
-     where log p_S is the student's full-vocabulary log-softmax.
-The student's log-softmax is computed over chunks of target positions with activation checkpointing, so
-the B x T x V logits are never materialised (only one chunk x V block at a time, in fwd and in bwd).
-
-The stage: teacher targets come from Ray workers (posttrain/teacher.py, cached); training reuses HF's
-Trainer (gradient accumulation, DeepSpeed/accelerate pass-through, checkpoints, exact resume) with this
-loss; checkpoints are published atomically; the output is an HF dir with posttrain.json and DONE last.
+Teacher targets come from Ray workers (posttrain/teacher.py, cached); training reuses HF's Trainer (gradient
+accumulation, DeepSpeed/accelerate pass-through, checkpoints, exact resume) with kd's sparse loss;
+checkpoints are published atomically; the output is an HF dir with posttrain.json and DONE last.
 """
 
 from __future__ import annotations
@@ -27,83 +14,13 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from posttrain import artifacts, config as cfg
+from posttrain import artifacts, kd
+from posttrain import config as cfg
 from posttrain.config import doc
 from posttrain.errors import UserError
-
-# ----------------------------------------------------------------------------------------------------
-# 1-2. Sparse teacher targets
-
-
-def sample_targets(teacher_logits: torch.Tensor, k: int, *, temperature: float = 1.0,
-                   estimator: str = "unbiased", generator: torch.Generator | None = None):
-    """(N, V) teacher logits -> (ids int32 (N, k), weights fp16 (N, k)); padding slots have weight 0."""
-    logp = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    n, vocab = logp.shape
-    if estimator == "unbiased":
-        ids = torch.multinomial(logp.exp(), k, replacement=True, generator=generator)
-        ids, _ = ids.sort(dim=-1)
-        weights = torch.full((n, k), 1.0 / k)
-    elif estimator == "renormalized":
-        kk = min(k, vocab)
-        uniform = torch.rand(logp.shape, generator=generator).clamp_(1e-20, 1.0)
-        ids = torch.topk(logp - torch.log(-torch.log(uniform)), kk, dim=-1).indices  # Gumbel top-k
-        ids, _ = ids.sort(dim=-1)
-        p = logp.gather(-1, ids).exp()
-        weights = p / p.sum(-1, keepdim=True)
-        if kk < k:
-            ids = F.pad(ids, (0, k - kk))
-            weights = F.pad(weights, (0, k - kk))
-    else:
-        raise UserError(f"unknown estimator '{estimator}' (expected 'unbiased' or 'renormalized')")
-    return ids.to(torch.int32), weights.to(torch.float16)
-
-
-# ----------------------------------------------------------------------------------------------------
-# 3. The loss
-
-
-def _chunk_ce(hidden: torch.Tensor, lm_head: torch.nn.Module, ids: torch.Tensor, weights: torch.Tensor,
-              softcap: float | None) -> torch.Tensor:
-    logits = lm_head(hidden)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    logits = logits.float()
-    logp = logits.gather(-1, ids.long()) - torch.logsumexp(logits, dim=-1, keepdim=True)
-    return -(weights.float() * logp).sum()
-
-
-def sparse_kd_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, target_ids: torch.Tensor,
-                   target_weights: torch.Tensor, *, chunk_size: int = 256, softcap: float | None = None):
-    """Sum over target positions of -sum_k w_k log p_S(id_k). `hidden` holds only the target positions
-    (N, D); each chunk's logits are recomputed in backward instead of stored."""
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk_size):
-        sl = slice(start, start + chunk_size)
-        args = (hidden[sl], lm_head, target_ids[sl], target_weights[sl], softcap)
-        if torch.is_grad_enabled():
-            total = total + checkpoint(_chunk_ce, *args, use_reentrant=False)
-        else:
-            total = total + _chunk_ce(*args)
-    return total
-
-
-def full_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0):
-    """Exact full-vocabulary cross-entropy to the teacher, summed over positions (the reference)."""
-    p_t = F.softmax(teacher_logits.float() / temperature, dim=-1)
-    return -(p_t * F.log_softmax(student_logits.float(), dim=-1)).sum()
-
-
-def target_positions(loss_mask: list[bool]) -> list[int]:
-    """Positions p whose next token p+1 is a model-turn token: where the student predicts a target."""
-    return [p for p in range(len(loss_mask) - 1) if loss_mask[p + 1]]
-
-
-# ----------------------------------------------------------------------------------------------------
-# The stage
+from posttrain.hooks import NO_HOOKS, Hooks
+from posttrain.models import Lora
 
 
 @dataclasses.dataclass
@@ -136,10 +53,7 @@ class Config:
     logit_chunk: int = doc(256, "target positions per student log-softmax chunk")
     bf16: bool = doc(True, "bf16 autocast for student forward/backward (fp32 master weights and softmax)")
     freeze_embeddings: bool = doc(False, "freeze the (tied) embedding / LM head matrix")
-    lora_r: int = doc(0, "LoRA rank (0 = full fine-tuning)")
-    lora_alpha: int = doc(16, "LoRA alpha")
-    lora_dropout: float = doc(0.0, "LoRA dropout")
-    lora_target_modules: list[str] = doc(["q_proj", "k_proj", "v_proj", "o_proj"], "LoRA target modules")
+    lora: Lora = doc(Lora(), "LoRA adapters (lora.r = 0: full fine-tuning; adapters are merged into the output)")
     save_steps: int = doc(50, "checkpoint every N optimizer steps (atomic)")
     save_total_limit: int = doc(2, "checkpoints kept")
     logging_steps: int = doc(1, "log metrics every N steps")
@@ -165,17 +79,6 @@ def _collate(batch: list[dict], pad_id: int) -> dict:
             "target_ids": torch.cat(ids), "target_weights": torch.cat(weights)}
 
 
-def kd_forward(model, batch: dict, chunk: int) -> tuple[torch.Tensor, int]:
-    """(summed loss, target count) for a collated batch."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    hidden = hidden.reshape(-1, hidden.shape[-1])[batch["target_pos"]]
-    softcap = getattr(base.config, "final_logit_softcapping", None)
-    loss = sparse_kd_loss(hidden, base.lm_head, batch["target_ids"], batch["target_weights"],
-                          chunk_size=chunk, softcap=softcap)
-    return loss, int(batch["target_pos"].numel())
-
-
 def _make_trainer(model, train_set, eval_set, config: Config, out: Path, pad_id: int, callbacks: list):
     from transformers import Trainer, TrainingArguments
     from trl.models.utils import _ForwardRedirection
@@ -190,9 +93,9 @@ def _make_trainer(model, train_set, eval_set, config: Config, out: Path, pad_id:
             # gathers the partitioned weights of every submodule we call, the chunked LM head included.
             inner = self.accelerator.unwrap_model(model)
             if inner is model:
-                loss, n = kd_forward(model, inputs, config.logit_chunk)
+                loss, n = kd.kd_forward(model, inputs, config.logit_chunk)
             else:
-                loss, n = _ForwardRedirection()(model, inner, lambda b: kd_forward(inner, b, config.logit_chunk),
+                loss, n = _ForwardRedirection()(model, inner, lambda b: kd.kd_forward(inner, b, config.logit_chunk),
                                                 inputs)
             return loss / max(n, 1)
 
@@ -232,25 +135,18 @@ def _eval_loss(model, examples: list[dict], config: Config, pad_id: int) -> floa
         chunk = examples[start:start + config.batch_size]
         batch = {k: v.to(device) for k, v in _collate(chunk, pad_id).items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss, n = kd_forward(model, batch, config.logit_chunk)
+            loss, n = kd.kd_forward(model, batch, config.logit_chunk)
         total += (loss / max(n, 1)).item() * len(chunk)
         count += len(chunk)
     model.train()
     return total / count
 
 
-def run(config: Config) -> Path:
+def prepare(config: Config) -> dict:
+    """The student's init dir, tokenizer and tokenised examples with their teacher targets (computed by the main
+    rank, read from the cache by the others), split into eval and train sets."""
     from posttrain import data, models, teacher
-    from posttrain.checkpoint import latest_checkpoint, metrics_callbacks, ranks, shared_staging, truncate_metrics
 
-    torch.manual_seed(config.seed)
-    # Multi-process launch: the main rank prepares the output dir, the student and the teacher targets; the
-    # other ranks wait, then find them in the cache.
-    main, barrier = ranks()
-    if not main:
-        barrier()
-    out = artifacts.prepare_output(config.output_dir, overwrite=config.overwrite, resume=config.resume) if main \
-        else Path(config.output_dir)
     rows = data.read_rows(config.data)[: config.max_examples]
     teacher_dir = models.resolve(config.teacher)
     student_dir = models.resolve(config.student)
@@ -261,59 +157,82 @@ def run(config: Config) -> Path:
     if teacher_vocab != tokenizer.get_vocab():
         raise UserError(f"teacher {config.teacher} and student {config.student} have different tokenizers; "
                         "sampled-logit KD needs a shared vocabulary")
-
     examples = data.tokenize_rows(tokenizer, rows, config.max_length)
     for ex in examples:
-        ex["positions"] = target_positions(ex["loss_mask"])
+        ex["positions"] = kd.target_positions(ex["loss_mask"])
     targets = teacher.build_targets(examples, teacher_spec=str(teacher_dir), config=config)
     for ex, (ids, weights) in zip(examples, teacher.load_targets(targets)):
         ex["target_ids"], ex["target_weights"] = ids, weights
     if len(examples) <= config.eval_size:
         raise UserError(f"{config.data}: {len(examples)} rows, need more than eval_size={config.eval_size}")
-    eval_set, train_set = examples[: config.eval_size], examples[config.eval_size:]
-    if main:
-        barrier()
+    return {"teacher_dir": teacher_dir, "student_dir": student_dir, "tokenizer": tokenizer, "targets": targets,
+            "eval_set": examples[: config.eval_size], "train_set": examples[config.eval_size:]}
 
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
-    if config.freeze_embeddings:
-        model.get_input_embeddings().weight.requires_grad_(False)
-    model = models.apply_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-                              target_modules=config.lora_target_modules)
-    trainer = _make_trainer(model, train_set, eval_set, config, out, tokenizer.pad_token_id,
-                            metrics_callbacks(out, main))
-    resume_from = latest_checkpoint(out) if config.resume else None
-    if main:
-        truncate_metrics(out / "metrics.jsonl", int(resume_from.rsplit("-", 1)[1]) if resume_from else 0)
-    before = _eval_loss(model, eval_set, config, tokenizer.pad_token_id)  # before the Trainer wraps the model
-    trainer.train(resume_from_checkpoint=resume_from)
-    after = trainer.evaluate()["eval_loss"]
+def save_student(trainer, tokenizer, out: Path, main: bool, merge_lora: bool) -> None:
+    """The trained student as an HF dir at the top of `out`: every rank writes into one staging dir (save_model
+    gathers ZeRO-3 partitions on all of them), the main rank moves it into place."""
+    from posttrain.checkpoint import shared_staging
 
-    # one dir for every rank: save_model gathers ZeRO-3 partitions on all of them
     with shared_staging(out / ".model.staging", main, trainer.accelerator.wait_for_everyone) as staging:
-        if config.lora_r > 0:
+        if merge_lora:
             if main:
                 trainer.model.merge_and_unload().save_pretrained(staging)
         else:
             trainer.save_model(str(staging))  # gathers ZeRO-3 partitions (stage3_gather_16bit_weights_on_model_save)
     if not main:
-        return out  # the main rank publishes the model, writes the manifest and DONE
+        return
     tokenizer.save_pretrained(staging)
     for item in staging.iterdir():
         os.replace(item, out / item.name)
     staging.rmdir()
-    from posttrain import cluster
+
+
+def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    from posttrain import cluster, hooks as hooks_, models
+    from posttrain.checkpoint import latest_checkpoint, metrics_callbacks, ranks, truncate_metrics
+
+    torch.manual_seed(config.seed)
+    # Multi-process launch: the main rank prepares the output dir, the student and the teacher targets; the
+    # other ranks wait, then find them in the cache.
+    main, barrier = ranks()
+    if not main:
+        barrier()
+    out = artifacts.prepare_output(config.output_dir, overwrite=config.overwrite, resume=config.resume) if main \
+        else Path(config.output_dir)
+    prep = prepare(config)
+    if main:
+        barrier()
+
+    model = AutoModelForCausalLM.from_pretrained(prep["student_dir"], dtype=torch.float32)
+    if config.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    model = models.apply_lora(model, config.lora)
+    pad_id = prep["tokenizer"].pad_token_id
+    trainer = _make_trainer(model, prep["train_set"], prep["eval_set"], config, out, pad_id,
+                            metrics_callbacks(out, main) + [hooks_.trainer_callback(hooks)])
+    resume_from = latest_checkpoint(out) if config.resume else None
+    if main:
+        truncate_metrics(out / "metrics.jsonl", int(resume_from.rsplit("-", 1)[1]) if resume_from else 0)
+    before = _eval_loss(model, prep["eval_set"], config, pad_id)  # before the Trainer wraps the model
+    trainer.train(resume_from_checkpoint=resume_from)
+    after = trainer.evaluate()["eval_loss"]
+    save_student(trainer, prep["tokenizer"], out, main, config.lora.r > 0)
+    if not main:
+        return out  # the main rank publishes the model, writes the manifest and DONE
 
     summary = {"eval_kd_loss_before": before, "eval_kd_loss_after": after,
-               "train_examples": len(train_set), "steps": trainer.state.global_step}
-    artifacts.write_manifest(out, stage="sft", config=cfg.to_dict(config), extra={"summary": summary, "ray": cluster.describe()},
-                             inputs={"data": config.data, "data_sha256": artifacts.file_sha256(config.data)
-                                     if Path(config.data).is_file() else None,
-                                     "teacher": str(teacher_dir), "student_init": str(student_dir),
-                                     "student_init_sha256": artifacts.dir_sha256(student_dir),
-                                     "targets": str(targets), "targets_key": json.loads(
-                                         (targets / "manifest.json").read_text())["inputs"]})
+               "train_examples": len(prep["train_set"]), "steps": trainer.state.global_step}
+    targets = prep["targets"]
+    inputs = {"data": config.data, "data_sha256": artifacts.file_sha256(config.data)
+              if Path(config.data).is_file() else None,
+              "teacher": str(prep["teacher_dir"]), "student_init": str(prep["student_dir"]),
+              "student_init_sha256": artifacts.dir_sha256(prep["student_dir"]),
+              "targets": str(targets), "targets_key": json.loads((targets / "manifest.json").read_text())["inputs"]}
+    artifacts.write_manifest(out, stage="sft", config=cfg.to_dict(config), inputs=inputs,
+                             extra={"summary": summary, "ray": cluster.describe()})
     artifacts.mark_done(out)
     _print_summary(summary)
     return out

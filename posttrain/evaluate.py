@@ -16,12 +16,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-from posttrain import artifacts
+from posttrain import artifacts, scoring
 from posttrain import config as cfg
 from posttrain.config import doc
 from posttrain.errors import UserError
 
-SKIP_COLUMNS = ("messages", "_where")
 
 
 @dataclasses.dataclass
@@ -31,10 +30,8 @@ class Config:
     data: list[str] = doc(["data/demo/eval_math.jsonl", "data/demo/eval_code.jsonl"],
                           "held-out eval files (.jsonl, .parquet or datasets dirs): rows with 'messages' plus "
                           "the rewards' columns (answer; prompt/test/entry_point or tests)")
-    rewards: list[str] = doc(["math", "code"], "rewards: built-in names (math, code, format, reward_model), "
-                             "package.module:function or path/to/file.py:function")
-    reward_model: str | None = doc(None, "reward-model dir (a `posttrain rm` output) for the reward_model reward")
-    reward_weights: list[float] | None = doc(None, "one weight per reward for the combined score (default 1)")
+    rewards: scoring.Rewards = doc(scoring.Rewards(timeout=300.0), "the rewards and how they run (names, "
+                                   "weights, ...)")
     output_dir: str = doc("runs/eval", "where report.json, completions.jsonl and metrics go")
     max_examples: int | None = doc(None, "evaluate only the first N rows of each file (None = all)")
     samples: int = doc(4, "sampled completions per prompt (n) for pass@k; 0 = greedy only")
@@ -44,11 +41,6 @@ class Config:
     max_new_tokens: int = doc(256, "generation budget per completion")
     batch_size: int = doc(8, "prompts per generation batch")
     seed: int = doc(0, "seed for sampling")
-    reward_timeout: float = doc(300.0, "hard wall-clock limit per reward call, in seconds")
-    reward_batch_size: int = doc(64, "samples per reward call (calls run in parallel in the workers)")
-    reward_workers: int = doc(2, "reward worker processes")
-    code_timeout: float = doc(10.0, "wall-clock limit per program run by the code reward, in seconds")
-    sandbox_isolation: str = doc("bwrap", "code sandbox: 'bwrap', or 'rlimits' (no isolation: unsafe)")
     bf16: bool = doc(True, "generate with the model in bf16 (~6x faster than fp32 on CPU here; scores are of "
                      "sampled text, so bf16 rounding only changes which samples are drawn)")
     torch_threads: int | None = doc(None, "CPU threads for generation (None = torch's default); 1 avoids "
@@ -67,61 +59,12 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def _check(config: Config) -> None:
-    if not config.rewards:
-        raise UserError("eval needs at least one reward (--rewards math,code)")
-    if config.reward_weights is not None and len(config.reward_weights) != len(config.rewards):
-        raise UserError(f"reward_weights has {len(config.reward_weights)} values for {len(config.rewards)} rewards")
-    if config.samples < 0 or min(config.max_new_tokens, config.batch_size, config.reward_batch_size) < 1:
-        raise UserError("samples must be >= 0; max_new_tokens, batch_size and reward_batch_size >= 1")
+    scoring.check(config.rewards)
+    if config.samples < 0 or min(config.max_new_tokens, config.batch_size) < 1:
+        raise UserError("samples must be >= 0; max_new_tokens and batch_size >= 1")
     bad = [k for k in config.pass_k if k < 1 or k > config.samples]
     if config.samples and bad:
         raise UserError(f"pass_k values {bad} must be between 1 and samples={config.samples}")
-    if config.sandbox_isolation not in ("bwrap", "rlimits"):
-        raise UserError(f"sandbox_isolation must be 'bwrap' or 'rlimits', got '{config.sandbox_isolation}'")
-
-
-def build_rewards(config) -> list:
-    """The config's rewards (fields rewards, reward_weights, reward_model, reward_timeout, reward_batch_size,
-    code_timeout, sandbox_isolation), each checked loadable now. A `module:function` reward is named by its
-    function in logs and reports (its full spec when two share a function name)."""
-    import rewards
-
-    weights = config.reward_weights or [1.0] * len(config.rewards)
-    short = [spec.rsplit(":", 1)[-1] for spec in config.rewards]
-    out = []
-    for spec, weight, name in zip(config.rewards, weights, short):
-        options = {}
-        if spec == "code":
-            options = {"timeout": config.code_timeout, "isolation": config.sandbox_isolation}
-        elif spec == "reward_model":
-            if not config.reward_model:
-                raise UserError("the reward_model reward needs --reward_model DIR (a `posttrain rm` output)")
-            artifacts.require_done(config.reward_model, "reward model")
-            options = {"model": config.reward_model}
-        try:
-            rewards.load(spec, **options)  # fail now, with a clear message, not inside a worker
-        except rewards.RewardSpecError as e:
-            raise UserError(str(e)) from None
-        out.append(rewards.Reward(spec, weight=weight, options=options, timeout=config.reward_timeout,
-                                  batch_size=config.reward_batch_size,
-                                  name=name if short.count(name) == 1 else spec))
-    if "code" in config.rewards:
-        import sandboxes
-
-        try:
-            sandboxes.check(sandboxes.Limits(isolation=config.sandbox_isolation))
-        except sandboxes.SandboxUnavailable as e:
-            raise UserError(str(e)) from None
-    return out
-
-
-def prompt_messages(row: dict) -> list[dict]:
-    messages = list(row["messages"])
-    while messages and messages[-1]["role"] in ("assistant", "model"):
-        messages.pop()  # the reference reply is not part of the prompt
-    if not messages:
-        raise UserError(f"{row.get('_where', '?')}: no user turn to prompt with")
-    return messages
 
 
 def generate(model, tokenizer, prompts: list[list[int]], *, n: int, sample: bool, config: Config) -> list[list[str]]:
@@ -197,14 +140,75 @@ def _print_table(report: dict, pass_k: list[int]) -> None:
     Console().print(table)
 
 
-def run(config: Config) -> Path:
+def generate_all(config: Config, model_dir: Path, prompts: list[list[int]]) -> tuple[list[str], list[list[str]]]:
+    """The greedy completion and `samples` sampled completions of every prompt."""
+    import torch
+
+    from posttrain import models
+
+    model, tokenizer = models.load_causal_lm(str(model_dir), torch.bfloat16 if config.bf16 else torch.float32)
+    model.eval()
+    threads = torch.get_num_threads()
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    try:
+        greedy = [c[0] for c in generate(model, tokenizer, prompts, n=1, sample=False, config=config)]
+        samples = generate(model, tokenizer, prompts, n=config.samples, sample=True, config=config) \
+            if config.samples else [[] for _ in prompts]
+    finally:
+        torch.set_num_threads(threads)
+    return greedy, samples
+
+
+def score_all(config: Config, reward_list, rows: list[dict], messages: list, greedy: list[str],
+              samples: list[list[str]]):
+    """(greedy Scores, sampled Scores or None) from the reward workers."""
     import rewards
     from rewards.workers import Workers
 
+    n = config.samples
+    with Workers(processes=config.rewards.workers) as workers:
+        g = rewards.score(reward_list, messages, greedy, scoring.columns(rows), workers=workers)
+        flat = [s for row in samples for s in row]
+        s = rewards.score(reward_list, [m for m in messages for _ in range(n)], flat,
+                          scoring.columns(rows, [n] * len(rows)), workers=workers) if flat else None
+    return g, s
+
+
+def write_completions(path: Path, rows: list[dict], greedy: list[str], samples: list[list[str]], g, s,
+                      names: list[str], n: int) -> None:
+    """Every completion with its scores and, where a score is None, why."""
+    with open(path, "w") as f:
+        for i, row in enumerate(rows):
+            rec = {"id": row.get("id", i), "where": row.get("_where"), "greedy": greedy[i],
+                   "greedy_scores": {k: g.per_reward[k][i] for k in names},
+                   "greedy_reasons": {k: g.reasons[k][i] for k in names if g.reasons[k][i]},
+                   "samples": samples[i]}
+            if s is not None:
+                span = range(i * n, (i + 1) * n)
+                rec["sample_scores"] = {k: [s.per_reward[k][j] for j in span] for k in names}
+                rec["sample_reasons"] = {k: [s.reasons[k][j] for j in span] for k in names
+                                         if any(s.reasons[k][j] for j in span)}
+            f.write(json.dumps(rec) + "\n")
+
+
+def write_metrics(out: Path, report: dict) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    flat_metrics = {f"{name}/{k}": v for name, res in [*report["per_reward"].items(),
+                                                       ("overall", report["overall"])]
+                    for k, v in res.items() if isinstance(v, (int, float))}
+    (out / "metrics.jsonl").write_text(json.dumps({"step": 0, **flat_metrics}) + "\n")
+    with SummaryWriter(str(out / "tensorboard")) as tb:
+        for key, value in flat_metrics.items():
+            tb.add_scalar(f"eval/{key}", value, 0)
+
+
+def run(config: Config) -> Path:
     from posttrain import data, models
 
     _check(config)
-    reward_list = build_rewards(config)
+    reward_list = scoring.build(config.rewards)
     rows = []
     for path in config.data:
         rows += data.read_rows(path)[: config.max_examples]
@@ -213,33 +217,13 @@ def run(config: Config) -> Path:
     model_dir = models.resolve(config.model)  # before the output dir exists: a bad spec leaves nothing behind
     out = artifacts.prepare_output(config.output_dir, overwrite=config.overwrite, resume=False)
 
-    import torch
-
-    model, tokenizer = models.load_causal_lm(str(model_dir), torch.bfloat16 if config.bf16 else torch.float32)
-    model.eval()
-    messages = [prompt_messages(r) for r in rows]
+    tokenizer = models.load_tokenizer(str(model_dir))
+    messages = [data.prompt_messages(r) for r in rows]
     prompts = [data.prompt_ids(tokenizer, m) for m in messages]
     print(f"[posttrain eval] generating for {len(rows)} prompts (greedy + {config.samples} samples)", flush=True)
-    threads = torch.get_num_threads()
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
-    try:
-        greedy = [c[0] for c in generate(model, tokenizer, prompts, n=1, sample=False, config=config)]
-        samples = generate(model, tokenizer, prompts, n=config.samples, sample=True, config=config) \
-            if config.samples else [[] for _ in rows]
-    finally:
-        torch.set_num_threads(threads)
-    del model
-
-    keys = sorted({k for r in rows for k in r if k not in SKIP_COLUMNS})
-    columns = {k: [r.get(k) for r in rows] for k in keys}
+    greedy, samples = generate_all(config, model_dir, prompts)
+    g, s = score_all(config, reward_list, rows, messages, greedy, samples)
     names = [r.name for r in reward_list]
-    with Workers(processes=config.reward_workers) as workers:
-        g = rewards.score(reward_list, messages, greedy, columns, workers=workers)
-        flat = [s for row in samples for s in row]
-        rep = {k: [v for v in vals for _ in range(config.samples)] for k, vals in columns.items()}
-        s = rewards.score(reward_list, [m for m in messages for _ in range(config.samples)], flat, rep,
-                          workers=workers) if flat else None
     sampled = {}
     if s is not None:
         sampled = {name: [s.per_reward[name][i * config.samples:(i + 1) * config.samples]
@@ -248,27 +232,8 @@ def run(config: Config) -> Path:
     report = {"model": config.model, "data": config.data, "rows": len(rows), "samples": config.samples,
               "rewards": {r.name: r.weight for r in reward_list},
               **summarize(names, g.per_reward, sampled, g.combined, config.pass_k if config.samples else [])}
-    with open(out / "completions.jsonl", "w") as f:
-        for i, row in enumerate(rows):
-            rec = {"id": row.get("id", i), "where": row.get("_where"), "greedy": greedy[i],
-                   "greedy_scores": {n: g.per_reward[n][i] for n in names},
-                   "greedy_reasons": {n: g.reasons[n][i] for n in names if g.reasons[n][i]},
-                   "samples": samples[i]}
-            if s is not None:
-                span = range(i * config.samples, (i + 1) * config.samples)
-                rec["sample_scores"] = {n: [s.per_reward[n][j] for j in span] for n in names}
-                rec["sample_reasons"] = {n: [s.reasons[n][j] for j in span] for n in names
-                                         if any(s.reasons[n][j] for j in span)}
-            f.write(json.dumps(rec) + "\n")
-    flat_metrics = {f"{name}/{k}": v for name, res in [*report["per_reward"].items(),
-                                                       ("overall", report["overall"])]
-                    for k, v in res.items() if isinstance(v, (int, float))}
-    (out / "metrics.jsonl").write_text(json.dumps({"step": 0, **flat_metrics}) + "\n")
-    from torch.utils.tensorboard import SummaryWriter
-
-    with SummaryWriter(str(out / "tensorboard")) as tb:
-        for key, value in flat_metrics.items():
-            tb.add_scalar(f"eval/{key}", value, 0)
+    write_completions(out / "completions.jsonl", rows, greedy, samples, g, s, names, config.samples)
+    write_metrics(out, report)
     artifacts.atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     inputs = {"model": config.model, "data": {p: artifacts.file_sha256(p) if Path(p).is_file() else None
                                               for p in config.data}}

@@ -363,14 +363,17 @@ def run_filters(config: Config, inp: Input, chain, tmp: str) -> Results:
 
 # --------------------------------------------------------------------------------------------- writing
 def run(config: Config) -> str:
-    from data_filters import FILTERS, build_chain
+    from data_filters import FILTERS, FilterError, build_chain
 
     if config.on_bad_row not in ("reject", "error"):
         raise UserError(f"on_bad_row must be 'reject' or 'error', got {config.on_bad_row!r}")
     if config.batch_size < 1:
         raise UserError("batch_size must be >= 1")
     options = {name: getattr(config, name) for name in FILTERS if getattr(config, name)}
-    chain = build_chain(config.filters, options)  # all config errors surface before any output is touched
+    try:
+        chain = build_chain(config.filters, options)  # all config errors surface before any output is touched
+    except FilterError as e:  # data_filters stands alone; its errors become this stage's one-line error
+        raise UserError(str(e)) from None
     out_dir = Path(config.output)
     if out_dir.exists() and any(out_dir.iterdir()) and not config.overwrite:  # say so before the work
         state = "a finished run" if artifacts.is_done(out_dir) else "an unfinished run"

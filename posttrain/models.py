@@ -11,11 +11,13 @@ A spec is one of:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 from posttrain.artifacts import atomic_dir, dir_sha256, file_sha256, publish_dir
+from posttrain.config import doc
 from posttrain.errors import UserError
 
 EMBEDDED = "gemma3-270m"
@@ -201,11 +203,21 @@ def load_causal_lm(spec: str, dtype=None, *, layers: list[int] | None = None):
     return model, AutoTokenizer.from_pretrained(path)
 
 
-def apply_lora(model, *, r: int, alpha: int, dropout: float, target_modules: list[str]):
-    """Wrap a model with peft LoRA adapters (r > 0); r == 0 means full fine-tuning."""
-    if r <= 0:
+@dataclasses.dataclass
+class Lora:
+    """The `lora:` config section of the training stages (sft, rm, rl)."""
+
+    r: int = doc(0, "LoRA rank (0 = full fine-tuning)")
+    alpha: int = doc(16, "LoRA alpha")
+    dropout: float = doc(0.0, "LoRA dropout")
+    target_modules: list[str] = doc(["q_proj", "k_proj", "v_proj", "o_proj"], "LoRA target modules")
+
+
+def apply_lora(model, lora: Lora):
+    """Wrap a model with peft LoRA adapters (lora.r > 0); r == 0 means full fine-tuning."""
+    if lora.r <= 0:
         return model
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                                            target_modules=target_modules, task_type="CAUSAL_LM"))
+    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                            target_modules=lora.target_modules, task_type="CAUSAL_LM"))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from posttrain import artifacts
-from posttrain.distill import sample_targets
+from posttrain.kd import sample_targets
 
 FORMAT_VERSION = 1
 

@@ -39,9 +39,12 @@ from pathlib import Path
 
 import torch
 
-from posttrain import artifacts, config as cfg
+from posttrain import artifacts
+from posttrain import config as cfg
 from posttrain.config import doc
 from posttrain.errors import UserError
+from posttrain.hooks import NO_HOOKS, Hooks
+from posttrain.models import Lora
 
 # ----------------------------------------------------------------------------------------------------
 # Preference pairs
@@ -191,22 +194,21 @@ def train_member(job: dict) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(init)
     model = AutoModelForSequenceClassification.from_pretrained(init, dtype=torch.float32,
                                                                attention_dropout=job["dropout"])
-    if job.get("fail"):  # test hook (POSTTRAIN_WARM_FAIL_MEMBER): a real exception inside the Ray task
-        raise RuntimeError(f"injected failure in member {job['member']}")
-    if c["lora_r"] > 0:
+    job.get("hooks", NO_HOOKS).on_task_start(f"member {job['member']}")
+    lora = c["lora"]
+    if lora["r"] > 0:
         from peft import LoraConfig, get_peft_model
 
         # Not models.apply_lora: its CAUSAL_LM wrapper needs generation hooks a classifier lacks. SEQ_CLS
         # also trains the head in full (modules_to_save=["score"]).
-        model = get_peft_model(model, LoraConfig(r=c["lora_r"], lora_alpha=c["lora_alpha"],
-                                                 lora_dropout=c["lora_dropout"],
-                                                 target_modules=c["lora_target_modules"], task_type="SEQ_CLS"))
+        model = get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                                                 target_modules=lora["target_modules"], task_type="SEQ_CLS"))
     _freeze(model, c["freeze_embeddings"], c["freeze_layers"])
     trainer = _trainer(model, tokenizer, job["train"], job, out)
     ckpts = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     trainer.train(resume_from_checkpoint=str(ckpts[-1]) if ckpts else None)
 
-    model = trainer.model.merge_and_unload() if c["lora_r"] > 0 else trainer.model  # average merged weights
+    model = trainer.model.merge_and_unload() if lora["r"] > 0 else trainer.model  # average merged weights
     staging = artifacts.atomic_dir(out / "model")
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
@@ -308,10 +310,7 @@ class Config:
     bf16: bool = doc(True, "bf16 autocast (fp32 master weights)")
     freeze_embeddings: bool = doc(True, "freeze the token embedding matrix (262k x 640 in Gemma 3 270M)")
     freeze_layers: int = doc(0, "freeze the first N transformer layers (cheaper backward on CPU)")
-    lora_r: int = doc(0, "LoRA rank (0 = full fine-tuning); adapters are merged before averaging")
-    lora_alpha: int = doc(16, "LoRA alpha")
-    lora_dropout: float = doc(0.0, "LoRA dropout")
-    lora_target_modules: list[str] = doc(["q_proj", "k_proj", "v_proj", "o_proj"], "LoRA target modules")
+    lora: Lora = doc(Lora(), "LoRA adapters (lora.r = 0: full fine-tuning); merged before averaging")
     member_cpus: float | None = doc(None, "CPUs per member task (default: the cluster's CPUs / M)")
     member_gpus: float | None = doc(None, "GPUs per member task (default: 1 when the cluster has GPUs, else 0)")
     save_steps: int = doc(50, "member checkpoint every N steps (atomic; --resume continues from it)")
@@ -337,7 +336,7 @@ def _variant_dir(out: Path, noise: float, main_noise: float) -> Path:
     return out if noise == main_noise else out / "variants" / f"noise-{noise:g}"
 
 
-def run(config: Config) -> Path:
+def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
     from transformers import AutoTokenizer
 
     from posttrain import cluster
@@ -364,7 +363,6 @@ def run(config: Config) -> Path:
     m = config.num_members
     cpus = config.member_cpus or max(resources.get("CPU", 1) / m, 0.01)
     gpus = config.member_gpus if config.member_gpus is not None else (1 if resources.get("GPU", 0) >= 1 else 0)
-    fail = os.environ.get("POSTTRAIN_WARM_FAIL_MEMBER")
     noises = [config.label_noise] + [p for p in config.compare_label_noise if p != config.label_noise]
     jobs, flipped = [], {}
     for noise in noises:
@@ -377,8 +375,7 @@ def run(config: Config) -> Path:
                          "train_sha256": train_sha, "seed": config.seed + k,
                          "learning_rate": config.learning_rates[k % len(config.learning_rates)],
                          "dropout": config.dropouts[k % len(config.dropouts)], "config": cfg.to_dict(config),
-                         "threads": max(1, int(cpus)), "progress": len(jobs) == 0,
-                         "fail": fail is not None and str(k) == fail})
+                         "threads": max(1, int(cpus)), "progress": len(jobs) == 0, "hooks": hooks})
     print(f"[posttrain rm] {len(jobs)} members ({m} per variant, label noise {noises}) as Ray tasks with "
           f"{cpus:g} CPU / {gpus:g} GPU each; {len(train)} training pairs, {len(evals)} held out", flush=True)
     results = cluster.run_tasks(train_member, jobs, num_cpus=cpus, num_gpus=gpus,

@@ -1,5 +1,5 @@
-"""`posttrain rl --algorithm warp`: WARP, Weight Averaged Rewarded Policies (Ramé et al. 2024, arXiv 2406.16768),
-the outer loop around posttrain/rl.py's RL runs, top to bottom. The merge maths are in posttrain/merging.py.
+"""`posttrain warp`: WARP, Weight Averaged Rewarded Policies (Ramé et al. 2024, arXiv 2406.16768),
+the outer loop around posttrain/rl.py's RL runs (its config's `inner:` section is an rl config), top to bottom. The merge maths are in posttrain/merging.py.
 
     θ_init ← θ_sft
     for i = 1..I:
@@ -44,14 +44,44 @@ from pathlib import Path
 
 import torch
 
-from posttrain import artifacts, config as cfg, merging
+from posttrain import artifacts, merging, rl, scoring
+from posttrain import config as cfg
+from posttrain.config import doc
 from posttrain.errors import UserError
+from posttrain.hooks import NO_HOOKS, Hooks
 
 RETRIES = 1  # a failed run (or Pareto evaluation) runs once more before it fails the stage
 
 
-def check(config) -> None:
-    """WARP's own fields (the inner runs' fields are rl._check's)."""
+@dataclasses.dataclass
+class Config:
+    policy: str = doc("runs/demo/sft", "θ_sft, the first init: an HF dir (a `posttrain sft` output), a .gguf "
+                      "file, 'gemma3-270m' or 'tiny:...'")
+    output_dir: str = doc("runs/warp", "output dir: the final policy (HF), iter-*/, pareto/, pareto.json, plot")
+    inner: rl.Config = doc(rl.Config(), "each RL run's config (algorithm bond or reinforce, data, rewards, "
+                           "steps, ...); WARP sets its policy, output_dir, seed, resume and torch_threads per run")
+    iterations: int = doc(2, "WARP iterations I")
+    runs: int = doc(2, "RL runs M per iteration, in parallel as Ray tasks, each from the current init")
+    run_cpus: float = doc(1.0, "CPUs each run's Ray task asks for (also its torch threads)")
+    run_gpus: float = doc(0.0, "GPUs each run's Ray task asks for")
+    slerp_lambda: float | None = doc(None, "SLERP weight of the second run (M = 2; None = 0.5)")
+    liti_eta: float = doc(0.3, "LITI step, init ← (1−η)·init + η·slerp")
+    pareto_etas: list[float] = doc([0.0, 0.25, 0.5, 0.75, 1.0], "η' of the Pareto front "
+                                   "(1−η')·θ_sft + η'·θ_final, each evaluated")
+    eval_data: list[str] = doc(["data/demo/eval_math.jsonl", "data/demo/eval_code.jsonl"],
+                               "held-out files the Pareto front is evaluated on (with inner.rewards)")
+    eval_max_examples: int | None = doc(None, "evaluate only the first N rows of each eval file")
+    eval_samples: int = doc(4, "sampled completions per eval prompt (pass@k)")
+    seed: int = doc(0, "run m of iteration i has seed seed + (i − 1)·runs + m − 1")
+    ray_address: str | None = doc(None, "Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
+    resume: bool = doc(False, "continue an unfinished WARP: finished runs and iterations are kept")
+    overwrite: bool = doc(False, "replace a finished run in output_dir")
+
+
+def check(config: Config) -> None:
+    """WARP's own fields, then the inner runs' (rl.check)."""
+    if config.iterations < 1 or config.runs < 2:
+        raise UserError(f"WARP needs iterations >= 1 and runs >= 2 (got {config.iterations}, {config.runs})")
     if config.slerp_lambda is not None and (config.runs != 2 or not 0.0 <= config.slerp_lambda <= 1.0):
         raise UserError(f"slerp_lambda applies to runs=2 and must be in [0, 1] (got {config.slerp_lambda} with "
                         f"runs={config.runs}; more runs are merged with equal weights)")
@@ -66,6 +96,7 @@ def check(config) -> None:
         raise UserError("the Pareto front needs eval_data (held-out prompt files)")
     if config.eval_samples < 0 or config.run_cpus <= 0 or config.run_gpus < 0:
         raise UserError("eval_samples and run_gpus must be >= 0, run_cpus > 0")
+    rl.check(config.inner)
 
 
 def _eta_name(eta: float) -> str:
@@ -97,13 +128,14 @@ def sft_weights(policy_dir: Path, out: Path) -> Path:
 # 1. One RL run (a Ray task)
 
 
-def run_config(config, init: Path, out: Path, iteration: int, run: int):
-    """The inner run's config: the inner algorithm from the current init, its own seed, one process (no
-    generation actors; `run_cpus` torch threads), always resuming from its own checkpoints when it has any."""
+def run_config(config: Config, init: Path, out: Path, iteration: int, run: int) -> rl.Config:
+    """The inner run's config: from the current init, its own seed, one process (no generation actors;
+    `run_cpus` torch threads), always resuming from its own checkpoints when it has any."""
     return dataclasses.replace(
-        config, algorithm=config.inner, policy=str(init), output_dir=str(out),
+        config.inner, policy=str(init), output_dir=str(out),
         seed=config.seed + (iteration - 1) * config.runs + run - 1, generation_workers=0,
-        torch_threads=max(1, round(config.run_cpus)), resume=True, overwrite=False)
+        torch_threads=max(1, round(config.run_cpus)), ray_address=config.ray_address, resume=True,
+        overwrite=False)
 
 
 @contextlib.contextmanager
@@ -119,30 +151,25 @@ def error_log(path: Path):
     path.unlink(missing_ok=True)
 
 
-def run_jobs(config, init: Path, idir: Path, i: int) -> list[dict]:
+def run_jobs(config: Config, init: Path, idir: Path, i: int, hooks: Hooks = NO_HOOKS) -> list[dict]:
     """The Ray task inputs of iteration i's unfinished runs (out: iter-<i>/run-<m>)."""
-    fail = os.environ.get("POSTTRAIN_WARP_FAIL_RUN")
     jobs = []
     for m in range(1, config.runs + 1):
         out = idir / f"run-{m}"
         if not artifacts.is_done(out):
             jobs.append({"config": run_config(config, init, out, i, m), "out": str(out), "log": str(out / "error.log"),
-                         "name": f"{idir.name}/{out.name}", "iteration": i, "run": m,
-                         "fail": fail == f"{idir.name}/{out.name}"})
+                         "name": f"{idir.name}/{out.name}", "iteration": i, "run": m, "hooks": hooks})
     return jobs
 
 
 def train_run(job: dict) -> dict:
     """rl.train into job['out'] (continuing from its latest checkpoint if an earlier attempt left one), then
     the run's posttrain.json and DONE."""
-    from posttrain import rl
-
     config, out = job["config"], Path(job["out"])
     out.mkdir(parents=True, exist_ok=True)
     with error_log(Path(job["log"])):
-        if job["fail"]:  # test hook (POSTTRAIN_WARP_FAIL_RUN=iter-<i>/run-<m>): a real exception in the task
-            raise RuntimeError(f"injected failure in {job['name']}")
-        summary = rl.train(config, out)
+        job["hooks"].on_task_start(job["name"])
+        summary = rl.train(config, out, job["hooks"])
     artifacts.write_manifest(out, stage="rl", config=cfg.to_dict(config),
                              inputs={"policy": config.policy, "data": config.data},
                              extra={"summary": summary, "warp": {"iteration": job["iteration"], "run": job["run"]}})
@@ -213,17 +240,17 @@ def estimate_kl(model_dir: Path, sft_dir: Path, config) -> float:
     the front's points differ by their model, not by their draw. Both log-probs are recomputed teacher-forced
     in fp32 by one code path, so η' = 0 gives exactly 0."""
     from posttrain import data, models, rollout
-    from posttrain.evaluate import prompt_messages
 
     rows = [r for path in config.eval_data for r in data.read_rows(path)[: config.eval_max_examples]]
     policy, tokenizer = models.load_causal_lm(str(model_dir))
     sft, _ = models.load_causal_lm(str(sft_dir))
-    sampler = copy.deepcopy(policy).to(torch.bfloat16) if config.bf16 else policy
-    prompts = [data.prompt_ids(tokenizer, prompt_messages(r)) for r in rows]
+    sampler = copy.deepcopy(policy).to(torch.bfloat16) if config.inner.bf16 else policy
+    prompts = [data.prompt_ids(tokenizer, data.prompt_messages(r)) for r in rows]
     n, total, count = max(1, config.eval_samples), 0.0, 0
-    for start in range(0, len(prompts), config.generation_batch):
-        batch = prompts[start:start + config.generation_batch]
-        r = rollout.sample(sampler, tokenizer, batch, n, max_new_tokens=config.max_new_tokens, temperature=1.0,
+    batch_size = config.inner.generation_batch
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        r = rollout.sample(sampler, tokenizer, batch, n, max_new_tokens=config.inner.max_new_tokens, temperature=1.0,
                            generator=torch.Generator().manual_seed(config.seed + start))
         logp = rollout.sequence_logprobs(policy, batch, r.prompt_index, r.tokens, r.mask).sum(-1)
         logp_sft = rollout.sequence_logprobs(sft, batch, r.prompt_index, r.tokens, r.mask).sum(-1)
@@ -257,14 +284,12 @@ def evaluate_point(job: dict) -> dict:
         kl = estimate_kl(point, Path(job["sft"]), config)
         artifacts.atomic_write_text(point / "kl.json", json.dumps({"kl": kl}))
         evaluate.run(evaluate.Config(
-            model=str(point), data=list(config.eval_data), rewards=list(config.rewards),
-            reward_model=config.reward_model, reward_weights=config.reward_weights, output_dir=str(out),
-            max_examples=config.eval_max_examples, samples=config.eval_samples,
+            model=str(point), data=list(config.eval_data), rewards=copy.deepcopy(config.inner.rewards),
+            output_dir=str(out), max_examples=config.eval_max_examples, samples=config.eval_samples,
             pass_k=sorted({1, config.eval_samples}) if config.eval_samples else [],
-            temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
-            seed=config.seed, reward_timeout=config.reward_timeout, reward_batch_size=config.reward_batch_size,
-            reward_workers=config.reward_workers, code_timeout=config.code_timeout,
-            sandbox_isolation=config.sandbox_isolation, bf16=config.bf16, torch_threads=threads, overwrite=True))
+            temperature=config.inner.temperature, top_p=config.inner.top_p,
+            max_new_tokens=config.inner.max_new_tokens, seed=config.seed, bf16=config.inner.bf16,
+            torch_threads=threads, overwrite=True))
     return {"kl": kl}
 
 
@@ -343,57 +368,58 @@ def link_model(src: Path, out: Path) -> None:
     staging.rmdir()
 
 
-def run(config, out: Path, policy_dir: Path) -> Path:
-    """WARP from `policy_dir` into the prepared output dir `out` (called by rl.run)."""
-    from torch.utils.tensorboard import SummaryWriter
-
+def check_resources(config: Config) -> None:
+    """Refuse runs bigger than the embedded Ray (a cluster may autoscale; here the tasks would wait forever)."""
     from posttrain import cluster
-    from posttrain.evaluate import build_rewards
 
-    check(config)
-    build_rewards(config)  # a bad reward spec fails here, not in every Ray task
-    out = out.resolve()  # Ray workers need not share the driver's working directory
     have = cluster.init(config.ray_address).cluster_resources()
     too_big = config.run_cpus > have.get("CPU", 0) or config.run_gpus > have.get("GPU", 0)
-    if too_big and cluster.describe()["embedded"]:  # (a cluster may autoscale; here the tasks would wait forever)
+    if too_big and cluster.describe()["embedded"]:
         raise UserError(f"a run asks for {config.run_cpus:g} CPU / {config.run_gpus:g} GPU but this machine's Ray "
                         f"has {have.get('CPU', 0):g} CPU / {have.get('GPU', 0):g} GPU (run_cpus, run_gpus)")
-    sft = sft_weights(policy_dir, out)
-    tb = SummaryWriter(str(out / "tensorboard"))
-    init, redone, history = sft, False, []
-    for i in range(1, config.iterations + 1):
-        idir = out / f"iter-{i}"
-        record = idir / "iteration.json"
-        runs = [idir / f"run-{m}" for m in range(1, config.runs + 1)]
-        if record.is_file() and not redone:
-            history.append(json.loads(record.read_text()))
-            init = idir / "init"
-            print(f"[posttrain rl] WARP iteration {i}: finished earlier, kept", flush=True)
-            continue
-        jobs = run_jobs(config, init, idir, i)
-        print(f"[posttrain rl] WARP iteration {i}/{config.iterations}: {len(jobs)} of {config.runs} {config.inner} "
-              f"runs to train from {init} ({config.run_cpus:g} CPU / {config.run_gpus:g} GPU each)", flush=True)
-        t0 = time.perf_counter()
-        if jobs:
-            run_all(train_run, jobs, config, f"WARP iteration {i}")
-        t_runs = time.perf_counter() - t0
-        summaries = [json.loads((r / artifacts.MANIFEST).read_text())["summary"] for r in runs]
-        t0 = time.perf_counter()
-        merging.slerp(init, runs, lam=config.slerp_lambda, out_dir=idir / "slerp")
-        merging.liti(init, idir / "slerp", config.liti_eta, out_dir=idir / "init")
-        geometry = task_vector_geometry(init, runs)
-        row = iteration_metrics(i, summaries, geometry, t_runs, time.perf_counter() - t0)
-        artifacts.atomic_write_text(record, json.dumps(row, indent=2))
-        for key in ("reward_first", "reward_last", "kl_init_last", "task_vector_angle_deg"):
-            if row[key] is not None:
-                tb.add_scalar(f"warp/{key}", row[key], i)
-        history.append(row)
-        redone, init = True, idir / "init"
-    tb.close()
-    final = out / f"iter-{config.iterations}" / "slerp"
-    link_model(final, out)
-    artifacts.atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
+
+def iterate(config: Config, out: Path, sft: Path, hooks: Hooks) -> tuple[list[dict], bool]:
+    """The I iterations (runs, SLERP, LITI), skipping those finished earlier; returns their metrics and whether
+    any was (re)done."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    init, redone, history = sft, False, []
+    with SummaryWriter(str(out / "tensorboard")) as tb:
+        for i in range(1, config.iterations + 1):
+            idir = out / f"iter-{i}"
+            record = idir / "iteration.json"
+            runs = [idir / f"run-{m}" for m in range(1, config.runs + 1)]
+            if record.is_file() and not redone:
+                history.append(json.loads(record.read_text()))
+                init = idir / "init"
+                print(f"[posttrain warp] WARP iteration {i}: finished earlier, kept", flush=True)
+                continue
+            jobs = run_jobs(config, init, idir, i, hooks)
+            print(f"[posttrain warp] WARP iteration {i}/{config.iterations}: {len(jobs)} of {config.runs} "
+                  f"{config.inner.algorithm} runs to train from {init} ({config.run_cpus:g} CPU / "
+                  f"{config.run_gpus:g} GPU each)", flush=True)
+            t0 = time.perf_counter()
+            if jobs:
+                run_all(train_run, jobs, config, f"WARP iteration {i}")
+            t_runs = time.perf_counter() - t0
+            summaries = [json.loads((r / artifacts.MANIFEST).read_text())["summary"] for r in runs]
+            t0 = time.perf_counter()
+            merging.slerp(init, runs, lam=config.slerp_lambda, out_dir=idir / "slerp")
+            merging.liti(init, idir / "slerp", config.liti_eta, out_dir=idir / "init")
+            geometry = task_vector_geometry(init, runs)
+            row = iteration_metrics(i, summaries, geometry, t_runs, time.perf_counter() - t0)
+            artifacts.atomic_write_text(record, json.dumps(row, indent=2))
+            for key in ("reward_first", "reward_last", "kl_init_last", "task_vector_angle_deg"):
+                if row[key] is not None:
+                    tb.add_scalar(f"warp/{key}", row[key], i)
+            history.append(row)
+            redone, init = True, idir / "init"
+    return history, redone
+
+
+def pareto_front(config: Config, out: Path, sft: Path, final: Path, redone: bool) -> list[dict]:
+    """θ_η' for every η', each evaluated (a Ray task per point; finished points kept unless redone)."""
     points = {eta: out / "pareto" / _eta_name(eta) for eta in config.pareto_etas}
     jobs = []
     for eta, point in points.items():
@@ -402,15 +428,36 @@ def run(config, out: Path, policy_dir: Path) -> Path:
             jobs.append({"config": config, "dir": str(point), "out": str(point / "eval"), "sft": str(sft),
                          "log": str(point / "error.log"), "name": f"pareto/{point.name}"})
     if jobs:
-        print(f"[posttrain rl] WARP Pareto front: evaluating {len(jobs)} of {len(points)} points", flush=True)
+        print(f"[posttrain warp] WARP Pareto front: evaluating {len(jobs)} of {len(points)} points", flush=True)
         run_all(evaluate_point, jobs, config, "WARP Pareto front")
     rows = [pareto_row(eta, point) for eta, point in points.items()]
     artifacts.atomic_write_text(out / "pareto.json", json.dumps(rows, indent=2))
     if rows:
         plot_front(rows, out / "pareto.png")
+    return rows
 
-    artifacts.write_manifest(out, stage="rl", config=cfg.to_dict(config),
-                             inputs={"policy": str(policy_dir), "sft_weights": str(sft), "data": config.data,
+
+def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
+    """`posttrain warp`: WARP from config.policy into config.output_dir."""
+    from posttrain import cluster, models
+
+    check(config)  # before the output dir exists: bad input leaves nothing behind
+    if Path(config.policy).is_dir():
+        artifacts.require_done(config.policy, "policy")
+    policy_dir = models.resolve(config.policy)
+    scoring.build(config.inner.rewards)  # a bad reward spec fails here, not in every Ray task
+    out = artifacts.prepare_output(config.output_dir, overwrite=config.overwrite, resume=config.resume)
+    out = out.resolve()  # Ray workers need not share the driver's working directory
+    torch.manual_seed(config.seed)
+    check_resources(config)
+    sft = sft_weights(policy_dir, out)
+    history, redone = iterate(config, out, sft, hooks)
+    final = out / f"iter-{config.iterations}" / "slerp"
+    link_model(final, out)
+    artifacts.atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    rows = pareto_front(config, out, sft, final, redone)
+    artifacts.write_manifest(out, stage="warp", config=cfg.to_dict(config),
+                             inputs={"policy": str(policy_dir), "sft_weights": str(sft), "data": config.inner.data,
                                      "eval_data": config.eval_data},
                              extra={"summary": {"iterations": history, "pareto": rows}, "ray": cluster.describe()})
     artifacts.mark_done(out)

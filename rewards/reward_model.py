@@ -4,7 +4,7 @@
 
 TRL's reward contract. Prompts are user text or chat message lists; completions are text or assistant message
 lists. The RM reads `[BOS] <start_of_turn>user ... <end_of_turn> <start_of_turn>model {completion}<end_of_turn>`
-(Gemma turns, `posttrain.data`) and its scalar head is read at `<end_of_turn>`, the last token: exactly the
+(Gemma turns, `rewards.chat_format`) and its scalar head is read at `<end_of_turn>`, the last token: exactly the
 format `posttrain rm` trains on (`encode` below is shared by both).
 
 In RL, scoring runs batched on a Ray actor: wrap `RewardModelScorer` with `ray.remote` (or
@@ -31,12 +31,15 @@ def _messages(turn: Any, role: str) -> list[dict]:
 def encode(tokenizer, prompt: Any, completion: Any, max_length: int) -> list[int]:
     """Token ids of prompt + completion in Gemma turns, ending at the completion's `<end_of_turn>`.
     Longer inputs lose the start of the prompt (BOS kept): the end of the reply is what the RM scores."""
-    from posttrain import data
+    from rewards import chat_format
 
     messages = _messages(prompt, "user") + _messages(completion, "assistant")
-    data.validate_messages(messages, "reward-model input")
-    ids, _ = data.tokenize_chat(tokenizer, messages, max_length=1 << 30)
-    eot = tokenizer.convert_tokens_to_ids(data.END_OF_TURN)
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in chat_format.ROLE_NAMES or not isinstance(
+                m.get("content"), str):
+            raise ValueError(f"reward-model input: not a chat message with a known role and string content: {m!r:.200}")
+    ids, _ = chat_format.tokenize_chat(tokenizer, messages, max_length=1 << 30)
+    eot = tokenizer.convert_tokens_to_ids(chat_format.END_OF_TURN)
     while ids and ids[-1] != eot:  # drop the trailing "\n" after the last <end_of_turn>
         ids.pop()
     if len(ids) > max_length:

@@ -3,13 +3,13 @@ import json
 import pytest
 
 from data_filters import build_chain, run_chain
-from posttrain.errors import UserError
+from data_filters import FilterError
 
 
 def test_unknown_filter_names_the_closest():
-    with pytest.raises(UserError, match="unknown filter 'dedupe' \\(did you mean 'dedup'\\?\\)"):
+    with pytest.raises(FilterError, match="unknown filter 'dedupe' \\(did you mean 'dedup'\\?\\)"):
         build_chain(["pii", "dedupe"])
-    with pytest.raises(UserError, match="not in filters"):
+    with pytest.raises(FilterError, match="not in filters"):
         build_chain(["pii"], {"safety": {"roles": ["user"]}})
 
 
@@ -40,5 +40,5 @@ def test_user_filter_plugin(tmp_path):
     out = run_chain(chain, {"messages": [[{"role": "user", "content": "ok"}], [{"role": "user", "content": "long one"}]]})
     assert out["_keep"] == [False, True]
     assert json.loads(out["_reasons"][0]) == [{"filter": f"{plugin}:short", "reason": "too short"}]
-    with pytest.raises(UserError, match="has no function 'nope'"):
+    with pytest.raises(FilterError, match="has no function 'nope'"):
         build_chain([f"{plugin}:nope"])

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from data_filters import build
-from posttrain.errors import UserError
+from data_filters import FilterError
 
 EVAL_Q = ("A farmer has seventeen sheep and all but nine run away through a hole in the fence; "
           "how many sheep does the farmer have left at the end of the day?")
@@ -46,11 +46,11 @@ def test_n_is_configurable(eval_file):
 
 
 def test_missing_or_bad_eval_file(tmp_path, eval_file):
-    with pytest.raises(UserError, match="eval file not found: .*nope.jsonl"):
+    with pytest.raises(FilterError, match="eval file not found: .*nope.jsonl"):
         build("decontam", {"eval_files": [str(eval_file), str(tmp_path / "nope.jsonl")]})
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"q": "fine"}\n{oops\n')
-    with pytest.raises(UserError, match="bad.jsonl:2"):
+    with pytest.raises(FilterError, match="bad.jsonl:2"):
         build("decontam", {"eval_files": [str(bad)]})
 
 

@@ -3,7 +3,7 @@ import re
 import pytest
 
 from data_filters import build, pii
-from posttrain.errors import UserError
+from data_filters import FilterError
 
 
 def _msgs(text, role="user"):
@@ -74,9 +74,9 @@ def test_batch_join_does_not_leak_across_rows():
 
 
 def test_bad_options_are_user_errors():
-    with pytest.raises(UserError, match="did you mean 'action'"):
+    with pytest.raises(FilterError, match="did you mean 'action'"):
         build("pii", {"actoin": "drop"})
-    with pytest.raises(UserError, match="unknown PII type"):
+    with pytest.raises(FilterError, match="unknown PII type"):
         build("pii", {"types": ["EMAILS"]})
 
 
@@ -91,5 +91,5 @@ def test_presidio_engine_offline():
     assert res.reasons[1] == []
     _, both, _ = build("pii", {"engine": "both"})
     assert both(batch).columns["messages"] == res.columns["messages"]
-    with pytest.raises(UserError, match="engine must be"):
+    with pytest.raises(FilterError, match="engine must be"):
         build("pii", {"engine": "spacy"})

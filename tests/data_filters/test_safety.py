@@ -1,7 +1,7 @@
 import pytest
 
 from data_filters import build
-from posttrain.errors import UserError
+from data_filters import FilterError
 
 
 def _batch(*assistant):
@@ -25,9 +25,9 @@ def test_classifier_plugin(tmp_path):
     res = fn(_batch("a zebra!", "a horse"))
     assert res.keep == [False, True]
     assert "classifier score 1.000" in res.reasons[0][0]["reason"]
-    with pytest.raises(UserError, match="neither a model dir"):
+    with pytest.raises(FilterError, match="neither a model dir"):
         build("safety", {"classifier": "no-such-thing"})
-    with pytest.raises(UserError, match="unknown categor"):
+    with pytest.raises(FilterError, match="unknown categor"):
         build("safety", {"categories": ["weapon"]})
 
 

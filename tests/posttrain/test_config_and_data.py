@@ -10,10 +10,10 @@ from posttrain.errors import UserError
 def test_yaml_plus_overrides_and_types(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("k: 64\nstudent_layers: [0, 1]\nlearning_rate: 1e-4\n")
-    c = cfg.load(distill.Config, path, ["k=128", "bf16=false", "lora_target_modules=q_proj,v_proj",
+    c = cfg.load(distill.Config, path, ["k=128", "bf16=false", "lora.target_modules=q_proj,v_proj",
                                         "student_layers=0,2,3"])
     assert c.k == 128 and c.student_layers == [0, 2, 3] and c.bf16 is False
-    assert c.learning_rate == 1e-4 and c.lora_target_modules == ["q_proj", "v_proj"]
+    assert c.learning_rate == 1e-4 and c.lora.target_modules == ["q_proj", "v_proj"]
 
 
 @pytest.mark.parametrize("text,message", [

@@ -7,7 +7,7 @@ from tests.posttrain.test_sft_cli import posttrain
 
 
 def test_demo_pipeline_on_tiny_configs(tmp_path):
-    proc = posttrain("demo", "configs=configs/tiny", "rl=rl-warp.yaml", f"output_root={tmp_path}")
+    proc = posttrain("demo", "configs=configs/tiny", "rl=warp.yaml", f"output_root={tmp_path}")
     sft = json.loads((tmp_path / "sft" / "posttrain.json").read_text())
     assert (tmp_path / "filter" / "DONE").is_file() and (tmp_path / "sft" / "DONE").is_file()
     assert sft["inputs"]["data"] == str(tmp_path / "filter" / "clean.jsonl")
@@ -16,12 +16,13 @@ def test_demo_pipeline_on_tiny_configs(tmp_path):
     assert (tmp_path / "rm" / "DONE").is_file() and rm["config"]["init"] == str(tmp_path / "sft")
     # a second run reuses every finished stage
     rl = json.loads((tmp_path / "rl" / "posttrain.json").read_text())
-    assert rl["config"]["policy"] == str(tmp_path / "sft") and rl["config"]["reward_model"] == str(tmp_path / "rm")
+    assert rl["config"]["policy"] == str(tmp_path / "sft")
+    assert rl["config"]["inner"]["rewards"]["reward_model"] == str(tmp_path / "rm")
     for name in ("eval-sft", "eval-rl"):
         assert (tmp_path / name / "DONE").is_file()
     assert json.loads((tmp_path / "eval-rl" / "posttrain.json").read_text())["config"]["model"] == str(tmp_path / "rl")
     assert "before and after RL" in proc.stdout and "WARP iteration 2, mean of its runs" in proc.stdout
-    again = posttrain("demo", "configs=configs/tiny", "rl=rl-warp.yaml", f"output_root={tmp_path}")
+    again = posttrain("demo", "configs=configs/tiny", "rl=warp.yaml", f"output_root={tmp_path}")
     assert again.stdout.count("reusing finished") == 6  # filter, sft, rm, eval-sft, rl, eval-rl
 
 
@@ -40,7 +41,7 @@ def test_a_finished_stage_is_reused_only_with_the_same_config(tmp_path):
 def test_quick_demo_configs_load_and_are_smaller_than_the_full_demo():
     """`posttrain demo --quick` reads configs/demo-quick: every stage's config is valid, writes under
     runs/demo-quick, and is smaller than its configs/demo counterpart where time goes."""
-    from posttrain import config as cfg, distill, evaluate, filter as filter_stage, rl, warm
+    from posttrain import config as cfg, distill, evaluate, filter as filter_stage, warm, warp
     from tests.conftest import ROOT
 
     def load(module, name, which):
@@ -48,9 +49,9 @@ def test_quick_demo_configs_load_and_are_smaller_than_the_full_demo():
 
     quick = {n: load(m, n, "demo-quick") for m, n in
              [(filter_stage, "filter.yaml"), (distill, "sft.yaml"), (warm, "rm.yaml"), (evaluate, "eval.yaml"),
-              (rl, "recipe.yaml")]}
+              (warp, "recipe.yaml")]}
     full = {n: load(m, n, "demo") for m, n in
-            [(distill, "sft.yaml"), (warm, "rm.yaml"), (evaluate, "eval.yaml"), (rl, "recipe.yaml")]}
+            [(distill, "sft.yaml"), (warm, "rm.yaml"), (evaluate, "eval.yaml"), (warp, "recipe.yaml")]}
     assert quick["filter.yaml"].output.startswith("runs/demo-quick/")
     for name in ("sft.yaml", "rm.yaml", "recipe.yaml"):
         assert quick[name].output_dir.startswith("runs/demo-quick/"), name
@@ -60,9 +61,9 @@ def test_quick_demo_configs_load_and_are_smaller_than_the_full_demo():
     assert quick["eval.yaml"].max_examples * quick["eval.yaml"].samples < full["eval.yaml"].max_examples * full[
         "eval.yaml"].samples
     q, f = quick["recipe.yaml"], full["recipe.yaml"]
-    assert q.algorithm == "warp" and q.iterations == 2 and q.runs == 2  # still the whole recipe
-    assert q.steps * q.prompts_per_step < f.steps * f.prompts_per_step
-    assert q.policy == quick["sft.yaml"].output_dir and q.reward_model == quick["rm.yaml"].output_dir
+    assert isinstance(q, warp.Config) and q.iterations == 2 and q.runs == 2  # still the whole recipe
+    assert q.inner.steps * q.inner.prompts_per_step < f.inner.steps * f.inner.prompts_per_step
+    assert q.policy == quick["sft.yaml"].output_dir and q.inner.rewards.reward_model == quick["rm.yaml"].output_dir
 
 
 def test_quick_with_another_configs_dir_is_one_error():

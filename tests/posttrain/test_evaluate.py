@@ -139,11 +139,11 @@ def test_eval_end_to_end_on_a_tiny_model(tmp_path, eval_data, capsys):
     (["--rewards", "nonsense"], "unknown reward 'nonsense'"),
     (["pass_k=[5]"], "pass_k values [5]"),
     (["--data", "/no/such/file.jsonl"], "dataset not found"),
-    (["reward_weights=[1.0]"], "reward_weights has 1 values for 3 rewards"),
-    (["sandbox_isolation=docker"], "sandbox_isolation"),
+    (["rewards.weights=[1.0]"], "rewards.weights has 1 values for 3 rewards"),
+    (["rewards.sandbox=docker"], "rewards.sandbox"),
     (["--model", "/no/such/model"], "model not found"),
-    (["--rewards", "math,reward_model"], "needs --reward_model DIR"),
-    (["--rewards", "reward_model", "--reward_model", "/no/such/rm"], "reward model not found"),
+    (["--rewards", "math,reward_model"], "needs rewards.reward_model=DIR"),
+    (["--rewards", "reward_model", "--rewards.reward_model", "/no/such/rm"], "reward model not found"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, eval_data, capsys, extra, message):
     assert run_eval(tmp_path / "out", eval_data, *extra) == 2

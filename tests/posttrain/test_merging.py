@@ -278,7 +278,7 @@ def test_lora_adapters_are_merged_into_full_weights_first(tmp_path, tiny_model_a
 
     base_dir = models.resolve("tiny")
     model, _ = models.load_causal_lm("tiny")
-    peft_model = models.apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    peft_model = models.apply_lora(model, models.Lora(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:

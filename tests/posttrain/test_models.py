@@ -39,10 +39,10 @@ def test_derived_student_keeps_the_chosen_layers_exactly():
 
 def test_lora_wraps_only_the_targets():
     model, _ = models.load_causal_lm("tiny")
-    wrapped = models.apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    wrapped = models.apply_lora(model, models.Lora(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
     trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    assert models.apply_lora(model, r=0, alpha=8, dropout=0.0, target_modules=["q_proj"]) is model
+    assert models.apply_lora(model, models.Lora(r=0, alpha=8, target_modules=["q_proj"])) is model
 
 
 def test_bad_specs_are_clear_errors(tmp_path):

@@ -1,4 +1,4 @@
-"""`posttrain rl --algorithm bond` on tiny models: learning, artifacts, exact resume, failing rewards, Ray
+"""`posttrain rl` (J-BOND) on tiny models: learning, artifacts, exact resume, failing rewards, Ray
 generation, LoRA, bad input."""
 
 import dataclasses
@@ -9,6 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from posttrain import rl
+from posttrain.models import Lora
+from posttrain.scoring import Rewards
 from tests.conftest import ROOT
 from tests.posttrain.test_sft_cli import posttrain
 
@@ -16,7 +18,7 @@ TINY = str(ROOT / "configs" / "tiny" / "rl-bond.yaml")
 REWARDS = str(ROOT / "tests" / "posttrain" / "rl_rewards.py")
 # a learnable reward on a random tiny model: share of the characters in a-m (~5% at init)
 LEARN = dict(algorithm="bond", policy="tiny", data=[str(ROOT / "data" / "tiny" / "sft.jsonl")],
-             rewards=[f"{REWARDS}:letter_share"], prompts_per_step=8, generation_batch=4, max_new_tokens=8,
+             rewards=Rewards(names=[f"{REWARDS}:letter_share"]), prompts_per_step=8, generation_batch=4, max_new_tokens=8,
              learning_rate=1e-2, eta=0.1, freeze_embeddings=False, torch_threads=1, bf16=False, save_steps=100)
 
 
@@ -64,7 +66,7 @@ def test_resume_after_sigkill_continues_exactly(tmp_path):
     args = ("rl", "--config", TINY, "steps=6", "save_steps=2", "generation_batch=4")
     posttrain(*args, f"output_dir={tmp_path / 'straight'}")
     killed = tmp_path / "killed"
-    proc = posttrain(*args, f"output_dir={killed}", env={"POSTTRAIN_KILL_AT_STEP": "3"}, check=False)
+    proc = posttrain(*args, f"output_dir={killed}", faults=["--kill-at", "3"], check=False)
     assert proc.returncode == -9 and not (killed / "DONE").exists()
     assert [x["step"] for x in metrics(killed)] == [1, 2, 3]
     refused = posttrain(*args, f"output_dir={killed}", check=False)
@@ -87,7 +89,7 @@ def test_resume_after_sigkill_continues_exactly(tmp_path):
 
 
 def test_a_reward_that_hangs_or_crashes_never_stalls_a_step(tmp_path):
-    out = rl.run(rl.Config(**{**LEARN, "rewards": [f"{REWARDS}:hang_or_crash"]}, steps=2, reward_timeout=2.0,
+    out = rl.run(rl.Config(**{**LEARN, "rewards": Rewards(names=[f"{REWARDS}:hang_or_crash"], timeout=2.0)}, steps=2,
                            output_dir=str(tmp_path / "rl")))
     m = metrics(out)
     assert [x["step"] for x in m] == [1, 2] and all(x["loss"] == x["loss"] for x in m)  # finite, not NaN
@@ -118,7 +120,7 @@ def test_generation_on_ray_actors_matches_in_process(tmp_path, local_ray):
 def test_lora_trains_only_adapters_and_the_anchor_follows_them(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    out = rl.run(rl.Config(**{**LEARN, "freeze_embeddings": True, "save_steps": 2}, lora_r=4, steps=2,
+    out = rl.run(rl.Config(**{**LEARN, "freeze_embeddings": True, "save_steps": 2}, lora=Lora(r=4), steps=2,
                            output_dir=str(tmp_path / "rl")))
     anchor = load_file(out / "checkpoints" / "checkpoint-2" / "anchor.safetensors")
     policy = load_file(out / "checkpoints" / "checkpoint-2" / "policy.safetensors")
@@ -152,7 +154,7 @@ def test_swapped_restores_the_trainable_tensors(tiny_model_and_tokenizer):
 @pytest.mark.parametrize("override, message", [
     ("algorithm=ppo", "unknown algorithm 'ppo'"),
     ("ties=coin", "ties must be one of"),
-    ("rewards=nope", "unknown reward 'nope'"),
+    ("rewards.names=nope", "unknown reward 'nope'"),
     ("data=missing.jsonl", "missing.jsonl"),
     ("policy=runs/does-not-exist", "does-not-exist"),
     ("n=1", "need n >= 2"),
@@ -168,7 +170,7 @@ def test_bad_input_is_one_clear_error(tmp_path, override, message):
 
 
 def test_config_dataclass_defaults_are_valid():
-    rl._check(dataclasses.replace(rl.Config()))
+    rl.check(dataclasses.replace(rl.Config()))
 
 
 def test_reinforce_with_the_anchor_kl_also_learns(tmp_path):

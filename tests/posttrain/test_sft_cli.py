@@ -14,10 +14,14 @@ from posttrain import distill
 from tests.conftest import ROOT
 
 TINY = str(ROOT / "configs" / "tiny" / "sft.yaml")
+FAULTS = str(ROOT / "tests" / "posttrain" / "faults.py")
 
 
-def posttrain(*args, env=None, check=True):
-    proc = subprocess.run([sys.executable, "-m", "posttrain.cli", *args], cwd=ROOT, capture_output=True,
+def posttrain(*args, env=None, check=True, faults=()):
+    """`posttrain ARGS` in a subprocess; with `faults` (e.g. ["--kill-at", "5"]), through tests/posttrain/faults.py:
+    the same CLI with fault-injecting hooks."""
+    entry = [FAULTS, *faults] if faults else ["-m", "posttrain.cli"]
+    proc = subprocess.run([sys.executable, *entry, *args], cwd=ROOT, capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -46,8 +50,10 @@ def test_sft_end_to_end_writes_a_loadable_hf_dir_and_lowers_the_loss(tmp_path):
 
 
 def test_help_documents_every_config_field():
+    from posttrain import config as cfg
+
     text = posttrain("sft", "--help").stdout
-    for field in distill.Config.__dataclass_fields__:
+    for field in cfg.field_paths(distill.Config):
         assert f"  {field} (" in text, field
     assert "--ray-address" in text and "--resume" in text and "--overwrite" in text
 
@@ -57,7 +63,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     posttrain(*args, f"output_dir={tmp_path / 'straight'}")
 
     killed = tmp_path / "killed"
-    proc = posttrain(*args, f"output_dir={killed}", env={"POSTTRAIN_KILL_AT_STEP": "5"}, check=False)
+    proc = posttrain(*args, f"output_dir={killed}", faults=["--kill-at", "5"], check=False)
     assert proc.returncode == -9
     assert not (killed / "DONE").exists()
     assert sorted(p.name for p in (killed / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3"]
@@ -149,7 +155,7 @@ def test_deepspeed_zero3_config_passes_through(tmp_path):
 
 def test_lora_run_saves_merged_full_weights(tmp_path):
     out = tmp_path / "lora"
-    posttrain("sft", "--config", TINY, f"output_dir={out}", "max_steps=3", "lora_r=4", "lora_alpha=8")
+    posttrain("sft", "--config", TINY, f"output_dir={out}", "max_steps=3", "lora.r=4", "lora.alpha=8")
     trained = load_file(str(out / "model.safetensors"))
     assert not any("lora_" in k for k in trained)  # adapters merged into plain HF weights
     student_init = json.loads((out / "posttrain.json").read_text())["inputs"]["student_init"]
@@ -159,10 +165,12 @@ def test_lora_run_saves_merged_full_weights(tmp_path):
     assert changed and all(any(m in k for m in ("q_proj", "k_proj", "v_proj", "o_proj")) for k in changed)
 
 
-def torchrun(*args, env=None, check=True):
-    """`torchrun --nproc_per_node 2 -m posttrain.cli ...`: two ranks, DDP over gloo on CPU."""
+def torchrun(*args, env=None, check=True, faults=()):
+    """`torchrun --nproc_per_node 2 -m posttrain.cli ...`: two ranks, DDP over gloo on CPU (with `faults`,
+    every rank runs tests/posttrain/faults.py)."""
+    entry = [FAULTS, *faults] if faults else ["-m", "posttrain.cli"]
     cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "posttrain.cli", *args]
+           *entry, *args]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})},
                           timeout=600)
     if check and proc.returncode != 0:
@@ -192,7 +200,7 @@ def test_two_rank_launch_prepares_once_publishes_whole_checkpoints_and_resumes_e
     assert len(list((straight / "tensorboard").iterdir())) >= 1
 
     killed = tmp_path / "killed"
-    proc = torchrun(*args, f"output_dir={killed}", env={**env, "POSTTRAIN_KILL_AT_STEP": "5"}, check=False)
+    proc = torchrun(*args, f"output_dir={killed}", env=env, faults=["--kill-at", "5"], check=False)
     assert proc.returncode != 0 and not (killed / "DONE").exists()
     assert sorted(p.name for p in (killed / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3"]
     torchrun(*args, f"output_dir={killed}", "--resume", env=env)

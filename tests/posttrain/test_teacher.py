@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from posttrain import data, distill, models, teacher
+from posttrain import data, distill, kd, models, teacher
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def examples():
     rows = data.read_rows(data_path())
     exs = data.tokenize_rows(tok, rows, 128)
     for ex in exs:
-        ex["positions"] = distill.target_positions(ex["loss_mask"])
+        ex["positions"] = kd.target_positions(ex["loss_mask"])
     return exs
 
 

@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 
 from posttrain import artifacts, cluster, merging, warm
 from posttrain.errors import UserError
+from posttrain.models import Lora
 from tests.conftest import ROOT
+from tests.posttrain.faults import FailTask
 
 TINY = ROOT / "configs" / "tiny" / "rm.yaml"
 
@@ -62,19 +64,17 @@ def test_cli_tiny_config_trains_two_members_and_averages_them(tmp_path):
     assert (out / "members" / "0" / "metrics.jsonl").read_text().count('"loss"') >= 3
 
 
-def test_a_failing_member_fails_the_stage_and_resume_skips_finished_members(tmp_path, local_ray, monkeypatch):
+def test_a_failing_member_fails_the_stage_and_resume_skips_finished_members(tmp_path, local_ray):
     config = _tiny_config(tmp_path, max_steps=3, epochs=1)
     out = tmp_path / "rm"
-    monkeypatch.setenv("POSTTRAIN_WARM_FAIL_MEMBER", "1")
     with pytest.raises(RuntimeError, match="injected failure in member 1") as info:
-        warm.run(config)
+        warm.run(config, hooks=FailTask("member 1"))
     assert "members/1" in "".join(getattr(info.value, "__notes__", []))
     assert artifacts.is_done(out / "members" / "0") and not artifacts.is_done(out / "members" / "1")
     assert not (out / "DONE").exists() and not (out / "model.safetensors").exists()  # no average published
     with pytest.raises(UserError, match="unfinished run"):  # neither --resume nor --overwrite
         warm.run(config)
 
-    monkeypatch.delenv("POSTTRAIN_WARM_FAIL_MEMBER")
     member0 = out / "members" / "0" / "model.safetensors"
     before = (member0.stat().st_mtime_ns, member0.read_bytes())
     warm.run(dataclasses.replace(config, resume=True))
@@ -250,7 +250,7 @@ def test_lora_member_is_saved_merged_and_averages_like_any_member(tmp_path):
     from posttrain import config as cfg
 
     init = warm.build_init("tiny:num_hidden_layers=2,seed=3", tmp_path / "init", seed=0)
-    config = dataclasses.replace(cfg.load(warm.Config, TINY), max_steps=3, lora_r=4, lora_alpha=8)
+    config = dataclasses.replace(cfg.load(warm.Config, TINY), max_steps=3, lora=Lora(r=4, alpha=8))
     tok = AutoTokenizer.from_pretrained(init)
     pairs = warm.encode_pairs(tok, warm.read_pairs(ROOT / "data" / "tiny" / "prefs.jsonl")[16:], 128)
     members = []

@@ -1,10 +1,10 @@
-"""`posttrain rl --algorithm warp` (posttrain/warp.py) through the CLI on configs/tiny/rl-warp.yaml (I = 2, M = 2):
+"""`posttrain warp` (posttrain/warp.py) through the CLI on configs/tiny/warp.yaml (I = 2, M = 2):
 every artifact, the Pareto front's endpoints, a killed Ray worker retried from its checkpoint, a run that fails
 twice failing the stage with one error line, and --resume finishing exactly as an uninterrupted run.
 
-Failures are injected deterministically: POSTTRAIN_KILL_AT_STEP=2 (rl.py's hook) SIGKILLs the Ray worker of every
-run's first attempt after step 2 (checkpoint-2 is saved first, so the retry resumes past step 2 and finishes);
-POSTTRAIN_WARP_FAIL_RUN=iter-2/run-2 (warp.py's hook) raises in that run's task on every attempt."""
+Failures are injected deterministically by hooks (tests/posttrain/faults.py): --kill-at 2 SIGKILLs the Ray worker
+of every run's first attempt after step 2 (checkpoint-2 is saved first, so the retry resumes past step 2 and
+finishes); --fail iter-2/run-2 raises in that run's task on every attempt."""
 
 import json
 
@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from tests.conftest import ROOT
 from tests.posttrain.test_sft_cli import posttrain
 
-TINY = str(ROOT / "configs" / "tiny" / "rl-warp.yaml")
+TINY = str(ROOT / "configs" / "tiny" / "warp.yaml")
 RUNS = [f"iter-{i}/run-{m}" for i in (1, 2) for m in (1, 2)]
 
 
@@ -35,7 +35,7 @@ def steps(run_dir) -> list[int]:
 def warp(tmp_path_factory):
     """One uninterrupted tiny WARP, shared by the tests below."""
     out = tmp_path_factory.mktemp("warp") / "rl"
-    proc = posttrain("rl", "--config", TINY, f"output_dir={out}")
+    proc = posttrain("warp", "--config", TINY, f"output_dir={out}")
     return out, proc
 
 
@@ -45,7 +45,7 @@ def test_tiny_warp_writes_every_artifact(warp):
     out, proc = warp
     assert (out / "DONE").is_file()
     record = json.loads((out / "posttrain.json").read_text())
-    assert record["stage"] == "rl" and record["config"]["algorithm"] == "warp"
+    assert record["stage"] == "warp" and record["config"]["inner"]["algorithm"] == "bond"
     for i in (1, 2):
         for name in ("run-1", "run-2", "slerp", "init"):
             model = AutoModelForCausalLM.from_pretrained(out / f"iter-{i}" / name)
@@ -90,8 +90,8 @@ def test_pareto_endpoints_are_the_sft_and_the_final_weights(warp):
 
 def test_failed_runs_retry_once_then_fail_the_stage_and_resume_finishes_exactly(warp, tmp_path):
     out = tmp_path / "rl"
-    env = {"POSTTRAIN_KILL_AT_STEP": "2", "POSTTRAIN_WARP_FAIL_RUN": "iter-2/run-2"}
-    proc = posttrain("rl", "--config", TINY, f"output_dir={out}", env=env, check=False)
+    faults = ["--kill-at", "2", "--fail", "iter-2/run-2"]
+    proc = posttrain("warp", "--config", TINY, f"output_dir={out}", faults=faults, check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "iter-2/run-2 failed 2 times" in errors[0] and "injected failure" in errors[0]
@@ -105,7 +105,7 @@ def test_failed_runs_retry_once_then_fail_the_stage_and_resume_finishes_exactly(
     assert not (out / "DONE").exists() and not (out / "iter-2" / "slerp").exists()
 
     finished = {run: (out / run / "model.safetensors").stat().st_mtime_ns for run in RUNS[:3]}
-    resumed = posttrain("rl", "--config", TINY, f"output_dir={out}", "--resume")
+    resumed = posttrain("warp", "--config", TINY, f"output_dir={out}", "--resume")
     assert "WARP iteration 1: finished earlier" in resumed.stdout and "1 of 2 bond runs" in resumed.stdout
     assert {run: (out / run / "model.safetensors").stat().st_mtime_ns for run in RUNS[:3]} == finished
     assert (out / "DONE").is_file() and not (out / "iter-2" / "run-2" / "error.log").exists()
@@ -119,7 +119,7 @@ def test_failed_runs_retry_once_then_fail_the_stage_and_resume_finishes_exactly(
 
 
 def test_bad_warp_fields_are_one_error_line(tmp_path):
-    proc = posttrain("rl", "--config", TINY, f"output_dir={tmp_path / 'rl'}", "pareto_etas=[0,1.5]", check=False)
+    proc = posttrain("warp", "--config", TINY, f"output_dir={tmp_path / 'rl'}", "pareto_etas=[0,1.5]", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "error: pareto_etas must be in [0, 1], got [1.5]"
 

@@ -2,7 +2,8 @@
 
 import torch
 
-from posttrain.distill import _collate, full_kd_loss, kd_forward, sample_targets, sparse_kd_loss, target_positions
+from posttrain.distill import _collate
+from posttrain.kd import full_kd_loss, kd_forward, sample_targets, sparse_kd_loss, target_positions
 
 
 def _head(vocab, dim, seed=0):
