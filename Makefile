@@ -1,9 +1,10 @@
-# `make demo` sets up .venv and runs the embedded default pipeline (`make demo-quick`: a ~5 min version); `make test` sets up and runs the tests.
+# `make demo` sets up .venv and runs the embedded default pipeline (`make demo-quick`: a ~5 min version); `make test`
+# sets up and runs the tests; `make lint` checks them with ruff.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo demo-quick test system-deps clean
+.PHONY: setup demo demo-quick test lint format system-deps clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -30,6 +31,15 @@ demo-quick: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -ra --durations=15
+
+# ruff (configured in pyproject.toml): lint and formatting are checked by CI before the tests
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean:
 	rm -rf $(VENV) build *.egg-info

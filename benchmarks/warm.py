@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 def _jobs(init: Path, root: Path, m: int, steps: int, threads: int) -> list[dict]:
     from transformers import AutoTokenizer
 
-    from posttrain import artifacts, config as cfg, warm
+    from posttrain import artifacts, warm
+    from posttrain import config as cfg
 
     config = dataclasses.replace(cfg.load(warm.Config, ROOT / "configs" / "tiny" / "rm.yaml"), max_steps=steps,
                                  save_steps=10_000, bf16=False)

@@ -73,8 +73,7 @@ def merge_naive(init: str, fine_tunes: list[str], work: Path) -> dict:
     """The anchor: every state dict fully in memory in fp32, SLERP and LITI per tensor, saved at the end."""
     import math
 
-    import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     t0 = time.perf_counter()
     theta0 = {k: v.float() for k, v in load_file(str(Path(init) / "model.safetensors")).items()}

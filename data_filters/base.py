@@ -268,7 +268,7 @@ _WORD_BYTES = bytes(c if 48 <= c <= 57 or 97 <= c <= 122 or c == 95 else c + 32 
 
 
 def word_lines(texts: list[str]) -> bytes:
-    """ASCII `texts` as lines (joined by \n) of their words, " ".join(re.findall(r"\w+", text.lower()))."""
+    """ASCII `texts` as lines (joined by \n) of their words, " ".join(re.findall(r"\\w+", text.lower()))."""
     import numpy as np
 
     if not texts:

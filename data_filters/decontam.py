@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_filters.base import FAST, poly_powers, turns, word_lines, FilterError, FilterResult
+from data_filters.base import FAST, FilterError, FilterResult, poly_powers, turns, word_lines
 
 DEFAULTS = {
     "eval_files": ["data/demo/eval_math.jsonl", "data/demo/eval_code.jsonl"],

@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from data_filters.base import FAST, poly_powers, word_lines, FilterError, FilterResult
+from data_filters.base import FAST, FilterError, FilterResult, poly_powers, word_lines
 
 DEFAULTS = {
     "exact": True,

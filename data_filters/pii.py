@@ -20,7 +20,7 @@ import math
 import re
 from collections import Counter
 
-from data_filters.base import merge_spans, redact, turns, AsciiTexts, FilterError, FilterResult, Joined
+from data_filters.base import AsciiTexts, FilterError, FilterResult, Joined, merge_spans, redact, turns
 
 TYPES = ["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS", "SECRET", "ADDRESS", "NAME"]
 PLACEHOLDER = {t: f"<{t}>" for t in TYPES}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import re
 
-from data_filters.base import turns, AsciiTexts, FilterError, FilterResult, Joined
+from data_filters.base import AsciiTexts, FilterError, FilterResult, Joined, turns
 
 DEFAULTS = {
     "roles": ["assistant"],

@@ -9,9 +9,7 @@ import json
 from pathlib import Path
 
 from posttrain.errors import UserError
-
-from rewards.chat_format import (  # noqa: F401 (gemma_turns, tokenize_chat: the format's names, here too)
-    END_OF_TURN, ROLE_NAMES, START_OF_TURN, encode_text, gemma_turns, tokenize_chat)
+from rewards.chat_format import END_OF_TURN, ROLE_NAMES, START_OF_TURN, encode_text, gemma_turns, tokenize_chat  # noqa: F401 (gemma_turns, tokenize_chat: the format's names, here too)
 
 
 def _read_jsonl(path: Path) -> list[dict]:

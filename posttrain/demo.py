@@ -14,7 +14,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from posttrain import artifacts, config as cfg
+from posttrain import artifacts
+from posttrain import config as cfg
 from posttrain.config import doc
 from posttrain.errors import UserError
 
@@ -57,7 +58,8 @@ def _same_config(out: Path, stage_config) -> bool:
 
 
 def run(config: Config) -> Path:
-    from posttrain import distill, evaluate, filter as filter_stage, warm
+    from posttrain import distill, evaluate, warm
+    from posttrain import filter as filter_stage
 
     root = Path(config.configs)
     if config.quick:

@@ -191,7 +191,8 @@ def save_student(trainer, tokenizer, out: Path, main: bool, merge_lora: bool) ->
 def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
     from transformers import AutoModelForCausalLM
 
-    from posttrain import cluster, hooks as hooks_, models
+    from posttrain import cluster, models
+    from posttrain import hooks as hooks_
     from posttrain.checkpoint import latest_checkpoint, metrics_callbacks, ranks, truncate_metrics
 
     torch.manual_seed(config.seed)

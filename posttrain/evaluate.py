@@ -22,7 +22,6 @@ from posttrain.config import doc
 from posttrain.errors import UserError
 
 
-
 @dataclasses.dataclass
 class Config:
     model: str = doc("gemma3-270m", "model to evaluate: an HF dir (e.g. a stage's output dir), a .gguf file, "

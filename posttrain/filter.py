@@ -425,13 +425,55 @@ def _write_rows(f, array, rows) -> None:
             f.write(data[offsets[local[start]]:offsets[local[end] + 1]])
 
 
-def write_outputs(out_dir: Path, config: Config, out: Results, inp: Input, seconds: float, chain) -> dict:
-    import numpy as np
+def _new_stats() -> dict:
+    return {"dropped": 0, "redacted_rows": 0, "spans": Counter(), "examples": []}
+
+
+def _tally(per_filter: dict, reasons: list[dict], action: str, culprit: str, row: dict, row_id: str,
+           examples: int) -> None:
+    """Count one dropped or redacted row into the stats of every filter that gave a reason for it."""
+    for name in dict.fromkeys(x["filter"] for x in reasons):
+        stats = per_filter.setdefault(name, _new_stats())
+        if action == "dropped" and name == culprit:
+            stats["dropped"] += 1
+        elif action == "redacted":
+            stats["redacted_rows"] += 1
+        for x in reasons:
+            if x["filter"] == name:
+                # counted by kind: "near duplicate", not "near duplicate of row 17 (jaccard~0.9)"
+                stats["spans"][x.get("type") or re.split(r" \(| of row ", x["reason"])[0]] += 1
+        if len(stats["examples"]) < examples:
+            x = next(x for x in reasons if x["filter"] == name)
+            stats["examples"].append(_example(x, row, row_id, action))
+
+
+def _report(config: Config, inp: Input, out: Results, per_filter: dict, counts: dict, seconds: float,
+            chain) -> dict:
     import pyarrow.compute as pc
 
-    per_filter = {name: {"dropped": 0, "redacted_rows": 0, "spans": Counter(), "examples": []}
-                  for name, _, _ in chain}
-    per_filter["input"] = {"dropped": 0, "redacted_rows": 0, "spans": Counter(), "examples": []}
+    n_in = inp.rows
+    nbytes = pc.sum(out.table.column("_nbytes")).as_py() or 0
+    report = {
+        "input": config.input, "filters": config.filters, "rows_in": n_in, **counts,
+        "per_filter": {k: {**v, "spans": dict(v["spans"])} for k, v in per_filter.items()},
+        "engine": "ray" if (config.ray_address or config.use_ray) else "datasets",
+        "seconds": round(seconds, 3), "megabytes": round(nbytes / 1e6, 3),
+        "mb_per_s": round(nbytes / 1e6 / seconds, 3) if seconds else None,
+        "rows_per_s": round(n_in / seconds, 1) if seconds else None,
+    }
+    for name, _, info in chain:
+        if info.get("_stats"):
+            report["per_filter"][name]["eval_sets"] = info["_stats"]
+    assert counts["rows_kept"] + counts["rows_dropped"] == n_in, "row accounting broke"
+    return report
+
+
+def write_outputs(out_dir: Path, config: Config, out: Results, inp: Input, seconds: float, chain) -> dict:
+    """clean.jsonl, rejects.jsonl (every dropped, redacted or unreadable row, in input order), report.json/.md."""
+    import numpy as np
+
+    per_filter = {name: _new_stats() for name, _, _ in chain}
+    per_filter["input"] = _new_stats()
     good = np.asarray([why is None for why in out.bad], bool)
     kept_rows = np.flatnonzero(out.keep & good)
     with open(out_dir / CLEAN, "wb") as clean:
@@ -462,20 +504,7 @@ def write_outputs(out_dir: Path, config: Config, out: Results, inp: Input, secon
         rejects.append((row, f'{{"row": {row}, "id": {_json_str(out.ids[r])}, "source": {_json_str(inp.source(row))}, '
                              f'"action": "{action}", "filter": {_json_str(culprit)}, "reasons": {out.reasons_json(r)}, '
                              f'"data": {data}}}'))
-        for name in dict.fromkeys(by):
-            stats = per_filter.setdefault(name, {"dropped": 0, "redacted_rows": 0, "spans": Counter(),
-                                                 "examples": []})
-            if action == "dropped" and name == culprit:
-                stats["dropped"] += 1
-            elif action == "redacted":
-                stats["redacted_rows"] += 1
-            for x in reasons:
-                if x["filter"] == name:
-                    # counted by kind: "near duplicate", not "near duplicate of row 17 (jaccard~0.9)"
-                    stats["spans"][x.get("type") or re.split(r" \(| of row ", x["reason"])[0]] += 1
-            if len(stats["examples"]) < config.examples:
-                x = next(x for x in reasons if x["filter"] == name)
-                stats["examples"].append(_example(x, json.loads(outs[r]), out.ids[r], action))
+        _tally(per_filter, reasons, action, culprit, json.loads(outs[r]), out.ids[r], config.examples)
     bad.sort(key=lambda x: x["row"])
     rejects += [(b["row"], json.dumps(b, ensure_ascii=False, default=str)) for b in bad]
     rejects.sort(key=lambda x: x[0])
@@ -484,21 +513,8 @@ def write_outputs(out_dir: Path, config: Config, out: Results, inp: Input, secon
         per_filter["input"]["examples"].append({"source": b["source"], "reason": b["reasons"][0]["reason"]})
     with open(out_dir / REJECTS, "w", encoding="utf-8") as f:
         f.writelines(text + "\n" for _, text in rejects)
-    n_in = inp.rows
-    nbytes = pc.sum(out.table.column("_nbytes")).as_py() or 0
-    report = {
-        "input": config.input, "filters": config.filters,
-        "rows_in": n_in, "rows_kept": kept, "rows_dropped": dropped + len(bad), "rows_redacted": redacted,
-        "per_filter": {k: {**v, "spans": dict(v["spans"])} for k, v in per_filter.items()},
-        "engine": "ray" if (config.ray_address or config.use_ray) else "datasets",
-        "seconds": round(seconds, 3), "megabytes": round(nbytes / 1e6, 3),
-        "mb_per_s": round(nbytes / 1e6 / seconds, 3) if seconds else None,
-        "rows_per_s": round(n_in / seconds, 1) if seconds else None,
-    }
-    for name, _, info in chain:
-        if info.get("_stats"):
-            report["per_filter"][name]["eval_sets"] = info["_stats"]
-    assert kept + dropped + len(bad) == n_in, "row accounting broke"
+    counts = {"rows_kept": kept, "rows_dropped": dropped + len(bad), "rows_redacted": redacted}
+    report = _report(config, inp, out, per_filter, counts, seconds, chain)
     artifacts.atomic_write_text(out_dir / REPORT, json.dumps(report, indent=2, ensure_ascii=False))
     artifacts.atomic_write_text(out_dir / "report.md", _markdown(report))
     return report

@@ -343,9 +343,8 @@ class Services:
     the reward worker processes and the threads that wait on them. A context manager: closed on exit."""
 
     def __init__(self, config: Config):
-        from rewards.workers import Workers
-
         from posttrain import cluster
+        from rewards.workers import Workers
 
         self.reward_list = scoring.build(config.rewards)
         self.actors, self.sampler = [], None

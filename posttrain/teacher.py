@@ -74,8 +74,9 @@ def target_inputs(examples: list[dict], teacher_dir: Path, config) -> dict:
 
 def build_targets(examples: list[dict], *, teacher_spec: str, config) -> Path:
     """The target set for these examples: reused from the cache, or computed by Ray actors."""
-    from posttrain import cluster, models
     from safetensors.numpy import save_file
+
+    from posttrain import cluster, models
 
     teacher_dir = models.resolve(teacher_spec)
     inputs = target_inputs(examples, teacher_dir, config)

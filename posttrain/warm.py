@@ -336,13 +336,47 @@ def _variant_dir(out: Path, noise: float, main_noise: float) -> Path:
     return out if noise == main_noise else out / "variants" / f"noise-{noise:g}"
 
 
-def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
-    from transformers import AutoTokenizer
+def member_jobs(config: Config, out: Path, init: Path, init_sha: str, train: list[dict], evals: list[dict],
+                threads: int, hooks: Hooks) -> tuple[list[dict], dict, list[float]]:
+    """(the Ray task inputs of every member of every label-noise variant, the flipped pairs per noise, the
+    noises). Member m of each variant: learning_rates[m % len], dropouts[m % len], seed + m."""
+    noises = [config.label_noise] + [p for p in config.compare_label_noise if p != config.label_noise]
+    jobs, flipped = [], {}
+    for noise in noises:
+        noisy, flipped[noise] = flip_labels(train, noise, config.seed)
+        train_sha = hashlib.sha256(json.dumps(noisy).encode()).hexdigest()
+        vdir = _variant_dir(out, noise, config.label_noise)
+        for k in range(config.num_members):
+            jobs.append({"member": k, "label_noise": noise, "out": str(vdir / "members" / str(k)),
+                         "init": str(init), "init_sha256": init_sha, "train": noisy, "eval": evals,
+                         "train_sha256": train_sha, "seed": config.seed + k,
+                         "learning_rate": config.learning_rates[k % len(config.learning_rates)],
+                         "dropout": config.dropouts[k % len(config.dropouts)], "config": cfg.to_dict(config),
+                         "threads": threads, "progress": len(jobs) == 0, "hooks": hooks})
+    return jobs, flipped, noises
 
-    from posttrain import cluster
 
-    _validate(config)
-    out = artifacts.prepare_output(config.output_dir, overwrite=config.overwrite, resume=config.resume)
+def variant_report(noise: float, vdir: Path, results: list[dict], jobs: list[dict], flipped: list, evaluate) -> dict:
+    """One label-noise variant: the members' held-out accuracy and loss, their WARM average's, their ensemble's.
+    `results` and `jobs` are this variant's members; `evaluate(dir)` scores the held-out pairs with a model."""
+    m = len(results)
+    avg_c, avg_r = evaluate(vdir)
+    ens_c = [sum(v) / m for v in zip(*[r["chosen"] for r in results])]
+    ens_r = [sum(v) / m for v in zip(*[r["rejected"] for r in results])]
+    members_acc = [accuracy(r["chosen"], r["rejected"]) for r in results]
+    return {
+        "label_noise": noise, "flipped_pairs": len(flipped), "dir": str(vdir),
+        "members": [{"member": r["member"], "accuracy": a, "resumed": r["skipped"],
+                     "learning_rate": j["learning_rate"], "dropout": j["dropout"], "seed": j["seed"]}
+                    for r, a, j in zip(results, members_acc, jobs)],
+        "members_mean_accuracy": sum(members_acc) / m,
+        "average_accuracy": accuracy(avg_c, avg_r), "ensemble_accuracy": accuracy(ens_c, ens_r),
+        "members_mean_loss": sum(bt_loss(r["chosen"], r["rejected"]) for r in results) / m,
+        "average_loss": bt_loss(avg_c, avg_r), "ensemble_loss": bt_loss(ens_c, ens_r)}
+
+
+def _split(config: Config) -> tuple[list[dict], list[dict]]:
+    """(train pairs, held-out pairs)."""
     rows = read_pairs(config.data)
     if config.eval_data:
         eval_rows, train_rows = read_pairs(config.eval_data), rows
@@ -350,38 +384,32 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
         if len(rows) <= config.eval_size:
             raise UserError(f"{config.data}: {len(rows)} pairs, need more than eval_size={config.eval_size}")
         eval_rows, train_rows = rows[: config.eval_size], rows[config.eval_size:]
-    train_rows = train_rows[: config.max_examples]
+    return train_rows[: config.max_examples], eval_rows
 
+
+def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
+    from transformers import AutoTokenizer
+
+    from posttrain import cluster
+    from rewards.reward_model import RewardModelScorer
+
+    _validate(config)
+    out = artifacts.prepare_output(config.output_dir, overwrite=config.overwrite, resume=config.resume)
+    train_rows, eval_rows = _split(config)
     init = build_init(config.init, out / "init", config.seed)
     init_sha = artifacts.dir_sha256(init)
     tokenizer = AutoTokenizer.from_pretrained(init)
-    train, evals = encode_pairs(tokenizer, train_rows, config.max_length), encode_pairs(tokenizer, eval_rows,
-                                                                                     config.max_length)
+    train, evals = (encode_pairs(tokenizer, rows, config.max_length) for rows in (train_rows, eval_rows))
 
-    ray = cluster.init(config.ray_address)
-    resources = ray.cluster_resources()
+    resources = cluster.init(config.ray_address).cluster_resources()
     m = config.num_members
     cpus = config.member_cpus or max(resources.get("CPU", 1) / m, 0.01)
     gpus = config.member_gpus if config.member_gpus is not None else (1 if resources.get("GPU", 0) >= 1 else 0)
-    noises = [config.label_noise] + [p for p in config.compare_label_noise if p != config.label_noise]
-    jobs, flipped = [], {}
-    for noise in noises:
-        noisy, flipped[noise] = flip_labels(train, noise, config.seed)
-        train_sha = hashlib.sha256(json.dumps(noisy).encode()).hexdigest()
-        vdir = _variant_dir(out, noise, config.label_noise)
-        for k in range(m):
-            jobs.append({"member": k, "label_noise": noise, "out": str(vdir / "members" / str(k)),
-                         "init": str(init), "init_sha256": init_sha, "train": noisy, "eval": evals,
-                         "train_sha256": train_sha, "seed": config.seed + k,
-                         "learning_rate": config.learning_rates[k % len(config.learning_rates)],
-                         "dropout": config.dropouts[k % len(config.dropouts)], "config": cfg.to_dict(config),
-                         "threads": max(1, int(cpus)), "progress": len(jobs) == 0, "hooks": hooks})
+    jobs, flipped, noises = member_jobs(config, out, init, init_sha, train, evals, max(1, int(cpus)), hooks)
     print(f"[posttrain rm] {len(jobs)} members ({m} per variant, label noise {noises}) as Ray tasks with "
           f"{cpus:g} CPU / {gpus:g} GPU each; {len(train)} training pairs, {len(evals)} held out", flush=True)
     results = cluster.run_tasks(train_member, jobs, num_cpus=cpus, num_gpus=gpus,
                                 names=[f"{Path(j['out']).relative_to(out)}" for j in jobs], progress="rm members")
-
-    from rewards.reward_model import RewardModelScorer
 
     def evaluate(model_dir: Path) -> tuple[list[float], list[float]]:
         scorer = RewardModelScorer(str(model_dir), batch_size=config.batch_size * 2, max_length=config.max_length,
@@ -393,22 +421,10 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
     report = {"init_accuracy": accuracy(*init_scores), "init_loss": bt_loss(*init_scores), "variants": []}
     for noise in noises:
         vdir = _variant_dir(out, noise, config.label_noise)
-        member_dirs = [vdir / "members" / str(k) for k in range(m)]
-        average_members(member_dirs, vdir)
-        avg_c, avg_r = evaluate(vdir)
-        mine = [r for r, j in zip(results, jobs) if j["label_noise"] == noise]
-        ens_c = [sum(v) / m for v in zip(*[r["chosen"] for r in mine])]
-        ens_r = [sum(v) / m for v in zip(*[r["rejected"] for r in mine])]
-        members_acc = [accuracy(r["chosen"], r["rejected"]) for r in mine]
-        report["variants"].append({
-            "label_noise": noise, "flipped_pairs": len(flipped[noise]), "dir": str(vdir),
-            "members": [{"member": r["member"], "accuracy": a, "resumed": r["skipped"],
-                         "learning_rate": j["learning_rate"], "dropout": j["dropout"], "seed": j["seed"]}
-                        for r, a, j in zip(mine, members_acc, [j for j in jobs if j["label_noise"] == noise])],
-            "members_mean_accuracy": sum(members_acc) / m,
-            "average_accuracy": accuracy(avg_c, avg_r), "ensemble_accuracy": accuracy(ens_c, ens_r),
-            "members_mean_loss": sum(bt_loss(r["chosen"], r["rejected"]) for r in mine) / m,
-            "average_loss": bt_loss(avg_c, avg_r), "ensemble_loss": bt_loss(ens_c, ens_r)})
+        average_members([vdir / "members" / str(k) for k in range(m)], vdir)
+        mine = [(r, j) for r, j in zip(results, jobs) if j["label_noise"] == noise]
+        report["variants"].append(variant_report(noise, vdir, [r for r, _ in mine], [j for _, j in mine],
+                                                 flipped[noise], evaluate))
         if vdir != out:
             artifacts.mark_done(vdir)
     clean = next((v for v in report["variants"] if v["label_noise"] == min(noises)), None)

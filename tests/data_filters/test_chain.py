@@ -2,8 +2,7 @@ import json
 
 import pytest
 
-from data_filters import build_chain, run_chain
-from data_filters import FilterError
+from data_filters import FilterError, build_chain, run_chain
 
 
 def test_unknown_filter_names_the_closest():

@@ -2,8 +2,7 @@ import json
 
 import pytest
 
-from data_filters import build
-from data_filters import FilterError
+from data_filters import FilterError, build
 
 EVAL_Q = ("A farmer has seventeen sheep and all but nine run away through a hole in the fence; "
           "how many sheep does the farmer have left at the end of the day?")

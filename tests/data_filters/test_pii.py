@@ -2,8 +2,7 @@ import re
 
 import pytest
 
-from data_filters import build, pii
-from data_filters import FilterError
+from data_filters import FilterError, build, pii
 
 
 def _msgs(text, role="user"):

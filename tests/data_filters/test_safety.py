@@ -1,7 +1,6 @@
 import pytest
 
-from data_filters import build
-from data_filters import FilterError
+from data_filters import FilterError, build
 
 
 def _batch(*assistant):

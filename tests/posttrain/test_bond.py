@@ -5,8 +5,19 @@ import math
 import pytest
 import torch
 
-from posttrain.bond import (LOG16, as_rewards, backward_loss, best_anchor, bond_reward, forward_loss, jbond_loss,
-                            jbond_reward, quantile, regulariser_loss, returns)
+from posttrain.bond import (
+    LOG16,
+    as_rewards,
+    backward_loss,
+    best_anchor,
+    bond_reward,
+    forward_loss,
+    jbond_loss,
+    jbond_reward,
+    quantile,
+    regulariser_loss,
+    returns,
+)
 
 
 def test_quantile_without_ties():

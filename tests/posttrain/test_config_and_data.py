@@ -68,3 +68,66 @@ def test_reads_parquet_and_datasets_dirs(tmp_path):
         bad = tmp_path / "bad.jsonl"
         bad.write_text('{"messages": [{"role": "user", "content": 5}]}\n')
         data.read_rows(bad)
+
+
+WARP_TINY = "configs/tiny/warp.yaml"
+
+
+def test_nested_sections_take_dotted_overrides():
+    from posttrain import rl, warp
+    from tests.conftest import ROOT
+
+    c = cfg.load(warp.Config, ROOT / WARP_TINY, ["inner.steps=8", "inner.rewards.timeout=45", "inner.lora.r=4",
+                                                 "runs=3"])
+    assert c.inner.steps == 8 and c.inner.rewards.timeout == 45.0 and c.inner.lora.r == 4 and c.runs == 3
+    assert c.inner.rewards.names == ["math", "format"] and c.inner.rewards.workers == 1  # the rest of the YAML stays
+    assert c.inner.prompts_per_step == 4 and c.inner.lora.alpha == 16  # defaults fill what neither sets
+    r = cfg.load(rl.Config, None, ["rewards.timeout=30", "lora={r: 8, alpha: 32}"])
+    assert r.rewards.timeout == 30.0 and (r.lora.r, r.lora.alpha) == (8, 32)
+    assert r.rewards.names == ["math", "code"]  # the section's other defaults stay
+
+
+def test_a_single_value_is_a_one_element_list(tmp_path):
+    from posttrain import rl, warp
+
+    r = cfg.load(rl.Config, None, ["rewards.weights=1.0", "data=x.jsonl", "rewards.names=math"])
+    assert r.rewards.weights == [1.0] and r.data == ["x.jsonl"] and r.rewards.names == ["math"]
+    path = tmp_path / "w.yaml"
+    path.write_text("pareto_etas: 0.5\ninner:\n  data: a.jsonl\n")
+    w = cfg.load(warp.Config, path)
+    assert w.pareto_etas == [0.5] and w.inner.data == ["a.jsonl"]
+    # the shorthand: a plain value for `rewards` sets rewards.names (YAML and command line)
+    assert cfg.load(rl.Config, None, ["rewards=math,code"]).rewards.names == ["math", "code"]
+    path.write_text("rewards: [math, format]\n")
+    assert cfg.load(rl.Config, path).rewards.names == ["math", "format"]
+
+
+def test_an_error_names_where_the_bad_value_came_from(tmp_path):
+    from posttrain import cli, warp
+
+    path = tmp_path / "w.yaml"
+    path.write_text("inner:\n  steps: many\n")
+    with pytest.raises(UserError, match=f"^{path}: 'inner.steps' must be an integer, got 'many'$"):
+        cfg.load(warp.Config, path)
+    with pytest.raises(UserError, match=r"^command line 'inner.steps=lots': 'inner.steps' must be an integer"):
+        cfg.load(warp.Config, None, ["inner.steps=lots"])
+    with pytest.raises(UserError, match=r"^command line --inner.steps lots: 'inner.steps' must be an integer"):
+        cli.load_stage_config("warp", ["--inner.steps", "lots"])
+    with pytest.raises(UserError, match=r"unknown config key 'inner.stpes' \(did you mean 'inner.steps'\?\)"):
+        cfg.load(warp.Config, None, ["inner.stpes=3"])
+    with pytest.raises(UserError, match=r"'inner.lora' is a section \(inner.lora.r, "):
+        cfg.load(warp.Config, None, ["inner.lora=4"])
+    path.write_text("inner:\n  rewards:\n    timeot: 3\n")
+    with pytest.raises(UserError, match=rf"^{path}: unknown config key 'inner.rewards.timeot' .*'inner.rewards.timeout'"):
+        cfg.load(warp.Config, path)
+
+
+def test_help_lists_nested_fields_with_the_stage_defaults():
+    from posttrain import evaluate, rl, warp
+
+    text = cfg.help_text(warp.Config)
+    for key in cfg.field_paths(warp.Config):
+        assert f"  {key} (" in text, key
+    assert "  inner.rewards.timeout (float, default 120.0)" in text
+    assert "  rewards.timeout (float, default 300.0)" in cfg.help_text(evaluate.Config)  # eval's own default
+    assert "rewards=X sets rewards.names" in cfg.help_text(rl.Config)

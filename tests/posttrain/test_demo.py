@@ -41,7 +41,9 @@ def test_a_finished_stage_is_reused_only_with_the_same_config(tmp_path):
 def test_quick_demo_configs_load_and_are_smaller_than_the_full_demo():
     """`posttrain demo --quick` reads configs/demo-quick: every stage's config is valid, writes under
     runs/demo-quick, and is smaller than its configs/demo counterpart where time goes."""
-    from posttrain import config as cfg, distill, evaluate, filter as filter_stage, warm, warp
+    from posttrain import config as cfg
+    from posttrain import distill, evaluate, warm, warp
+    from posttrain import filter as filter_stage
     from tests.conftest import ROOT
 
     def load(module, name, which):

@@ -149,7 +149,8 @@ def test_parquet_and_hf_dir_inputs_match_jsonl(capsys, tmp_path):
 
 def test_datasets_and_ray_data_give_the_same_output(tmp_path):
     """The same filter functions under datasets.map(num_proc=2) and Ray Data map_batches (local Ray)."""
-    from posttrain import cluster, filter as stage
+    from posttrain import cluster
+    from posttrain import filter as stage
 
     raw = ROOT / "data/demo/raw.jsonl"
     common = dict(input=str(raw), batch_size=64, overwrite=True)
