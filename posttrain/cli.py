@@ -67,7 +67,13 @@ def load_stage_config(name: str, argv: list[str]):
 
     module = importlib.import_module(STAGES[name][0])
     cls = module.Config
-    args = _stage_parser(name, cls).parse_intermixed_args(argv)
+    args, unknown = _stage_parser(name, cls).parse_known_intermixed_args(argv)
+    if unknown:
+        from posttrain.errors import UserError
+
+        key = unknown[0].lstrip("-").split("=", 1)[0]
+        raise UserError(f"command line {unknown[0]}: unknown config key '{key}'"
+                        f"{cfg.closest(key, cfg.field_paths(cls, shorthands=True))}")
     overrides = []
     for key in cfg.field_paths(cls, shorthands=True):
         value = getattr(args, f"field_{key}", None)

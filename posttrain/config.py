@@ -36,7 +36,7 @@ def doc(default: Any, help: str, **kw) -> Any:
     return dataclasses.field(default=default, metadata={"help": help}, **kw)
 
 
-def _closest(key: str, valid: list[str]) -> str:
+def closest(key: str, valid: list[str]) -> str:
     match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
     return f" (did you mean '{match[0]}'?)" if match else ""
 
@@ -133,7 +133,7 @@ def _merge(cls, tree: dict, data: Any, where: str, prefix: str = "") -> None:
         path = f"{prefix}{key}"
         if key not in types_:
             valid = [prefix + k for k in types_] + field_paths(cls, prefix)
-            raise UserError(f"{where}: unknown config key '{path}'{_closest(path, valid)}")
+            raise UserError(f"{where}: unknown config key '{path}'{closest(path, valid)}")
         section = _section(types_[key])
         if section is not None:
             if not isinstance(value, dict) and getattr(section, "SHORTHAND", None):

@@ -115,6 +115,8 @@ def test_an_error_names_where_the_bad_value_came_from(tmp_path):
         cli.load_stage_config("warp", ["--inner.steps", "lots"])
     with pytest.raises(UserError, match=r"unknown config key 'inner.stpes' \(did you mean 'inner.steps'\?\)"):
         cfg.load(warp.Config, None, ["inner.stpes=3"])
+    with pytest.raises(UserError, match=r"^command line --inner.stpes: unknown config key 'inner.stpes' \(did you mean"):
+        cli.load_stage_config("warp", ["--inner.stpes", "3"])
     with pytest.raises(UserError, match=r"'inner.lora' is a section \(inner.lora.r, "):
         cfg.load(warp.Config, None, ["inner.lora=4"])
     path.write_text("inner:\n  rewards:\n    timeot: 3\n")
