@@ -54,8 +54,10 @@ def main() -> int:
 
     what = "posttrain demo --quick" if args.quick else "posttrain demo"
     cache = "warm cache" if args.warm_cache else "fresh POSTTRAIN_CACHE (GGUF dequantised, teacher targets built)"
-    table = Table(title=f"{what}: wall time per stage, {cache}; {os.cpu_count()} CPUs, "
-                        f"load {load_before:.1f} -> {load_after:.1f}")
+    table = Table(
+        title=f"{what}: wall time per stage, {cache}; {os.cpu_count()} CPUs, "
+        f"load {load_before:.1f} -> {load_after:.1f}"
+    )
     for col in ("stage", "wall s", "share of budget"):
         table.add_column(col, justify="right")
     previous = start

@@ -33,9 +33,17 @@ CHUNK = int(os.environ.get("KD_CHUNK", 256))  # posttrain sft's logit_chunk defa
 def _configs():
     from transformers import Gemma3TextConfig
 
-    base = dict(vocab_size=VOCAB, hidden_size=640, intermediate_size=2048, num_attention_heads=4,
-                num_key_value_heads=1, head_dim=256, sliding_window=512, max_position_embeddings=32768,
-                query_pre_attn_scalar=256)
+    base = dict(
+        vocab_size=VOCAB,
+        hidden_size=640,
+        intermediate_size=2048,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        sliding_window=512,
+        max_position_embeddings=32768,
+        query_pre_attn_scalar=256,
+    )
     teacher = Gemma3TextConfig(num_hidden_layers=18, **base)
     student = Gemma3TextConfig(num_hidden_layers=6, **base)
     return teacher, student
@@ -111,14 +119,16 @@ def run_variant(variant: str, steps: int, batch: int, seq: int, targets_path: st
                 if variant == "trl-chunked":
                     from trl.trainer.distillation_trainer import _chunked_divergence_loss
 
-                    loss, _, _ = _chunked_divergence_loss(hidden, t_hidden, student.lm_head.weight,
-                                                          teacher.lm_head.weight, mask, beta=0.0)
+                    loss, _, _ = _chunked_divergence_loss(
+                        hidden, t_hidden, student.lm_head.weight, teacher.lm_head.weight, mask, beta=0.0
+                    )
                 else:
                     from trl.experimental.gkd.gkd_trainer import GKDTrainer
 
                     labels = torch.where(mask.bool(), ids.roll(-1, 1), torch.full_like(ids, -100))
-                    loss = GKDTrainer.generalized_jsd_loss(student.lm_head(hidden), teacher.lm_head(t_hidden),
-                                                           labels=labels, beta=0.0)
+                    loss = GKDTrainer.generalized_jsd_loss(
+                        student.lm_head(hidden), teacher.lm_head(t_hidden), labels=labels, beta=0.0
+                    )
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -150,10 +160,24 @@ def main():
     rows = {}
     workdir = tempfile.mkdtemp(prefix="bench-distill-")
     for variant in ("trl-full", "trl-chunked", "targets", "posttrain"):
-        proc = subprocess.run([sys.executable, __file__, "--variant", variant, "--steps", str(args.steps),
-                               "--batch", str(args.batch), "--seq", str(args.seq),
-                               "--targets", os.path.join(workdir, "targets.safetensors")],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--variant",
+                variant,
+                "--steps",
+                str(args.steps),
+                "--batch",
+                str(args.batch),
+                "--seq",
+                str(args.seq),
+                "--targets",
+                os.path.join(workdir, "targets.safetensors"),
+            ],
+            capture_output=True,
+            text=True,
+        )
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not line:
             rows[variant] = {"variant": variant, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1]}
@@ -164,25 +188,41 @@ def main():
     from rich.table import Table
 
     anchor = rows["trl-full"] if "error" not in rows["trl-full"] else rows["trl-chunked"]
-    table = Table(title=f"KD training step, vocab {VOCAB:,}, batch {args.batch} x {args.seq} tokens "
-                        f"({args.seq // 2} trained), {args.steps} steps; anchor = {anchor['variant']}")
-    for col in ("variant", "target bytes/token", "x fewer bytes", "peak RSS MB", "x peak RSS", "tokens/s",
-                "x tokens/s"):
+    table = Table(
+        title=f"KD training step, vocab {VOCAB:,}, batch {args.batch} x {args.seq} tokens "
+        f"({args.seq // 2} trained), {args.steps} steps; anchor = {anchor['variant']}"
+    )
+    for col in (
+        "variant",
+        "target bytes/token",
+        "x fewer bytes",
+        "peak RSS MB",
+        "x peak RSS",
+        "tokens/s",
+        "x tokens/s",
+    ):
         table.add_column(col, justify="right")
     build = rows.pop("targets")
     for r in rows.values():
         if "error" in r:
             table.add_row(r["variant"], "error: " + r["error"][:60], "", "", "", "", "")
             continue
-        table.add_row(r["variant"], f"{r['bytes_per_token']:,.0f}",
-                      f"{anchor['bytes_per_token'] / r['bytes_per_token']:.0f}x",
-                      f"{r['peak_rss_mb']:,.0f}", f"{r['peak_rss_mb'] / anchor['peak_rss_mb']:.2f}",
-                      f"{r['tok_s']:.1f}", f"{r['tok_s'] / anchor['tok_s']:.2f}")
+        table.add_row(
+            r["variant"],
+            f"{r['bytes_per_token']:,.0f}",
+            f"{anchor['bytes_per_token'] / r['bytes_per_token']:.0f}x",
+            f"{r['peak_rss_mb']:,.0f}",
+            f"{r['peak_rss_mb'] / anchor['peak_rss_mb']:.2f}",
+            f"{r['tok_s']:.1f}",
+            f"{r['tok_s'] / anchor['tok_s']:.2f}",
+        )
     Console().print(table)
     if "target_build_tok_s" in build:
-        print(f"posttrain one-time teacher target build (separate process, as the Ray actors do it): "
-              f"{build['target_build_tok_s']:.1f} tokens/s; cached and reused across runs, while TRL runs the "
-              "teacher forward every step")
+        print(
+            f"posttrain one-time teacher target build (separate process, as the Ray actors do it): "
+            f"{build['target_build_tok_s']:.1f} tokens/s; cached and reused across runs, while TRL runs the "
+            "teacher forward every step"
+        )
     print(json.dumps({**rows, "targets": build}, indent=1))
 
 

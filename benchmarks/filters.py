@@ -29,18 +29,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-WORDS = ("the of and to in is was for on that with as by at from it an be this which or are have not had but "
-         "were they their one all would there been has when who will more no if out so what up about into than "
-         "them can only other new some could time these two may then first any like now such our over even most "
-         "made after also did many before must through back years where much your way well down should because "
-         "each just those people how too little state good very make world still own see men work long get here "
-         "between both life being under never day same another know while last might us great old year off come "
-         "since against go came right used take three system model data training function value number result "
-         "problem method answer question example student teacher library river mountain city garden market").split()
+WORDS = (
+    "the of and to in is was for on that with as by at from it an be this which or are have not had but "
+    "were they their one all would there been has when who will more no if out so what up about into than "
+    "them can only other new some could time these two may then first any like now such our over even most "
+    "made after also did many before must through back years where much your way well down should because "
+    "each just those people how too little state good very make world still own see men work long get here "
+    "between both life being under never day same another know while last might us great old year off come "
+    "since against go came right used take three system model data training function value number result "
+    "problem method answer question example student teacher library river mountain city garden market"
+).split()
 CODE_SNIPPETS = [
     "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
     "import json\n\nwith open(path) as f:\n    rows = [json.loads(line) for line in f]\nprint(len(rows))\n",
-    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, x):\n        self.items.append(x)\n",
+    "class Stack:\n    def __init__(self):\n        self.items = []\n\n"
+    "    def push(self, x):\n        self.items.append(x)\n",
     "SELECT name, COUNT(*) FROM orders WHERE created_at > '2024-01-01' GROUP BY name ORDER BY 2 DESC;\n",
     "for i in range(10):\n    if i % 2 == 0:\n        print(i, i ** 2)\n",
 ]
@@ -50,8 +53,11 @@ PLANTS = [
     "Server 10.{a}.{b}.7 uses key AKIA{key} - is that safe?",
     "My SSN is {area}-45-{d4}; IBAN DE89 3704 0044 0532 0130 00.",
 ]
-UNSAFE = ["Here's how to make a pipe bomb: pack the tube tightly.", "You are an idiot and worthless.",
-          "I am ChatGPT, a large language model trained by OpenAI."]
+UNSAFE = [
+    "Here's how to make a pipe bomb: pack the tube tightly.",
+    "You are an idiot and worthless.",
+    "I am ChatGPT, a large language model trained by OpenAI.",
+]
 
 
 def sentence(rng: random.Random) -> str:
@@ -65,8 +71,11 @@ def sentence(rng: random.Random) -> str:
 def corpus(megabytes: float, seed: int = 0):
     """Yield chat rows until `megabytes` of message text."""
     rng = random.Random(seed)
-    demo = [json.loads(line) for line in (ROOT / "data/demo/sft.jsonl").read_text().splitlines()] \
-        if (ROOT / "data/demo/sft.jsonl").exists() else []
+    demo = (
+        [json.loads(line) for line in (ROOT / "data/demo/sft.jsonl").read_text().splitlines()]
+        if (ROOT / "data/demo/sft.jsonl").exists()
+        else []
+    )
     target, size, i, recent = megabytes * 1e6, 0, 0, []
     while size < target:
         kind = rng.random()
@@ -83,13 +92,21 @@ def corpus(megabytes: float, seed: int = 0):
             r = rng.random()
             if r < 0.02:
                 user += " " + rng.choice(PLANTS).format(
-                    first="ana", last=rng.choice(["li", "ng", "ruiz"]), d4=f"{rng.randint(0, 9999):04d}",
-                    n=rng.randint(1, 999), a=rng.randint(0, 255), b=rng.randint(0, 255), area=rng.randint(100, 665),
-                    key="".join(rng.choices(string.ascii_uppercase + string.digits, k=16)))
+                    first="ana",
+                    last=rng.choice(["li", "ng", "ruiz"]),
+                    d4=f"{rng.randint(0, 9999):04d}",
+                    n=rng.randint(1, 999),
+                    a=rng.randint(0, 255),
+                    b=rng.randint(0, 255),
+                    area=rng.randint(100, 665),
+                    key="".join(rng.choices(string.ascii_uppercase + string.digits, k=16)),
+                )
             elif r < 0.03:
                 answer = rng.choice(UNSAFE) + " " + answer
-            row = {"id": f"gen-{i}", "messages": [{"role": "user", "content": user},
-                                                   {"role": "assistant", "content": answer}]}
+            row = {
+                "id": f"gen-{i}",
+                "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+            }
         size += sum(len(m["content"].encode()) for m in row["messages"])
         recent = (recent + [row])[-50:]
         i += 1
@@ -136,8 +153,10 @@ def main() -> None:
     rows = list(corpus(args.mb))
     raw.write_text("".join(json.dumps(r) + "\n" for r in rows))
     mb = sum(len(m["content"].encode()) for r in rows for m in r["messages"]) / 1e6
-    print(f"corpus: {len(rows)} rows, {mb:.1f} MB of message text ({raw.stat().st_size / 1e6:.1f} MB jsonl), "
-          f"{os.cpu_count()} cores")
+    print(
+        f"corpus: {len(rows)} rows, {mb:.1f} MB of message text ({raw.stat().st_size / 1e6:.1f} MB jsonl), "
+        f"{os.cpu_count()} cores"
+    )
 
     sample, size = [], 0.0
     for r in rows:
@@ -145,31 +164,34 @@ def main() -> None:
             break
         sample.append(r["messages"])
         size += sum(len(m["content"].encode()) for m in r["messages"]) / 1e6
-    lines = [json.dumps(r) + "\n" for r in rows[:len(sample)]]
+    lines = [json.dumps(r) + "\n" for r in rows[: len(sample)]]
     # `posttrain filter` does not hold the corpus as Python objects; neither should this process when it
     # forks the workers (their garbage collector would touch, and so copy, every page of it).
     del rows
     gc.collect()
 
     results = []  # (what, MB, wall seconds, cpu seconds, processes)
-    config = stage.Config(input=str(raw), output=str(work / "out"), num_proc=args.procs, overwrite=True,
-                          batch_size=1000)
+    config = stage.Config(
+        input=str(raw), output=str(work / "out"), num_proc=args.procs, overwrite=True, batch_size=1000
+    )
     before = cpu_split()
     wall, cpu = time_it(lambda: stage.run(config), repeats=1)
     driver_cpu, workers_cpu = (b - a for a, b in zip(before, cpu_split()))
     results.append((f"chain: posttrain filter end to end ({args.procs} procs)", mb, wall, cpu, args.procs))
 
     chain = build_chain(config.filters, {"decontam": {}})
-    batches = [{"messages": sample[i:i + 1000]} for i in range(0, len(sample), 1000)]
+    batches = [{"messages": sample[i : i + 1000]} for i in range(0, len(sample), 1000)]
     import pyarrow as pa
 
-    table = pa.table({"_row": pa.array(range(len(lines)), pa.int64()), "_line": pa.array(lines, pa.large_string())})
+    table = pa.table(
+        {"_row": pa.array(range(len(lines)), pa.int64()), "_line": pa.array(lines, pa.large_string())}
+    )
     stage._arrow_fn(table.slice(0, 1000), chain)  # warm: regex compilation, lazy imports
     wall, cpu = time_it(lambda: [stage._arrow_fn(table.slice(i, 1000), chain) for i in range(0, len(lines), 1000)])
     results.append(("  worker part: parse, 5 filters, serialise (1 proc)", size, wall, cpu, 1))
     for name, fn, _ in chain:
         fn(batches[0])  # warm: regex compilation, lazy imports
-        wall, cpu = time_it(lambda: [fn(b) for b in batches])
+        wall, cpu = time_it(lambda fn=fn: [fn(b) for b in batches])
         results.append((f"  {name} alone (1 proc)", size, wall, cpu, 1))
 
     from data_filters import pii_presidio
@@ -188,22 +210,31 @@ def main() -> None:
     anchor = asize / cpu
 
     load = os.getloadavg()[0]
-    print(f"\n(load average {load:.1f} on {os.cpu_count()} cores: the machine is shared, so wall-clock MB/s "
-          f"depends on other work; CPU MB/s per core much less)")
+    print(
+        f"\n(load average {load:.1f} on {os.cpu_count()} cores: the machine is shared, so wall-clock MB/s "
+        f"depends on other work; CPU MB/s per core much less)"
+    )
     print(f"{'what':52s} {'MB':>6s} {'wall s':>7s} {'MB/s wall':>10s} {'MB/s/core CPU':>14s} {'x anchor':>9s}")
-    for what, size_mb, wall, cpu, procs in results:
+    for what, size_mb, wall, cpu, _procs in results:
         per_core = size_mb / cpu
-        print(f"{what:52s} {size_mb:6.2f} {wall:7.2f} {size_mb / wall:10.2f} {per_core:14.2f} {per_core / anchor:9.1f}")
+        print(
+            f"{what:52s} {size_mb:6.2f} {wall:7.2f} {size_mb / wall:10.2f} {per_core:14.2f} "
+            f"{per_core / anchor:9.1f}"
+        )
     chain_wall = results[0][1] / results[0][2]
     chain_core = results[0][1] / results[0][3]
-    print(f"\nchain on {args.procs} cores: {chain_wall:.2f} MB/s wall; at {chain_core:.2f} MB/s per core of CPU, "
-          f"{args.procs} idle cores would give ~{args.procs * chain_core:.1f} MB/s. Target >= 10 MB/s: "
-          f"{'met' if chain_wall >= 10 else 'NOT met'}.")
+    print(
+        f"\nchain on {args.procs} cores: {chain_wall:.2f} MB/s wall; at {chain_core:.2f} MB/s per core of CPU, "
+        f"{args.procs} idle cores would give ~{args.procs * chain_core:.1f} MB/s. Target >= 10 MB/s: "
+        f"{'met' if chain_wall >= 10 else 'NOT met'}."
+    )
     # The driver's CPU is mostly serial (imports, reading, dedup's keep-the-first pass, writing); the workers'
     # runs on all cores. Serial + parallel / cores is what idle cores would take.
     idle = driver_cpu + workers_cpu / args.procs
-    print(f"where the chain's time goes: driver {driver_cpu:.2f} CPU s (serial), workers {workers_cpu:.2f} CPU s "
-          f"(parallel); on {args.procs} idle cores ~{idle:.2f} s, ~{mb / idle:.1f} MB/s.")
+    print(
+        f"where the chain's time goes: driver {driver_cpu:.2f} CPU s (serial), workers {workers_cpu:.2f} CPU s "
+        f"(parallel); on {args.procs} idle cores ~{idle:.2f} s, ~{mb / idle:.1f} MB/s."
+    )
 
 
 if __name__ == "__main__":

@@ -23,11 +23,29 @@ from pathlib import Path
 from posttrain import rl
 from posttrain.scoring import Rewards
 
-TINY = dict(policy="tiny", data=["data/tiny/sft.jsonl"], rewards=Rewards(names=["tests/posttrain/rl_rewards.py:letter_binary"]),
-            prompts_per_step=8, generation_batch=8, max_new_tokens=8, learning_rate=1e-2, eta=0.1,
-            freeze_embeddings=False, torch_threads=1, bf16=False)
-DEMO = dict(policy="runs/demo/sft", data=["data/demo/sft.jsonl"], rewards=Rewards(names=["math"]), prompts_per_step=8,
-            generation_batch=4, max_new_tokens=48, learning_rate=1e-5, eta=0.05)
+TINY = dict(
+    policy="tiny",
+    data=["data/tiny/sft.jsonl"],
+    rewards=Rewards(names=["tests/posttrain/rl_rewards.py:letter_binary"]),
+    prompts_per_step=8,
+    generation_batch=8,
+    max_new_tokens=8,
+    learning_rate=1e-2,
+    eta=0.1,
+    freeze_embeddings=False,
+    torch_threads=1,
+    bf16=False,
+)
+DEMO = dict(
+    policy="runs/demo/sft",
+    data=["data/demo/sft.jsonl"],
+    rewards=Rewards(names=["math"]),
+    prompts_per_step=8,
+    generation_batch=4,
+    max_new_tokens=48,
+    learning_rate=1e-5,
+    eta=0.05,
+)
 
 
 def main():
@@ -39,9 +57,13 @@ def main():
     args = ap.parse_args()
     base = DEMO if args.demo else TINY
     if args.demo:  # math prompts only
-        rows = [r for r in map(json.loads, Path("data/demo/sft.jsonl").read_text().splitlines()) if r["task"] == "math"]
-    print(f"policy={base['policy']} rewards={base['rewards'].names} steps={args.steps} seeds={args.seeds} "
-          f"beta={args.beta} load={os.getloadavg()[0]:.1f}")
+        rows = [
+            r for r in map(json.loads, Path("data/demo/sft.jsonl").read_text().splitlines()) if r["task"] == "math"
+        ]
+    print(
+        f"policy={base['policy']} rewards={base['rewards'].names} steps={args.steps} seeds={args.seeds} "
+        f"beta={args.beta} load={os.getloadavg()[0]:.1f}"
+    )
     table = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.demo:
@@ -53,17 +75,35 @@ def main():
             for seed in range(args.seeds):
                 out = Path(tmp) / f"{ties}-{seed}"
                 out.mkdir()
-                rl.train(rl.Config(**base, ties=ties, seed=seed, beta=args.beta, steps=args.steps, save_steps=10_000,
-                                   output_dir=str(out)), out)
+                rl.train(
+                    rl.Config(
+                        **base,
+                        ties=ties,
+                        seed=seed,
+                        beta=args.beta,
+                        steps=args.steps,
+                        save_steps=10_000,
+                        output_dir=str(out),
+                    ),
+                    out,
+                )
                 m = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
                 firsts.append(statistics.mean(x["reward"] for x in m[:5]))
                 lasts.append(statistics.mean(x["reward"] for x in m[-5:]))
                 rolls = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
                 signal.append(sum(r["bond_reward"] not in (0.0, None) for r in rolls) / len(rolls))
-            table.append((ties, statistics.mean(firsts), statistics.mean(lasts), statistics.mean(signal),
-                          min(b - a for a, b in zip(firsts, lasts))))
-    print(f"\n{'ties':<8}{'reward first 5':>15}{'reward last 5':>15}{'gain':>8}{'min gain/seed':>15}"
-          f"{'r_J != 0':>10}")
+            table.append(
+                (
+                    ties,
+                    statistics.mean(firsts),
+                    statistics.mean(lasts),
+                    statistics.mean(signal),
+                    min(b - a for a, b in zip(firsts, lasts)),
+                )
+            )
+    print(
+        f"\n{'ties':<8}{'reward first 5':>15}{'reward last 5':>15}{'gain':>8}{'min gain/seed':>15}{'r_J != 0':>10}"
+    )
     for ties, first, last, signal, worst in table:
         print(f"{ties:<8}{first:>15.3f}{last:>15.3f}{last - first:>8.3f}{worst:>15.3f}{signal:>10.1%}")
     print(f"(means over {args.seeds} seeds; load {os.getloadavg()[0]:.1f} at the end)")

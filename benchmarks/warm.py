@@ -29,15 +29,34 @@ def _jobs(init: Path, root: Path, m: int, steps: int, threads: int) -> list[dict
     from posttrain import artifacts, warm
     from posttrain import config as cfg
 
-    config = dataclasses.replace(cfg.load(warm.Config, ROOT / "configs" / "tiny" / "rm.yaml"), max_steps=steps,
-                                 save_steps=10_000, bf16=False)
+    config = dataclasses.replace(
+        cfg.load(warm.Config, ROOT / "configs" / "tiny" / "rm.yaml"),
+        max_steps=steps,
+        save_steps=10_000,
+        bf16=False,
+    )
     tok = AutoTokenizer.from_pretrained(init)
     rows = warm.read_pairs(ROOT / "data" / "demo" / "prefs.jsonl")
     pairs = warm.encode_pairs(tok, rows[120:], 256)
-    return [{"member": k, "label_noise": 0.0, "out": str(root / f"member-{k}"), "init": str(init),
-             "init_sha256": artifacts.dir_sha256(init), "train": pairs, "eval": pairs[:8], "train_sha256": "bench",
-             "seed": k, "learning_rate": 1e-4, "dropout": 0.05, "config": cfg.to_dict(config), "threads": threads,
-             "progress": False} for k in range(m)]
+    return [
+        {
+            "member": k,
+            "label_noise": 0.0,
+            "out": str(root / f"member-{k}"),
+            "init": str(init),
+            "init_sha256": artifacts.dir_sha256(init),
+            "train": pairs,
+            "eval": pairs[:8],
+            "train_sha256": "bench",
+            "seed": k,
+            "learning_rate": 1e-4,
+            "dropout": 0.05,
+            "config": cfg.to_dict(config),
+            "threads": threads,
+            "progress": False,
+        }
+        for k in range(m)
+    ]
 
 
 def bench_training(spec: str, steps: int, cpus: int, work: Path) -> list[tuple]:
@@ -52,8 +71,9 @@ def bench_training(spec: str, steps: int, cpus: int, work: Path) -> list[tuple]:
             cluster.run_tasks(warm.train_member, [job], num_cpus=cpus)
         sequential = time.perf_counter() - t
         t = time.perf_counter()
-        cluster.run_tasks(warm.train_member, _jobs(init, work / f"par{m}", m, steps, max(1, cpus // m)),
-                          num_cpus=cpus / m)
+        cluster.run_tasks(
+            warm.train_member, _jobs(init, work / f"par{m}", m, steps, max(1, cpus // m)), num_cpus=cpus / m
+        )
         parallel = time.perf_counter() - t
         rows.append((f"train M={m}, {steps} steps each", "one after another (anchor)", sequential, 1.0))
         rows.append(("", f"parallel Ray tasks ({cpus / m:g} CPU each)", parallel, sequential / parallel))
@@ -87,8 +107,9 @@ def bench_scoring(spec: str, n_pairs: int, cpus: int, work: Path) -> list[tuple]
         t = time.perf_counter()
         scorers[0].score_ids(seqs)  # the average is one model of the same size
         average = time.perf_counter() - t
-        rows.append((f"score {n_pairs} pairs, M={m}", f"ensemble of {m} RMs (anchor)", ensemble, 1.0,
-                     n_pairs / ensemble))
+        rows.append(
+            (f"score {n_pairs} pairs, M={m}", f"ensemble of {m} RMs (anchor)", ensemble, 1.0, n_pairs / ensemble)
+        )
         rows.append(("", "WARM average (one RM)", average, ensemble / average, n_pairs / average))
         del scorers
     return rows
@@ -96,11 +117,17 @@ def bench_scoring(spec: str, n_pairs: int, cpus: int, work: Path) -> list[tuple]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny:hidden_size=256,intermediate_size=1024,num_hidden_layers=4,"
-                                           "num_attention_heads=4,num_key_value_heads=1,head_dim=64,seed=3")
+    parser.add_argument(
+        "--model",
+        default="tiny:hidden_size=256,intermediate_size=1024,num_hidden_layers=4,"
+        "num_attention_heads=4,num_key_value_heads=1,head_dim=64,seed=3",
+    )
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--score-model", default=None, help="model for the scoring benchmark (default: --model; "
-                                                             "e.g. an SFT dir of the demo)")
+    parser.add_argument(
+        "--score-model",
+        default=None,
+        help="model for the scoring benchmark (default: --model; e.g. an SFT dir of the demo)",
+    )
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--only", choices=["train", "score"], default=None, help="run one of the two benchmarks")
     args = parser.parse_args()
@@ -117,16 +144,18 @@ def main() -> None:
         cluster.init(None)
         load_before = os.getloadavg()[0]
         train_rows = bench_training(args.model, args.steps, cpus, work) if args.only != "score" else []
-        score_rows = (bench_scoring(args.score_model or args.model, args.pairs, cpus, work)
-                      if args.only != "train" else [])
+        score_rows = (
+            bench_scoring(args.score_model or args.model, args.pairs, cpus, work) if args.only != "train" else []
+        )
         load_after = os.getloadavg()[0]
     finally:
         cluster.shutdown()
         shutil.rmtree(work, ignore_errors=True)
 
     console = Console()
-    table = Table(title=f"WARM training: {cpus} CPUs, load average {load_before:.1f} -> {load_after:.1f} "
-                        f"(shared machine)")
+    table = Table(
+        title=f"WARM training: {cpus} CPUs, load average {load_before:.1f} -> {load_after:.1f} (shared machine)"
+    )
     for col in ("workload", "how", "wall s", "speed-up vs anchor"):
         table.add_column(col)
     for name, how, secs, ratio in train_rows:

@@ -50,8 +50,11 @@ def make_fine_tunes(model: str, work: Path) -> dict:
     from posttrain import merging, models
 
     init = models.resolve(model)
-    state = load_file(str(init / "model.safetensors")) if (init / "model.safetensors").is_file() else \
-        dict(merging.open_state(init))
+    state = (
+        load_file(str(init / "model.safetensors"))
+        if (init / "model.safetensors").is_file()
+        else dict(merging.open_state(init))
+    )
     g = torch.Generator().manual_seed(0)
     dirs = []
     for m in range(M):
@@ -60,13 +63,19 @@ def make_fine_tunes(model: str, work: Path) -> dict:
         tuned = {}
         for k, v in state.items():
             noise = torch.randn(v.shape, generator=g, dtype=torch.float32)
-            tuned[k] = (v.float() + noise.mul_(1e-3 * float(v.float().std()) if v.numel() > 1 else 1e-3)).to(v.dtype)
+            tuned[k] = (v.float() + noise.mul_(1e-3 * float(v.float().std()) if v.numel() > 1 else 1e-3)).to(
+                v.dtype
+            )
         save_file(tuned, str(out / "model.safetensors"), metadata={"format": "pt"})
         del tuned
         shutil.copy2(init / "config.json", out / "config.json")
         dirs.append(str(out))
-    return {"init": str(init), "fine_tunes": dirs, "params": sum(v.numel() for v in state.values()),
-            "dtype": str(next(iter(state.values())).dtype)}
+    return {
+        "init": str(init),
+        "fine_tunes": dirs,
+        "params": sum(v.numel() for v in state.values()),
+        "dtype": str(next(iter(state.values())).dtype),
+    }
 
 
 def merge_naive(init: str, fine_tunes: list[str], work: Path) -> dict:
@@ -136,9 +145,18 @@ def rl_jobs(args: argparse.Namespace, work: Path, cpus_per_run: float) -> tuple[
     from posttrain import models, rl, warp
     from posttrain.scoring import Rewards
 
-    inner = rl.Config(algorithm="bond", data=[str(ROOT / "data" / "tiny" / "sft.jsonl")],
-                      rewards=Rewards(names=["math", "format"], workers=1), steps=args.rl_steps, prompts_per_step=8,
-                      generation_batch=4, max_new_tokens=32, learning_rate=1e-3, save_steps=1000, bf16=False)
+    inner = rl.Config(
+        algorithm="bond",
+        data=[str(ROOT / "data" / "tiny" / "sft.jsonl")],
+        rewards=Rewards(names=["math", "format"], workers=1),
+        steps=args.rl_steps,
+        prompts_per_step=8,
+        generation_batch=4,
+        max_new_tokens=32,
+        learning_rate=1e-3,
+        save_steps=1000,
+        bf16=False,
+    )
     config = warp.Config(runs=M, run_cpus=cpus_per_run, policy=args.rl_model, output_dir=str(work), inner=inner)
     return config, warp.run_jobs(config, models.resolve(args.rl_model), work / "iter-1", 1)
 
@@ -186,9 +204,27 @@ def _variant(name: str, args: argparse.Namespace) -> None:
 
 
 def _run(name: str, args: argparse.Namespace, *extra: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--variant", name, "--work", args.work, "--model", args.model,
-                           "--chunk-elements", str(args.chunk_elements), "--rl-model", args.rl_model,
-                           "--rl-steps", str(args.rl_steps), *extra], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--variant",
+            name,
+            "--work",
+            args.work,
+            "--model",
+            args.model,
+            "--chunk-elements",
+            str(args.chunk_elements),
+            "--rl-model",
+            args.rl_model,
+            "--rl-steps",
+            str(args.rl_steps),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+    )
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not line:
         raise SystemExit(f"variant {name} failed:\n{proc.stderr[-3000:]}")
@@ -197,8 +233,10 @@ def _run(name: str, args: argparse.Namespace, *extra: str) -> dict:
 
 def bench_merge(args: argparse.Namespace) -> tuple[dict, list[dict], dict]:
     setup = _run("setup", args)
-    rows = [dict(_run("naive", args), variant=f"anchor: {M + 1} fp32 state dicts in memory"),
-            dict(_run("streamed", args), variant="posttrain.merging, streamed")]
+    rows = [
+        dict(_run("naive", args), variant=f"anchor: {M + 1} fp32 state dicts in memory"),
+        dict(_run("streamed", args), variant="posttrain.merging, streamed"),
+    ]
     diff = _run("check", args, "--a", rows[1]["final"], "--b", rows[0]["final"])
     return setup, rows, diff
 
@@ -207,28 +245,43 @@ def merge_table(setup: dict, rows: list[dict], diff: dict, load: tuple[float, fl
     from rich.table import Table
 
     anchor = rows[0]
-    table = Table(title=f"WARP merge of a {setup['params'] / 1e6:.0f}M-parameter model ({setup['dtype']}): SLERP of "
-                        f"M={M} task vectors (lambda={LAM}) + LITI (eta={ETA}), each written as an HF dir; "
-                        f"{os.cpu_count()} CPUs, load average {load[0]:.1f} -> {load[1]:.1f} (shared machine)")
+    table = Table(
+        title=f"WARP merge of a {setup['params'] / 1e6:.0f}M-parameter model ({setup['dtype']}): SLERP of "
+        f"M={M} task vectors (lambda={LAM}) + LITI (eta={ETA}), each written as an HF dir; "
+        f"{os.cpu_count()} CPUs, load average {load[0]:.1f} -> {load[1]:.1f} (shared machine)"
+    )
     for col in ("variant", "slerp s", "liti s", "total s", "speed vs anchor", "peak RSS MB", "peak RSS vs anchor"):
         table.add_column(col, justify="right")
     for r in rows:
         total, anchor_total = r["slerp_s"] + r["liti_s"], anchor["slerp_s"] + anchor["liti_s"]
-        table.add_row(r["variant"], f"{r['slerp_s']:.1f}", f"{r['liti_s']:.1f}", f"{total:.1f}",
-                      f"{anchor_total / total:.2f}x", f"{r['peak_rss_mb']:,.0f}",
-                      f"{r['peak_rss_mb'] / anchor['peak_rss_mb']:.2f}x")
-    table.caption = (f"peak RSS includes ~{rows[1]['rss_after_imports_mb']:.0f} MB of interpreter + torch; final "
-                     f"models: max |streamed - anchor| = {diff['max_abs_diff']:.1e}, {diff['max_rel_diff']:.1e} of the tensor's "
-                     f"largest weight (fp32 rounding: the anchor rounds each step, posttrain once from float64)")
+        table.add_row(
+            r["variant"],
+            f"{r['slerp_s']:.1f}",
+            f"{r['liti_s']:.1f}",
+            f"{total:.1f}",
+            f"{anchor_total / total:.2f}x",
+            f"{r['peak_rss_mb']:,.0f}",
+            f"{r['peak_rss_mb'] / anchor['peak_rss_mb']:.2f}x",
+        )
+    table.caption = (
+        f"peak RSS includes ~{rows[1]['rss_after_imports_mb']:.0f} MB of interpreter + torch; final "
+        f"models: max |streamed - anchor| = {diff['max_abs_diff']:.1e}, {diff['max_rel_diff']:.1e} "
+        "of the tensor's "
+        f"largest weight (fp32 rounding: the anchor rounds each step, posttrain once from float64)"
+    )
     return table
 
 
 def bench_rl(args: argparse.Namespace) -> tuple[list[dict], dict]:
-    rows = [dict(_run("rl-sequential-1", args), variant="anchor: one after another, 1 torch thread"),
-            dict(_run("rl-sequential-all", args), variant=f"one after another, {os.cpu_count()} torch threads"),
-            dict(_run("rl-parallel", args), variant=f"{M} Ray tasks in parallel, 1 CPU + 1 thread each")]
-    diffs = [_run("check", args, "--a", str(Path(a) / "model.safetensors"), "--b", str(Path(b) / "model.safetensors"))
-             for a, b in zip(rows[2]["runs"], rows[0]["runs"])]
+    rows = [
+        dict(_run("rl-sequential-1", args), variant="anchor: one after another, 1 torch thread"),
+        dict(_run("rl-sequential-all", args), variant=f"one after another, {os.cpu_count()} torch threads"),
+        dict(_run("rl-parallel", args), variant=f"{M} Ray tasks in parallel, 1 CPU + 1 thread each"),
+    ]
+    diffs = [
+        _run("check", args, "--a", str(Path(a) / "model.safetensors"), "--b", str(Path(b) / "model.safetensors"))
+        for a, b in zip(rows[2]["runs"], rows[0]["runs"])
+    ]
     return rows, {"max_abs_diff": max(d["max_abs_diff"] for d in diffs)}
 
 
@@ -236,24 +289,37 @@ def rl_table(args: argparse.Namespace, rows: list[dict], diff: dict, load: tuple
     from rich.table import Table
 
     anchor = rows[0]["wall_s"]
-    table = Table(title=f"WARP: the M={M} J-BOND runs of one iteration ({args.rl_steps} steps x 8 prompts, 2 anchor "
-                        f"samples, 32 new tokens; model {args.rl_model}); {os.cpu_count()} CPUs, load average "
-                        f"{load[0]:.1f} -> {load[1]:.1f} (shared machine)")
+    table = Table(
+        title=f"WARP: the M={M} J-BOND runs of one iteration ({args.rl_steps} steps x 8 prompts, 2 anchor "
+        f"samples, 32 new tokens; model {args.rl_model}); {os.cpu_count()} CPUs, load average "
+        f"{load[0]:.1f} -> {load[1]:.1f} (shared machine)"
+    )
     for col in ("variant", "wall s", "wall s / M", "speed vs anchor", "Ray start-up s (not in wall)"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["variant"], f"{r['wall_s']:.1f}", f"{r['wall_s'] / M:.1f}", f"{anchor / r['wall_s']:.2f}x",
-                      f"{r['ray_start_s']:.1f}" if "ray_start_s" in r else "-")
-    table.caption = (f"same runs: parallel vs anchor weights max |diff| = {diff['max_abs_diff']:.1e} (identical "
-                     "configs, 1 thread each); the parallel wall time includes each Ray worker importing torch")
+        table.add_row(
+            r["variant"],
+            f"{r['wall_s']:.1f}",
+            f"{r['wall_s'] / M:.1f}",
+            f"{anchor / r['wall_s']:.2f}x",
+            f"{r['ray_start_s']:.1f}" if "ray_start_s" in r else "-",
+        )
+    table.caption = (
+        f"same runs: parallel vs anchor weights max |diff| = {diff['max_abs_diff']:.1e} (identical "
+        "configs, 1 thread each); the parallel wall time includes each Ray worker importing torch"
+    )
     return table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="gemma3-270m", help="model spec of the init (default: the embedded 270M)")
+    parser.add_argument(
+        "--model", default="gemma3-270m", help="model spec of the init (default: the embedded 270M)"
+    )
     parser.add_argument("--chunk-elements", type=int, default=1 << 22, help="posttrain.merging's row block size")
-    parser.add_argument("--rl-model", default=RL_MODEL, help="model spec of the RL runs' init (default: a small tiny)")
+    parser.add_argument(
+        "--rl-model", default=RL_MODEL, help="model spec of the RL runs' init (default: a small tiny)"
+    )
     parser.add_argument("--rl-steps", type=int, default=4, help="steps per RL run")
     parser.add_argument("--skip", choices=("merge", "rl"), help="leave one table out")
     parser.add_argument("--variant", help=argparse.SUPPRESS)

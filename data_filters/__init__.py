@@ -54,7 +54,9 @@ def module(name: str):
     if name not in FILTERS:
         close = difflib.get_close_matches(name, list(FILTERS), n=1, cutoff=0.0)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise FilterError(f"unknown filter '{name}'{hint}; valid filters: {', '.join(FILTERS)}, or 'module:function'")
+        raise FilterError(
+            f"unknown filter '{name}'{hint}; valid filters: {', '.join(FILTERS)}, or 'module:function'"
+        )
     return importlib.import_module(FILTERS[name])
 
 
@@ -64,7 +66,6 @@ def build(name: str, options: dict | None = None):
 
     if ":" in name:
         if options:
-
             raise FilterError(f"filter {name}: options are only for built-in filters")
         return name, load_callable(name, f"filter {name}"), {}
     mod = module(name)

@@ -94,7 +94,6 @@ def check_options(name: str, options: dict, defaults: dict) -> dict:
     """Defaults overlaid by `options`; an unknown option key is a FilterError naming the closest one."""
     import difflib
 
-
     for key in options:
         if key not in defaults:
             close = difflib.get_close_matches(key, list(defaults), n=1, cutoff=0.0)
@@ -132,7 +131,7 @@ def _re2_source(pattern: str) -> str | None:
                     return None
                 out.append(f"[^{_ASCII_SPACE}]")
             else:
-                out.append(pattern[i:i + 2])
+                out.append(pattern[i : i + 2])
             i += 2
             continue
         if in_class:
@@ -158,7 +157,7 @@ def _re2_source(pattern: str) -> str | None:
             i += 1
             continue
         if c == "(" and pattern.startswith("?", i + 1):
-            head = pattern[i + 2:i + 4]
+            head = pattern[i + 2 : i + 4]
             if head[:1] in ("=", "!") or head in ("<=", "<!"):
                 i = _group_end(pattern, i)  # a lookaround: drop it (only widens the match)
                 if i is None:
@@ -263,8 +262,9 @@ class AsciiTexts:
 # The `\w+` words of lower-cased ASCII text are its runs of [0-9a-z_] after lower-casing: one bytes.translate
 # (other bytes -> space) and two numpy passes give every text's words joined by single spaces, ~10x faster
 # than re.findall and a join per text.
-_WORD_BYTES = bytes(c if 48 <= c <= 57 or 97 <= c <= 122 or c == 95 else c + 32 if 65 <= c <= 90 else 32
-                    for c in range(256))
+_WORD_BYTES = bytes(
+    c if 48 <= c <= 57 or 97 <= c <= 122 or c == 95 else c + 32 if 65 <= c <= 90 else 32 for c in range(256)
+)
 
 
 def word_lines(texts: list[str]) -> bytes:
@@ -300,7 +300,9 @@ def _poly_powers(size: int):
     import numpy as np
 
     powers = np.ones(size, np.uint32)
-    powers[1:] = np.cumprod(np.full(size - 1, POLY_BASE, np.uint32), dtype=np.uint32)  # wraps mod 2^32, as intended
+    powers[1:] = np.cumprod(
+        np.full(size - 1, POLY_BASE, np.uint32), dtype=np.uint32
+    )  # wraps mod 2^32, as intended
     inverse = np.ones(size, np.uint32)
     inverse[1:] = np.cumprod(np.full(size - 1, pow(POLY_BASE, -1, 1 << 32), np.uint32), dtype=np.uint32)
     return powers, inverse

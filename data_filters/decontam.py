@@ -104,7 +104,7 @@ def find(text: str, ngrams: frozenset, short: frozenset, n: int) -> tuple[int, i
     for run in re.finditer(b"\x01{%d,}" % shortest, flags):
         lo, hi = run.span()
         if hi - lo >= n:
-            for i, g in enumerate(zip(*(toks[lo + j:hi] for j in range(n))), lo):
+            for i, g in enumerate(zip(*(toks[lo + j : hi] for j in range(n))), lo):
                 if g in ngrams:
                     hit = (i, n)
                     break
@@ -112,7 +112,7 @@ def find(text: str, ngrams: frozenset, short: frozenset, n: int) -> tuple[int, i
             by_first = _by_first(short)
             for i in range(lo, hi):
                 for k in by_first.get(toks[i], ()):
-                    if i + k <= hi and tuple(toks[i:i + k]) in short:
+                    if i + k <= hi and tuple(toks[i : i + k]) in short:
                         hit = (i, k)
                         break
                 if hit:
@@ -124,7 +124,7 @@ def find(text: str, ngrams: frozenset, short: frozenset, n: int) -> tuple[int, i
     # Map the word window back to characters for the rejects file.
     spans = [m.span() for m in _WORD.finditer(text)]
     start, end = spans[hit[0]][0], spans[hit[0] + hit[1] - 1][1]
-    return start, end, " ".join(toks[hit[0]:hit[0] + hit[1]])
+    return start, end, " ".join(toks[hit[0] : hit[0] + hit[1]])
 
 
 def _window_hashes(data: bytes, k: int):
@@ -176,8 +176,9 @@ def possible(texts: list[str], ngrams: frozenset, short: frozenset) -> list[bool
     return out
 
 
-def apply(batch: dict[str, list], *, ngrams=frozenset(), short=frozenset(), n=13,
-          roles=("system", "user", "assistant")) -> FilterResult:
+def apply(
+    batch: dict[str, list], *, ngrams=frozenset(), short=frozenset(), n=13, roles=("system", "user", "assistant")
+) -> FilterResult:
     size = len(batch["messages"])
     keep, reasons = [True] * size, [[] for _ in range(size)]
     where = [(r, i, text) for r, messages in enumerate(batch["messages"]) for i, text in turns(messages, roles)]
@@ -187,8 +188,15 @@ def apply(batch: dict[str, list], *, ngrams=frozenset(), short=frozenset(), n=13
         hit = find(text, ngrams, short, n)
         if hit:
             keep[r] = False
-            reasons[r].append({"filter": "decontam", "reason": f"shares a {n}-gram with an eval set",
-                               "turn": i, "span": [hit[0], hit[1]], "text": text[hit[0]:hit[1]]})
+            reasons[r].append(
+                {
+                    "filter": "decontam",
+                    "reason": f"shares a {n}-gram with an eval set",
+                    "turn": i,
+                    "span": [hit[0], hit[1]],
+                    "text": text[hit[0] : hit[1]],
+                }
+            )
     return FilterResult(keep, {}, reasons)
 
 
@@ -199,6 +207,7 @@ def prepare(options: dict) -> dict:
         raise FilterError(f"decontam: n must be >= 1, got {options['n']}")
     if not options["eval_files"]:
         raise FilterError("decontam: no eval_files given")
-    grams, short, stats = load_ngrams(options["eval_files"], int(options["n"]), options["fields"],
-                                      int(options["min_words"]))
+    grams, short, stats = load_ngrams(
+        options["eval_files"], int(options["n"]), options["fields"], int(options["min_words"])
+    )
     return {"ngrams": grams, "short": short, "n": int(options["n"]), "roles": options["roles"], "_stats": stats}

@@ -54,8 +54,13 @@ def new_minhash(num_perm: int):
     import xxhash
     from datasketch import MinHash
 
-    return MinHash(num_perm=num_perm, seed=1, hashfunc=xxhash.xxh32_intdigest, permutations=_permutations(num_perm),
-                   scheme="affine32")
+    return MinHash(
+        num_perm=num_perm,
+        seed=1,
+        hashfunc=xxhash.xxh32_intdigest,
+        permutations=_permutations(num_perm),
+        scheme="affine32",
+    )
 
 
 def shingle_hashes(texts: list[str], k: int) -> list[np.ndarray]:
@@ -72,7 +77,7 @@ def shingle_hashes(texts: list[str], k: int) -> list[np.ndarray]:
 def _shingle_hashes(joined: bytes, rows: int, k: int) -> list[np.ndarray]:
     """shingle_hashes of `rows` texts already encoded and joined by \n (an empty one as \x02)."""
     h, bounds = _flat_shingle_hashes(joined, rows, k)
-    return [h[bounds[r]:bounds[r + 1]] for r in range(rows)]
+    return [h[bounds[r] : bounds[r + 1]] for r in range(rows)]
 
 
 def _flat_shingle_hashes(joined: bytes, rows: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,12 +135,14 @@ def _flat_signatures(h: np.ndarray, bounds: np.ndarray, permutations, chunk: int
     """Signatures of the rows whose hashes are h[bounds[r]:bounds[r + 1]] (each row has at least one)."""
     a, b = (np.asarray(p, dtype=np.uint32) for p in permutations)
     out, i, rows = [np.zeros((0, len(a)), np.uint32)], 0, len(bounds) - 1
-    buffer = np.empty(len(a) * max(chunk, int(np.diff(bounds).max(initial=0))), np.uint32)  # reused: no page faults
+    buffer = np.empty(
+        len(a) * max(chunk, int(np.diff(bounds).max(initial=0))), np.uint32
+    )  # reused: no page faults
     while i < rows:
         j = max(i + 1, int(np.searchsorted(bounds, bounds[i] + chunk, side="right")) - 1)  # rows i..j-1
         j = min(j, rows)
         lo, hi = bounds[i], bounds[j]
-        phv = buffer[:len(a) * (hi - lo)].reshape(len(a), hi - lo)
+        phv = buffer[: len(a) * (hi - lo)].reshape(len(a), hi - lo)
         np.multiply(a[:, None], _fmix32(h[lo:hi])[None, :], out=phv)
         phv += b[:, None]
         out.append(np.minimum.reduceat(phv, bounds[i:j] - lo, axis=1).T)
@@ -161,8 +168,16 @@ def texts(rows: list[list[dict]], roles) -> list[bytes]:
     return out
 
 
-def apply(batch: dict[str, list], *, exact=True, near=True, threshold=0.8, num_perm=128, shingle=5,
-          roles=("system", "user", "assistant")) -> FilterResult:
+def apply(
+    batch: dict[str, list],
+    *,
+    exact=True,
+    near=True,
+    threshold=0.8,
+    num_perm=128,
+    shingle=5,
+    roles=("system", "user", "assistant"),
+) -> FilterResult:
     """Signatures only: `_dedup_hash` (hex digest of the normalised text) and `_dedup_minhash` (the MinHash
     signature as bytes: num_perm little-endian uint32s; b"" with near off)."""
     normalised = texts(batch["messages"], roles)
@@ -178,7 +193,7 @@ def apply(batch: dict[str, list], *, exact=True, near=True, threshold=0.8, num_p
         h, bounds = _flat_shingle_hashes(b"\n".join(t or b"\x02" for t in unique), len(unique), shingle)
         data = _flat_signatures(h, bounds, _permutations(num_perm)).astype("<u4").tobytes()
         width = 4 * num_perm
-        by_digest = {d: data[i * width:(i + 1) * width] for i, d in enumerate(first)}
+        by_digest = {d: data[i * width : (i + 1) * width] for i, d in enumerate(first)}
         sigs = [by_digest[d] for d in hashes]
     return FilterResult([True] * n, {"_dedup_hash": hashes, "_dedup_minhash": sigs}, [[] for _ in range(n)])
 
@@ -197,8 +212,8 @@ def _bands(threshold: float, num_perm: int) -> list[tuple[int, int]]:
         s = (hi - lo) / 2 * nodes + (hi + lo) / 2
         return (hi - lo) / 2 * (fn(s[None, :], pairs[:, :1], pairs[:, 1:]) @ weights)
 
-    false_positive = area(0.0, threshold, lambda s, b, r: 1 - (1 - s ** r) ** b)
-    false_negative = area(threshold, 1.0, lambda s, b, r: 1 - (1 - (1 - s ** r) ** b))
+    false_positive = area(0.0, threshold, lambda s, b, r: 1 - (1 - s**r) ** b)
+    false_negative = area(threshold, 1.0, lambda s, b, r: 1 - (1 - (1 - s**r) ** b))
     b, r = (int(x) for x in pairs[np.argmin(false_positive * 0.5 + false_negative * 0.5)])
     return [(i * r, (i + 1) * r) for i in range(b)]
 
@@ -239,8 +254,19 @@ def _band_groups(matrix: np.ndarray, bands) -> list[np.ndarray]:
     return out
 
 
-def decide(hashes: list[str], sigs, alive: list[bool], ids: list, *, exact=True, near=True, threshold=0.8,
-           num_perm=128, shingle=5, roles=None) -> FilterResult:
+def decide(
+    hashes: list[str],
+    sigs,
+    alive: list[bool],
+    ids: list,
+    *,
+    exact=True,
+    near=True,
+    threshold=0.8,
+    num_perm=128,
+    shingle=5,
+    roles=None,
+) -> FilterResult:
     """Keep the first of each cluster among the `alive` rows (in order); others get a reason naming it.
 
     `sigs`: apply's `_dedup_minhash` per row, or all of them as one (rows, num_perm) array. Near duplicates
@@ -285,8 +311,13 @@ def decide(hashes: list[str], sigs, alive: list[bool], ids: list, *, exact=True,
             best = int(np.argmax(sims))  # the first maximum: the earliest row on ties
             if sims[best] >= threshold:
                 keep[r] = False
-                reasons[r].append({"filter": "dedup", "reason": f"near duplicate of row {ids[live[cands[best]]]} "
-                                                                f"(jaccard~{float(sims[best]):.2f})"})
+                reasons[r].append(
+                    {
+                        "filter": "dedup",
+                        "reason": f"near duplicate of row {ids[live[cands[best]]]} "
+                        f"(jaccard~{float(sims[best]):.2f})",
+                    }
+                )
                 continue
         for table, key in zip(tables, band_keys):
             table.setdefault(key, []).append(p)
@@ -300,6 +331,8 @@ def prepare(options: dict) -> dict:
     if int(options["num_perm"]) < 16 or int(options["shingle"]) < 1:
         raise FilterError("dedup: num_perm must be >= 16 and shingle >= 1")
     if options["near"] and len(_bands(float(options["threshold"]), int(options["num_perm"]))) < 2:
-        raise FilterError(f"dedup: threshold {options['threshold']} with num_perm {options['num_perm']} leaves one "
-                        "LSH band; raise num_perm or lower the threshold")
+        raise FilterError(
+            f"dedup: threshold {options['threshold']} with num_perm {options['num_perm']} leaves one "
+            "LSH band; raise num_perm or lower the threshold"
+        )
     return options

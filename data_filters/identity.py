@@ -16,13 +16,62 @@ DEFAULTS = {
     "name": "Gemma",
     "developers": ["Google DeepMind", "Google"],
     "roles": ["assistant"],
-    "other_names": ["ChatGPT", "GPT-4o", "GPT-4", "GPT-3.5", "GPT-3", "GPT", "Claude", "Bard", "LLaMA", "Llama",
-                    "Gemini", "Mistral", "Mixtral", "Qwen", "Tongyi Qianwen", "DeepSeek", "Ernie", "Grok", "Copilot",
-                    "Bing Chat", "Alexa", "Siri", "Cortana", "Phi", "Falcon", "Vicuna", "Alpaca", "Command R",
-                    "Yi", "Kimi", "Pi"],
-    "other_developers": ["OpenAI", "Anthropic", "Meta AI", "Meta", "Facebook", "Microsoft", "Mistral AI", "Alibaba",
-                         "Alibaba Cloud", "DeepSeek", "Baidu", "xAI", "Amazon", "Apple", "Cohere", "Inflection AI",
-                         "01.AI", "Moonshot AI", "TII", "LMSYS", "Stanford"],
+    "other_names": [
+        "ChatGPT",
+        "GPT-4o",
+        "GPT-4",
+        "GPT-3.5",
+        "GPT-3",
+        "GPT",
+        "Claude",
+        "Bard",
+        "LLaMA",
+        "Llama",
+        "Gemini",
+        "Mistral",
+        "Mixtral",
+        "Qwen",
+        "Tongyi Qianwen",
+        "DeepSeek",
+        "Ernie",
+        "Grok",
+        "Copilot",
+        "Bing Chat",
+        "Alexa",
+        "Siri",
+        "Cortana",
+        "Phi",
+        "Falcon",
+        "Vicuna",
+        "Alpaca",
+        "Command R",
+        "Yi",
+        "Kimi",
+        "Pi",
+    ],
+    "other_developers": [
+        "OpenAI",
+        "Anthropic",
+        "Meta AI",
+        "Meta",
+        "Facebook",
+        "Microsoft",
+        "Mistral AI",
+        "Alibaba",
+        "Alibaba Cloud",
+        "DeepSeek",
+        "Baidu",
+        "xAI",
+        "Amazon",
+        "Apple",
+        "Cohere",
+        "Inflection AI",
+        "01.AI",
+        "Moonshot AI",
+        "TII",
+        "LMSYS",
+        "Stanford",
+    ],
 }
 
 _I = r"(?:\bI(?:'m| am|’m)|\bI was|\bI've been|\bI have been|\bI'm just|\b[Mm]y name is|\b[Cc]all me)"
@@ -64,15 +113,24 @@ def find(text: str, name: str, developers, other_names, other_developers) -> lis
     return out
 
 
-def apply(batch: dict[str, list], *, name="Gemma", developers=("Google DeepMind", "Google"), roles=("assistant",),
-          other_names=(), other_developers=()) -> FilterResult:
+def apply(
+    batch: dict[str, list],
+    *,
+    name="Gemma",
+    developers=("Google DeepMind", "Google"),
+    roles=("assistant",),
+    other_names=(),
+    other_developers=(),
+) -> FilterResult:
     n = len(batch["messages"])
     keep, reasons = [True] * n, [[] for _ in range(n)]
     where = [(r, i, text) for r, messages in enumerate(batch["messages"]) for i, text in turns(messages, roles)]
     texts = [w[2] for w in where]
     own = {name.lower(), *(d.lower() for d in developers)}
-    pattern = _patterns(tuple(n for n in other_names if n.lower() not in own),
-                        tuple(d for d in other_developers if d.lower() not in own))
+    pattern = _patterns(
+        tuple(n for n in other_names if n.lower() not in own),
+        tuple(d for d in other_developers if d.lower() not in own),
+    )
     # A claim names another assistant or company: only texts holding one of those names are worth a regex
     # (ASCII texts: those where an RE2 copy of the claims regex matches).
     literals = tuple(other_names) + tuple(other_developers)
@@ -81,6 +139,13 @@ def apply(batch: dict[str, list], *, name="Gemma", developers=("Google DeepMind"
     for r, i, text in (where[k] for k in candidates):
         for start, end, who in find(text, name, developers, other_names, other_developers):
             keep[r] = False
-            reasons[r].append({"filter": "identity", "reason": f"claims to be {who} (configured: {name})",
-                               "turn": i, "span": [start, end], "text": text[start:end]})
+            reasons[r].append(
+                {
+                    "filter": "identity",
+                    "reason": f"claims to be {who} (configured: {name})",
+                    "turn": i,
+                    "span": [start, end],
+                    "text": text[start:end],
+                }
+            )
     return FilterResult(keep, {}, reasons)

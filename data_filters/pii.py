@@ -37,8 +37,10 @@ DEFAULTS = {
     "score_threshold": 0.3,  # presidio engine: minimum score (its phone recognizer scores 0.4)
 }
 
-EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-                   r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24}\b")
+EMAIL = re.compile(
+    r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24}\b"
+)
 # Patterns start with a character class, not a look-behind, so `re` can skip ahead to candidate starts;
 # the word-boundary checks a look-behind would do happen in `_clean_edges` instead.
 # Digit runs that may be a card, a phone, an SSN or an IPv4: digits, separators, + and (area code).
@@ -55,33 +57,104 @@ SECRET_FORMATS = [
     ("slack_token", ("xox",), re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b")),
     ("stripe_key", ("_live_",), re.compile(r"\b[sr]k_live_[A-Za-z0-9]{20,}\b")),
     ("google_api_key", ("AIza",), re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b")),
-    ("private_key", ("PRIVATE KEY",), re.compile(
-        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----[^\x00]*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY"
-        r"(?: BLOCK)?-----|(?=\x00)|\Z)")),
+    (
+        "private_key",
+        ("PRIVATE KEY",),
+        re.compile(
+            r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----[^\x00]*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY"
+            r"(?: BLOCK)?-----|(?=\x00)|\Z)"
+        ),
+    ),
 ]
 ASSIGNED_SECRET = re.compile(
     r"(?i)(?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token|token|password|passwd|pwd"
-    r"|client[_-]?secret|private[_-]?key)[\"']?\s*(?:[:=]|=>|\bis\b)\s*[\"']?([A-Za-z0-9+/_\-.=!@#$%^&*]{12,})")
+    r"|client[_-]?secret|private[_-]?key)[\"']?\s*(?:[:=]|=>|\bis\b)\s*[\"']?([A-Za-z0-9+/_\-.=!@#$%^&*]{12,})"
+)
 LONG_TOKEN = re.compile(r"[A-Za-z0-9+/_\-]{32,}={0,2}")
-STREET = ("Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|"
-          "Circle|Cir|Parkway|Pkwy|Highway|Hwy|Square|Sq|Alley|Row|Crescent")
+STREET = (
+    "Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|"
+    "Circle|Cir|Parkway|Pkwy|Highway|Hwy|Square|Sq|Alley|Row|Crescent"
+)
 ADDRESS = re.compile(
     rf"\d{{1,6}}[A-Z]?\s+(?:[NSEW]\.?\s+)?(?:[A-Z][a-z]+\s+|\d{{1,3}}(?:st|nd|rd|th)\s+){{1,4}}(?:{STREET})\b\.?"
     r"(?:\s+(?:N|S|E|W|NE|NW|SE|SW)\b)?"
     r"(?:,?\s+(?:Apt|Apartment|Suite|Ste|Unit|#)\.?\s*#?\w+)?"
-    r"(?:,\s+[A-Z][a-z]+(?:\s[A-Z][a-z]+)*(?:,\s+[A-Z]{2})?(?:\s+\d{5}(?:-\d{4})?)?)?")
+    r"(?:,\s+[A-Z][a-z]+(?:\s[A-Z][a-z]+)*(?:,\s+[A-Z]{2})?(?:\s+\d{5}(?:-\d{4})?)?)?"
+)
 NAME = re.compile(
     r"(?:(?:[Mm]y name is|[Mm]y name's|[Cc]all me|[Nn]ame:|[Ss]igned,?|[Ss]incerely,|[Rr]egards,|[Dd]ear|"
-    r"[Cc]ontact)\s+|(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.?\s+)([A-Z][a-z]+(?:[ -][A-Z][a-z]+){0,2})\b")
+    r"[Cc]ontact)\s+|(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.?\s+)([A-Z][a-z]+(?:[ -][A-Z][a-z]+){0,2})\b"
+)
 
 IBAN_LENGTHS = {
-    "AD": 24, "AE": 23, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29, "CH": 21,
-    "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18,
-    "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28,
-    "IE": 22, "IL": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LI": 21, "LT": 20,
-    "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18,
-    "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24, "SE": 24,
-    "SI": 19, "SK": 24, "SM": 27, "TN": 24, "TR": 26, "UA": 29, "VG": 24, "XK": 20,
+    "AD": 24,
+    "AE": 23,
+    "AT": 20,
+    "AZ": 28,
+    "BA": 20,
+    "BE": 16,
+    "BG": 22,
+    "BH": 22,
+    "BR": 29,
+    "CH": 21,
+    "CR": 22,
+    "CY": 28,
+    "CZ": 24,
+    "DE": 22,
+    "DK": 18,
+    "DO": 28,
+    "EE": 20,
+    "EG": 29,
+    "ES": 24,
+    "FI": 18,
+    "FO": 18,
+    "FR": 27,
+    "GB": 22,
+    "GE": 22,
+    "GI": 23,
+    "GL": 18,
+    "GR": 27,
+    "GT": 28,
+    "HR": 21,
+    "HU": 28,
+    "IE": 22,
+    "IL": 23,
+    "IS": 26,
+    "IT": 27,
+    "JO": 30,
+    "KW": 30,
+    "KZ": 20,
+    "LB": 28,
+    "LI": 21,
+    "LT": 20,
+    "LU": 20,
+    "LV": 21,
+    "MC": 27,
+    "MD": 24,
+    "ME": 22,
+    "MK": 19,
+    "MR": 27,
+    "MT": 31,
+    "MU": 30,
+    "NL": 18,
+    "NO": 15,
+    "PK": 24,
+    "PL": 28,
+    "PS": 29,
+    "PT": 25,
+    "QA": 29,
+    "RO": 24,
+    "RS": 22,
+    "SA": 24,
+    "SE": 24,
+    "SI": 19,
+    "SK": 24,
+    "SM": 27,
+    "TN": 24,
+    "TR": 26,
+    "UA": 29,
+    "VG": 24,
+    "XK": 20,
 }
 
 
@@ -171,8 +244,13 @@ def _digit_run(m, text, region):
         cand, end = cand[:-1], end - 1
     if _clean_edges(text, start, end, ".+-", "-") and not _number_continues(text, end):
         digits = "".join(c for c in cand if c.isdigit())
-        if 13 <= len(digits) <= 19 and set(cand) <= set("0123456789 -") and "  " not in cand \
-                and card_issuer(digits) and luhn(digits):
+        if (
+            13 <= len(digits) <= 19
+            and set(cand) <= set("0123456789 -")
+            and "  " not in cand
+            and card_issuer(digits)
+            and luhn(digits)
+        ):
             return [(start, end, "CREDIT_CARD")]
         if _phone(cand, region):
             return [(start, end, "PHONE")]
@@ -238,8 +316,27 @@ def _address(m, text, region):
 
 
 # "My name is Gemma" is an assistant introducing itself, not a person's name.
-NOT_PERSONS = {"Gemma", "ChatGPT", "Claude", "Bard", "Gemini", "Llama", "Siri", "Alexa", "Copilot", "Cortana",
-               "Assistant", "Bot", "User", "Admin", "Python", "Google", "Microsoft", "Apple", "Amazon"}
+NOT_PERSONS = {
+    "Gemma",
+    "ChatGPT",
+    "Claude",
+    "Bard",
+    "Gemini",
+    "Llama",
+    "Siri",
+    "Alexa",
+    "Copilot",
+    "Cortana",
+    "Assistant",
+    "Bot",
+    "User",
+    "Admin",
+    "Python",
+    "Google",
+    "Microsoft",
+    "Apple",
+    "Amazon",
+}
 
 
 def _name(m, text, region):
@@ -269,13 +366,31 @@ DETECTORS = [
     (("SSN",), lambda t: "ssn" in (low := t.casefold()) or "social" in low, SSN_CONTEXT, _ssn_context),
     (("IBAN",), _DIGITS, IBAN, _iban),
     (("IP_ADDRESS",), lambda t: t.count(":") >= 2, IPV6, _ipv6),
-    *[(("SECRET",), markers, pattern, _secret)
-      for _, markers, pattern in SECRET_FORMATS],
+    *[(("SECRET",), markers, pattern, _secret) for _, markers, pattern in SECRET_FORMATS],
     (("SECRET",), _secret_word, ASSIGNED_SECRET, _assigned),
     (("SECRET",), lambda t: len(t) >= 32, LONG_TOKEN, _long_token),
     (("ADDRESS",), _DIGITS, ADDRESS, _address),
-    (("NAME",), ("name", "Name", "all me", "igned", "incerely", "egards", "Dear", "dear", "ontact", "Mr", "Ms",
-                 "Miss", "Dr", "Prof"), NAME, _name),
+    (
+        ("NAME",),
+        (
+            "name",
+            "Name",
+            "all me",
+            "igned",
+            "incerely",
+            "egards",
+            "Dear",
+            "dear",
+            "ontact",
+            "Mr",
+            "Ms",
+            "Miss",
+            "Dr",
+            "Prof",
+        ),
+        NAME,
+        _name,
+    ),
 ]
 SEP = "\x00"  # joins texts for one regex pass per detector; no pattern matches across it
 
@@ -301,9 +416,10 @@ def find_many(texts: list[str], types=TYPES, phone_region: str = "US") -> list[l
     detectors = [d for d in DETECTORS if want.intersection(d[0])]
     joined = Joined(texts, SEP)
     has_digit = functools.cache(lambda i: _has_digit(texts[i]) is not None)
-    picks = AsciiTexts(texts).candidates([d[2] for d in detectors],
-                                         [_trigger(d[1], texts, joined, has_digit) for d in detectors])
-    for (kinds, trigger, pattern, accept), idx in zip(detectors, picks):
+    picks = AsciiTexts(texts).candidates(
+        [d[2] for d in detectors], [_trigger(d[1], texts, joined, has_digit) for d in detectors]
+    )
+    for (_kinds, _trigger, pattern, accept), idx in zip(detectors, picks):
         if not idx:
             continue
         starts, pos = [], 0
@@ -327,11 +443,24 @@ def find(text: str, types=TYPES, phone_region: str = "US") -> list[tuple[int, in
     return find_many([text], types, phone_region)[0]
 
 
-def apply(batch: dict[str, list], *, action="redact", actions=None, types=TYPES, roles=("system", "user", "assistant"),
-          allow=(), phone_region="US", engine="builtin", spacy_model=None, score_threshold=0.3) -> FilterResult:
+def apply(
+    batch: dict[str, list],
+    *,
+    action="redact",
+    actions=None,
+    types=TYPES,
+    roles=("system", "user", "assistant"),
+    allow=(),
+    phone_region="US",
+    engine="builtin",
+    spacy_model=None,
+    score_threshold=0.3,
+) -> FilterResult:
     actions = actions or {}
     allow = set(allow)
-    where = [(r, i, content) for r, messages in enumerate(batch["messages"]) for i, content in turns(messages, roles)]
+    where = [
+        (r, i, content) for r, messages in enumerate(batch["messages"]) for i, content in turns(messages, roles)
+    ]
     texts = [w[2] for w in where]
     found = find_many(texts, types, phone_region) if engine != "presidio" else [[] for _ in texts]
     if engine != "builtin":
@@ -342,14 +471,22 @@ def apply(batch: dict[str, list], *, action="redact", actions=None, types=TYPES,
     messages_out = list(batch["messages"])
     reasons: list[list[dict]] = [[] for _ in keep]
     for (r, i, content), spans in zip(where, found):
-        spans = [s for s in merge_spans(spans) if content[s[0]:s[1]] not in allow]
+        spans = [s for s in merge_spans(spans) if content[s[0] : s[1]] not in allow]
         if not spans:
             continue
         for start, end, kind in spans:
             act = actions.get(kind, action)
             keep[r] = keep[r] and act != "drop"
-            reasons[r].append({"filter": "pii", "reason": f"{kind} ({act})", "type": kind, "turn": i,
-                               "span": [start, end], "text": content[start:end]})
+            reasons[r].append(
+                {
+                    "filter": "pii",
+                    "reason": f"{kind} ({act})",
+                    "type": kind,
+                    "turn": i,
+                    "span": [start, end],
+                    "text": content[start:end],
+                }
+            )
         if messages_out[r] is batch["messages"][r]:
             messages_out[r] = [dict(m) for m in messages_out[r]]
         messages_out[r][i]["content"] = redact(content, [(s, e, PLACEHOLDER[k]) for s, e, k in spans])

@@ -12,8 +12,16 @@ import functools
 import tempfile
 
 # Presidio entity -> our PII type (entities not listed are ignored)
-ENTITIES = {"EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "CREDIT_CARD": "CREDIT_CARD", "IBAN_CODE": "IBAN",
-            "US_SSN": "SSN", "IP_ADDRESS": "IP_ADDRESS", "PERSON": "NAME", "LOCATION": "ADDRESS"}
+ENTITIES = {
+    "EMAIL_ADDRESS": "EMAIL",
+    "PHONE_NUMBER": "PHONE",
+    "CREDIT_CARD": "CREDIT_CARD",
+    "IBAN_CODE": "IBAN",
+    "US_SSN": "SSN",
+    "IP_ADDRESS": "IP_ADDRESS",
+    "PERSON": "NAME",
+    "LOCATION": "ADDRESS",
+}
 
 
 @functools.lru_cache(maxsize=2)
@@ -30,8 +38,9 @@ def engine(spacy_model: str | None = None):
     if spacy_model is None:
         spacy_model = tempfile.mkdtemp(prefix="posttrain_blank_en_")
         spacy.blank("en").to_disk(spacy_model)
-    provider = NlpEngineProvider(nlp_configuration={
-        "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": spacy_model}]})
+    provider = NlpEngineProvider(
+        nlp_configuration={"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": spacy_model}]}
+    )
     return AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
 
 

@@ -25,16 +25,20 @@ DEFAULTS = {
 }
 
 _MAKE = r"(?:make|build|assemble|construct|create|synthesi[sz]e|cook|produce|manufacture|brew)"
-_HOW = (r"(?:how (?:to|you|i|we) (?:can )?|steps to |instructions (?:for|to) |here'?s how to |recipe for |"
-        r"guide to |the way to |you can |first,? )")
+_HOW = (
+    r"(?:how (?:to|you|i|we) (?:can )?|steps to |instructions (?:for|to) |here'?s how to |recipe for |"
+    r"guide to |the way to |you can |first,? )"
+)
 RULES: dict[str, list[str]] = {
     "weapons": [
-        _HOW + _MAKE + r" (?:a |an |your own |some )?(?:pipe |nail |car |homemade |dirty )?(?:bomb|explosives?|ied|"
-        r"molotov(?: cocktail)?|napalm|nerve agent|sarin|ricin|bioweapon|chemical weapon|ghost gun|untraceable gun)",
+        _HOW
+        + _MAKE
+        + r" (?:a |an |your own |some )?(?:pipe |nail |car |homemade |dirty )?(?:bomb|explosives?|ied|"
+        r"molotov(?: cocktail)?|napalm|nerve agent|sarin|ricin|bioweapon|chemical weapon|ghost gun|untraceable gun)",  # noqa: E501
         r"(?:mix|combine) (?:the )?(?:bleach and ammonia|ammonium nitrate (?:and|with) fuel oil).{0,40}(?:to|and) "
         r"(?:make|produce|create|get) (?:a |an )?(?:toxic|poison|lethal|deadly|explosive|bomb)",
         r"(?:detonat(?:e|or)|blasting cap).{0,60}(?:crowd|school|stadium|subway|people)",
-        r"(?:recipe|synthesis|instructions|formula) (?:for|of) (?:making )?(?:sarin|ricin|vx|tabun|anthrax|mustard gas|"
+        r"(?:recipe|synthesis|instructions|formula) (?:for|of) (?:making )?(?:sarin|ricin|vx|tabun|anthrax|mustard gas|"  # noqa: E501
         r"nerve agents?|napalm|thermite bombs?)",
     ],
     "drugs": [
@@ -43,9 +47,11 @@ RULES: dict[str, list[str]] = {
     ],
     "self_harm": [
         r"\b(?:you should|go|just|why don'?t you) (?:kill|hurt|cut|harm) yourself",
-        r"\bkill yourself\b", r"\bkys\b",
-        r"(?:best|easiest|quickest|painless) (?:way|method)s? to (?:kill yourself|end your life|commit suicide|die)",
-        r"\byou (?:deserve|ought|should) (?:to )?die\b", r"\bend your (?:own )?life\b",
+        r"\bkill yourself\b",
+        r"\bkys\b",
+        r"(?:best|easiest|quickest|painless) (?:way|method)s? to (?:kill yourself|end your life|commit suicide|die)",  # noqa: E501
+        r"\byou (?:deserve|ought|should) (?:to )?die\b",
+        r"\bend your (?:own )?life\b",
     ],
     "violence": [
         r"\bi(?:'m| am)? (?:going to |gonna |will )(?:kill|murder|hurt|stab|shoot) you\b",
@@ -63,7 +69,8 @@ RULES: dict[str, list[str]] = {
     "sexual_minors": [
         r"\b(?:sexual|sexy|explicit|nude|naked|erotic)\b.{0,40}\b(?:child|children|minor|minors|kid|kids|"
         r"underage|preteen|\d{1,2}[- ]year[- ]old)\b",
-        r"\bchild (?:porn|pornography|sexual abuse material)\b", r"\bcsam\b",
+        r"\bchild (?:porn|pornography|sexual abuse material)\b",
+        r"\bcsam\b",
     ],
     "cyber": [
         r"(?:here is|here'?s|below is|i wrote|i'?ve written) (?:a |an |some |the )?(?:working |simple |basic )?"
@@ -75,7 +82,8 @@ RULES: dict[str, list[str]] = {
     "insult": [
         r"\byou(?:'re| are) (?:such )?(?:an? )?(?:fucking |complete |total |utter )?(?:idiot|moron|imbecile|"
         r"retard|worthless|pathetic|piece of shit|loser)\b",
-        r"\bfuck (?:you|off)\b", r"\bshut (?:the fuck )?up,? (?:you )?(?:idiot|moron|loser)\b",
+        r"\bfuck (?:you|off)\b",
+        r"\bshut (?:the fuck )?up,? (?:you )?(?:idiot|moron|loser)\b",
     ],
 }
 CATEGORIES = list(RULES)
@@ -83,26 +91,104 @@ CATEGORIES = list(RULES)
 # For texts RE2 cannot scan (non-ASCII ones), a category's regex runs only on texts holding them (found with
 # str.find over the batch, C speed), so clean text costs a few substring scans, not a regex pass.
 TRIGGERS = {
-    "weapons": (("bomb", "explosive", " ied", "molotov", "napalm", "nerve agent", "sarin", "ricin", "bioweapon",
-                 "chemical weapon", "ghost gun", "untraceable gun", "bleach and ammonia", "ammonium nitrate",
-                 "detonat", "blasting cap", "vx", "tabun", "anthrax", "mustard gas", "thermite"),),
-    "drugs": (("meth", "crack", "heroin", "fentanyl", "lsd", "mdma", "ghb", "pseudoephedrine", "red phosphorus",
-               "anhydrous ammonia"),),
-    "self_harm": (("yourself", "kys", "your life", "your own life", "suicide", "to die", "should die", "deserve die",
-                   "ought die"),),
+    "weapons": (
+        (
+            "bomb",
+            "explosive",
+            " ied",
+            "molotov",
+            "napalm",
+            "nerve agent",
+            "sarin",
+            "ricin",
+            "bioweapon",
+            "chemical weapon",
+            "ghost gun",
+            "untraceable gun",
+            "bleach and ammonia",
+            "ammonium nitrate",
+            "detonat",
+            "blasting cap",
+            "vx",
+            "tabun",
+            "anthrax",
+            "mustard gas",
+            "thermite",
+        ),
+    ),
+    "drugs": (
+        (
+            "meth",
+            "crack",
+            "heroin",
+            "fentanyl",
+            "lsd",
+            "mdma",
+            "ghb",
+            "pseudoephedrine",
+            "red phosphorus",
+            "anhydrous ammonia",
+        ),
+    ),
+    "self_harm": (
+        (
+            "yourself",
+            "kys",
+            "your life",
+            "your own life",
+            "suicide",
+            "to die",
+            "should die",
+            "deserve die",
+            "ought die",
+        ),
+    ),
     "violence": (("kill", "murder", "hurt", "stab", "shoot", "poison", "strangle", "kidnap", "exterminate"),),
-    "hate": (("subhuman", "vermin", "animals", "a disease", "parasites", "exterminated", "wiped out", "gassed",
-              "eradicated", "deported and", "inferior", "mongrel", "degenerate"),),
-    "sexual_minors": (("sexual", "sexy", "explicit", "nude", "naked", "erotic", "porn", "abuse material", "csam"),
-                      ("child", "minor", "kid", "underage", "preteen", "year", "csam")),
-    "cyber": (("ransomware", "keylogger", "malware", "trojan", "worm", "rootkit", "botnet", "stealer", "hack",
-               "break into", "steal", "launder"),),
+    "hate": (
+        (
+            "subhuman",
+            "vermin",
+            "animals",
+            "a disease",
+            "parasites",
+            "exterminated",
+            "wiped out",
+            "gassed",
+            "eradicated",
+            "deported and",
+            "inferior",
+            "mongrel",
+            "degenerate",
+        ),
+    ),
+    "sexual_minors": (
+        ("sexual", "sexy", "explicit", "nude", "naked", "erotic", "porn", "abuse material", "csam"),
+        ("child", "minor", "kid", "underage", "preteen", "year", "csam"),
+    ),
+    "cyber": (
+        (
+            "ransomware",
+            "keylogger",
+            "malware",
+            "trojan",
+            "worm",
+            "rootkit",
+            "botnet",
+            "stealer",
+            "hack",
+            "break into",
+            "steal",
+            "launder",
+        ),
+    ),
     "insult": (("idiot", "moron", "imbecile", "retard", "worthless", "pathetic", "shit", "loser", "fuck"),),
 }
 
 
-_REFUSAL = re.compile(r"(?i)\b(?:i can(?:no|')t|i cannot|i won'?t|i will not|i'?m (?:sorry|not able|unable)|"
-                      r"i am (?:sorry|not able|unable)|never|do not|don'?t|not (?:help|assist|provide))\b")
+_REFUSAL = re.compile(
+    r"(?i)\b(?:i can(?:no|')t|i cannot|i won'?t|i will not|i'?m (?:sorry|not able|unable)|"
+    r"i am (?:sorry|not able|unable)|never|do not|don'?t|not (?:help|assist|provide))\b"
+)
 _SENTENCE_END = re.compile(r"[.!?\n]")
 
 
@@ -151,8 +237,16 @@ def find(text: str, categories=CATEGORIES, extra_patterns=()) -> list[tuple[int,
     return find_many([text], categories, extra_patterns)[0]
 
 
-def apply(batch: dict[str, list], *, roles=("assistant",), categories=None, extra_patterns=(), classifier=None,
-          threshold=0.5, unsafe_label=None) -> FilterResult:
+def apply(
+    batch: dict[str, list],
+    *,
+    roles=("assistant",),
+    categories=None,
+    extra_patterns=(),
+    classifier=None,
+    threshold=0.5,
+    unsafe_label=None,
+) -> FilterResult:
     categories = CATEGORIES if categories is None else categories
     n = len(batch["messages"])
     keep, reasons = [True] * n, [[] for _ in range(n)]
@@ -160,15 +254,28 @@ def apply(batch: dict[str, list], *, roles=("assistant",), categories=None, extr
     for (r, i, text), found in zip(where, find_many([w[2] for w in where], categories, extra_patterns)):
         for start, end, category in found:
             keep[r] = False
-            reasons[r].append({"filter": "safety", "reason": f"unsafe: {category} (rule)", "turn": i,
-                               "span": [start, end], "text": text[start:end]})
+            reasons[r].append(
+                {
+                    "filter": "safety",
+                    "reason": f"unsafe: {category} (rule)",
+                    "turn": i,
+                    "span": [start, end],
+                    "text": text[start:end],
+                }
+            )
     if classifier:
         scores = load_classifier(classifier, unsafe_label)([w[2] for w in where])
         for (r, i, text), score in zip(where, scores):
             if score is not None and score >= threshold:
                 keep[r] = False
-                reasons[r].append({"filter": "safety", "reason": f"unsafe: classifier score {score:.3f}",
-                                   "turn": i, "span": [0, len(text)]})
+                reasons[r].append(
+                    {
+                        "filter": "safety",
+                        "reason": f"unsafe: classifier score {score:.3f}",
+                        "turn": i,
+                        "span": [0, len(text)],
+                    }
+                )
     return FilterResult(keep, {}, reasons)
 
 
@@ -210,23 +317,29 @@ def _hf_classifier(path: str, unsafe_label):
                 pair = torch.softmax(logits[[safe_id, unsafe_id]].float(), -1)
                 out.append(float(pair[1]))
             return out
+
         return score
 
     model = AutoModelForSequenceClassification.from_pretrained(path).eval()
     labels = {v.lower(): k for k, v in (model.config.id2label or {}).items()}
     if unsafe_label is None:
-        index = next((labels[n] for n in ("unsafe", "toxic", "harmful") if n in labels), model.config.num_labels - 1)
+        index = next(
+            (labels[n] for n in ("unsafe", "toxic", "harmful") if n in labels), model.config.num_labels - 1
+        )
     else:
         index = unsafe_label if isinstance(unsafe_label, int) else labels[str(unsafe_label).lower()]
 
     def score(texts):
         out = []
         for start in range(0, len(texts), 16):
-            enc = tok(texts[start:start + 16], return_tensors="pt", padding=True, truncation=True, max_length=512)
+            enc = tok(
+                texts[start : start + 16], return_tensors="pt", padding=True, truncation=True, max_length=512
+            )
             with torch.no_grad():
                 probs = torch.softmax(model(**enc).logits.float(), -1)
             out += probs[:, index].tolist()
         return out
+
     return score
 
 

@@ -45,7 +45,8 @@ def prepare_output(path: str | Path, *, overwrite: bool, resume: bool) -> Path:
             raise UserError(f"output dir {path} already holds a finished run; pass --overwrite to replace it")
         elif not resume:
             raise UserError(
-                f"output dir {path} holds an unfinished run; pass --resume to continue it or --overwrite")
+                f"output dir {path} holds an unfinished run; pass --resume to continue it or --overwrite"
+            )
     path.mkdir(parents=True, exist_ok=True)
     (path / DONE).unlink(missing_ok=True)
     return path

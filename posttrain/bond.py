@@ -40,8 +40,10 @@ TIES = ("mid", "paper", "random")
 
 def as_rewards(values, device=None) -> torch.Tensor:
     """Nested lists of float | None -> float32 tensor with NaN for None (a reward that failed)."""
+
     def conv(v):
         return [conv(x) for x in v] if isinstance(v, (list, tuple)) else (math.nan if v is None else float(v))
+
     return torch.tensor(conv(values), dtype=torch.float32, device=device)
 
 
@@ -66,8 +68,13 @@ def _win_weight(r: torch.Tensor, r_anchor: torch.Tensor, ties: str, generator) -
 # Quantile reward (general N)
 
 
-def quantile(rewards: torch.Tensor, anchor_rewards: torch.Tensor, *, ties: str = "mid",
-             generator: torch.Generator | None = None) -> torch.Tensor:
+def quantile(
+    rewards: torch.Tensor,
+    anchor_rewards: torch.Tensor,
+    *,
+    ties: str = "mid",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """p̂≤(y) = (1/k) Σ_i 1{r(y_i) ≤ r(y)} with the tie rule `ties`.
 
     rewards (P, m): m samples per prompt; anchor_rewards (P, k): k reference/anchor samples per prompt.
@@ -93,8 +100,13 @@ def bond_reward(p_hat: torch.Tensor, k: int) -> torch.Tensor:
 # J-BOND (n = 2)
 
 
-def jbond_reward(rewards: torch.Tensor, anchor_rewards: torch.Tensor, *, ties: str = "mid",
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+def jbond_reward(
+    rewards: torch.Tensor,
+    anchor_rewards: torch.Tensor,
+    *,
+    ties: str = "mid",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """r_J per policy sample. rewards (P,), anchor_rewards (P, 2) -> (P,); NaN when not computable."""
     _check_ties(ties)
     if anchor_rewards.shape[-1] != 2:
@@ -118,8 +130,9 @@ def best_anchor(anchor_rewards: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(anchor_rewards).all(-1), torch.full_like(idx, -1), idx)
 
 
-def returns(reward: torch.Tensor, logp_policy: torch.Tensor, logp_anchor: torch.Tensor,
-            *, kl_coef: float = 1.0) -> torch.Tensor:
+def returns(
+    reward: torch.Tensor, logp_policy: torch.Tensor, logp_anchor: torch.Tensor, *, kl_coef: float = 1.0
+) -> torch.Tensor:
     """Backward-term advantage: R = reward − kl_coef·(log π(y) − log π_a(y)) minus the batch mean of R over
     the valid samples (the baseline). Detached (a REINFORCE weight); NaN where the reward is NaN.
     kl_coef = β_BOND = 1/(n−1) = 1 for J-BOND."""
@@ -150,9 +163,18 @@ def regulariser_loss(logp_policy: torch.Tensor, logp_reg: torch.Tensor) -> torch
     return (k * logp_policy).mean()
 
 
-def jbond_loss(*, logp_policy: torch.Tensor, logp_anchor: torch.Tensor, reward: torch.Tensor,
-               best_logp: torch.Tensor, best_valid: torch.Tensor, beta: float = 0.5, gamma: float = 0.0,
-               logp_reg: torch.Tensor | None = None, kl_coef: float = 1.0) -> tuple[torch.Tensor, dict]:
+def jbond_loss(
+    *,
+    logp_policy: torch.Tensor,
+    logp_anchor: torch.Tensor,
+    reward: torch.Tensor,
+    best_logp: torch.Tensor,
+    best_valid: torch.Tensor,
+    beta: float = 0.5,
+    gamma: float = 0.0,
+    logp_reg: torch.Tensor | None = None,
+    kl_coef: float = 1.0,
+) -> tuple[torch.Tensor, dict]:
     """(1−β)·forward + β·backward + γ·regulariser, and the terms as floats for logging.
 
     logp_policy (P,): log π(y) of the policy samples (with grad); logp_anchor (P,): log π_a(y) of the same
@@ -167,9 +189,15 @@ def jbond_loss(*, logp_policy: torch.Tensor, logp_anchor: torch.Tensor, reward: 
         reg = regulariser_loss(logp_policy, logp_anchor if logp_reg is None else logp_reg)
         loss = loss + gamma * reg
     kl = (logp_policy - logp_anchor).detach()
-    stats = {"loss": loss.item(), "forward": fw.item(), "backward": bw.item(), "regulariser": reg.item(),
-             "kl_anchor": kl.mean().item(), "reward_bond": torch.nanmean(reward).item(),
-             "valid_samples": int((~torch.isnan(adv)).sum())}
+    stats = {
+        "loss": loss.item(),
+        "forward": fw.item(),
+        "backward": bw.item(),
+        "regulariser": reg.item(),
+        "kl_anchor": kl.mean().item(),
+        "reward_bond": torch.nanmean(reward).item(),
+        "valid_samples": int((~torch.isnan(adv)).sum()),
+    }
     return loss, stats
 
 

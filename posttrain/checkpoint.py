@@ -29,8 +29,9 @@ def atomic_checkpoints(trainer_cls):
         def _save_checkpoint(self, model, trial):
             final_root = Path(self.args.output_dir)
             main = self.is_world_process_zero()
-            with shared_staging(final_root / f".staging-{self.state.global_step}", main,
-                                self.accelerator.wait_for_everyone) as staging:
+            with shared_staging(
+                final_root / f".staging-{self.state.global_step}", main, self.accelerator.wait_for_everyone
+            ) as staging:
                 self._staging = str(staging)
                 try:
                     super()._save_checkpoint(model, trial)
@@ -41,8 +42,12 @@ def atomic_checkpoints(trainer_cls):
                     artifacts.publish_dir(ckpt, final_root / ckpt.name)
                 shutil.rmtree(staging)
                 if self.args.should_save:
-                    rotate_checkpoints(output_dir=str(final_root), save_total_limit=self.args.save_total_limit,
-                                       best_model_checkpoint=None, use_mtime=False)
+                    rotate_checkpoints(
+                        output_dir=str(final_root),
+                        save_total_limit=self.args.save_total_limit,
+                        best_model_checkpoint=None,
+                        use_mtime=False,
+                    )
             self.accelerator.wait_for_everyone()
 
     AtomicCheckpoints.__name__ = f"Atomic{trainer_cls.__name__}"

@@ -48,12 +48,14 @@ def _stage_parser(name: str, cls) -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML config file")
     field_names = {f.name for f in dataclasses.fields(cls)}
     if "ray_address" in field_names:
-        parser.add_argument("--ray-address", dest="ray_address_flag",
-                            help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+        parser.add_argument(
+            "--ray-address",
+            dest="ray_address_flag",
+            help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)",
+        )
     for flag in FLAGS:
         if flag in field_names:
-            parser.add_argument(f"--{flag}", action="store_true", dest=f"{flag}_flag",
-                                help=f"same as {flag}=true")
+            parser.add_argument(f"--{flag}", action="store_true", dest=f"{flag}_flag", help=f"same as {flag}=true")
     for key in cfg.field_paths(cls, shorthands=True):
         if key not in FLAGS:
             parser.add_argument(f"--{key}", dest=f"field_{key}", metavar="VALUE", help=argparse.SUPPRESS)
@@ -72,8 +74,10 @@ def load_stage_config(name: str, argv: list[str]):
         from posttrain.errors import UserError
 
         key = unknown[0].lstrip("-").split("=", 1)[0]
-        raise UserError(f"command line {unknown[0]}: unknown config key '{key}'"
-                        f"{cfg.closest(key, cfg.field_paths(cls, shorthands=True))}")
+        raise UserError(
+            f"command line {unknown[0]}: unknown config key '{key}'"
+            f"{cfg.closest(key, cfg.field_paths(cls, shorthands=True))}"
+        )
     overrides = []
     for key in cfg.field_paths(cls, shorthands=True):
         value = getattr(args, f"field_{key}", None)
@@ -103,8 +107,11 @@ def main(argv: list[str] | None = None, hooks=None) -> int:
     stages = _available_stages()
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in stages:
         lines = [f"  {n:8s} {d}" for n, d in stages.items()]
-        print("usage: posttrain STAGE [--config FILE] [KEY=VALUE ...]\n\nstages:\n" + "\n".join(lines)
-              + "\n\n`posttrain STAGE --help` lists every config field.")
+        print(
+            "usage: posttrain STAGE [--config FILE] [KEY=VALUE ...]\n\nstages:\n"
+            + "\n".join(lines)
+            + "\n\n`posttrain STAGE --help` lists every config field."
+        )
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nerror: unknown stage '{argv[0]}'", file=sys.stderr)
             return 2

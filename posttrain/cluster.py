@@ -24,8 +24,13 @@ def init(address: str | None = None, *, num_cpus: int | None = None):
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                 runtime_env=env, log_to_driver=True, configure_logging=False)
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            include_dashboard=False,
+            runtime_env=env,
+            log_to_driver=True,
+            configure_logging=False,
+        )
     _started_here, _embedded = True, not address
     return ray
 
@@ -36,8 +41,12 @@ def describe() -> dict:
 
     if not ray.is_initialized():
         return {}
-    return {"gcs_address": ray.get_runtime_context().gcs_address, "embedded": _embedded,
-            "nodes": len(ray.nodes()), "cpus": ray.cluster_resources().get("CPU", 0)}
+    return {
+        "gcs_address": ray.get_runtime_context().gcs_address,
+        "embedded": _embedded,
+        "nodes": len(ray.nodes()),
+        "cpus": ray.cluster_resources().get("CPU", 0),
+    }
 
 
 def shutdown() -> None:
@@ -47,6 +56,8 @@ def shutdown() -> None:
 
         ray.shutdown()
         _started_here = False
+
+
 _embedded = False
 
 
@@ -56,15 +67,25 @@ def available_cpus() -> int:
     return int(ray.available_resources().get("CPU", 1))
 
 
-def map_actors(actor_cls, items: list, *, num_actors: int, actor_args: tuple = (), method: str = "run",
-               num_cpus: float = 1, num_gpus: float = 0, progress: str | None = None) -> list:
+def map_actors(
+    actor_cls,
+    items: list,
+    *,
+    num_actors: int,
+    actor_args: tuple = (),
+    method: str = "run",
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    progress: str | None = None,
+) -> list:
     """Run `actor.method(item)` for every item on a pool of `num_actors` actors; results in item order.
     A failing item raises its worker's error here, after the pool is torn down."""
     from ray.util import ActorPool
     from tqdm import tqdm
 
-    actors = start_actors(actor_cls, num_actors=num_actors, actor_args=actor_args, num_cpus=num_cpus,
-                          num_gpus=num_gpus)
+    actors = start_actors(
+        actor_cls, num_actors=num_actors, actor_args=actor_args, num_cpus=num_cpus, num_gpus=num_gpus
+    )
     try:
         pool = ActorPool(actors)
         results = pool.map(lambda a, item: getattr(a, method).remote(item), items)
@@ -73,8 +94,16 @@ def map_actors(actor_cls, items: list, *, num_actors: int, actor_args: tuple = (
         kill(actors)
 
 
-def run_tasks(fn, items: list, *, num_cpus: float = 1, num_gpus: float = 0, names: list[str] | None = None,
-              progress: str | None = None, retries: int = 0) -> list:
+def run_tasks(
+    fn,
+    items: list,
+    *,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    names: list[str] | None = None,
+    progress: str | None = None,
+    retries: int = 0,
+) -> list:
     """Run `fn(item)` as one Ray task per item, each with its own resources (as many at once as the cluster
     fits); results in item order. A task that fails (an exception other than UserError, which bad input would
     only raise again, or its worker dying) is submitted again, up to `retries` times; `fn` should then pick up
@@ -106,8 +135,11 @@ def run_tasks(fn, items: list, *, num_cpus: float = 1, num_gpus: float = 0, name
                 err = e
             if attempts[i] <= retries and not isinstance(err, UserError):
                 reason = (str(err).strip().splitlines() or [""])[0]
-                print(f"[posttrain] {names[i]} failed ({type(err).__name__}: {reason}); retrying "
-                      f"({attempts[i]} of {retries})", flush=True)
+                print(
+                    f"[posttrain] {names[i]} failed ({type(err).__name__}: {reason}); retrying "
+                    f"({attempts[i]} of {retries})",
+                    flush=True,
+                )
                 attempts[i] += 1
                 ref = remote.remote(items[i])
                 index[ref] = i
@@ -126,8 +158,9 @@ def run_tasks(fn, items: list, *, num_cpus: float = 1, num_gpus: float = 0, name
     return results
 
 
-def start_actors(actor_cls, *, num_actors: int, actor_args: tuple = (), num_cpus: float = 1,
-                 num_gpus: float = 0) -> list:
+def start_actors(
+    actor_cls, *, num_actors: int, actor_args: tuple = (), num_cpus: float = 1, num_gpus: float = 0
+) -> list:
     """`num_actors` live actors of `actor_cls` (a plain class), for callers that keep state across calls."""
     import ray
 

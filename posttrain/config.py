@@ -219,8 +219,11 @@ def help_text(cls, prefix: str = "", defaults=None) -> str:
         default = getattr(defaults, f.name)
         section = _section(types_[f.name])
         if section is not None:
-            short = f" ({prefix}{f.name}=X sets {prefix}{f.name}.{section.SHORTHAND})" \
-                if getattr(section, "SHORTHAND", None) else ""
+            short = (
+                f" ({prefix}{f.name}=X sets {prefix}{f.name}.{section.SHORTHAND})"
+                if getattr(section, "SHORTHAND", None)
+                else ""
+            )
             lines.append(f"  {prefix}{f.name}: section{short}\n      {f.metadata.get('help', '')}")
             lines.append(help_text(section, f"{prefix}{f.name}.", default))
             continue

@@ -2,8 +2,8 @@
 
 filter (raw demo data -> clean) -> sft (Gemma 3 270M teacher -> 6-layer student) -> rm (WARM: M reward
 models from the sft student, weight-averaged) -> eval of the student -> rl (WARP around J-BOND from the student,
-rewarded by math + code + the WARM model) -> eval of the RL policy, and a before/after table. Each stage reads its own
-config under configs/demo/ (eval.yaml for both evaluations; the RL config runs `posttrain warp` when it has an
+rewarded by math + code + the WARM model) -> eval of the RL policy, and a before/after table. Each stage reads its
+own config under configs/demo/ (eval.yaml for both evaluations; the RL config runs `posttrain warp` when it has an
 `inner:` section, else `posttrain rl`); `--overwrite` reruns finished stages, otherwise a finished stage output
 is reused.
 """
@@ -25,10 +25,16 @@ QUICK_CONFIGS = "configs/demo-quick"
 @dataclasses.dataclass
 class Config:
     configs: str = doc("configs/demo", "dir holding filter.yaml, sft.yaml, rm.yaml, eval.yaml and the rl config")
-    quick: bool = doc(False, "run configs/demo-quick instead: the same stages at a size that takes ~5 min "
-                      "(shows every stage working; its numbers mean nothing)")
-    rl: str = doc("recipe.yaml", "the RL stage's config file in `configs` (recipe.yaml: WARP around J-BOND, "
-                  "`posttrain warp`; rl.yaml: one J-BOND run, `posttrain rl`)")
+    quick: bool = doc(
+        False,
+        "run configs/demo-quick instead: the same stages at a size that takes ~5 min "
+        "(shows every stage working; its numbers mean nothing)",
+    )
+    rl: str = doc(
+        "recipe.yaml",
+        "the RL stage's config file in `configs` (recipe.yaml: WARP around J-BOND, "
+        "`posttrain warp`; rl.yaml: one J-BOND run, `posttrain rl`)",
+    )
     output_root: str | None = doc(None, "put every stage's output under this dir (default: as each config says)")
     overwrite: bool = doc(False, "rerun stages whose output is already finished")
     ray_address: str | None = doc(None, "Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
@@ -70,21 +76,43 @@ def run(config: Config) -> Path:
     clean_dir = _stage(filter_stage, root / "filter.yaml", ray, "output", config)
     sft_dir = _stage(distill, root / "sft.yaml", ray + [f"data={clean_dir / 'clean.jsonl'}"], "output_dir", config)
     summary = json.loads((sft_dir / artifacts.MANIFEST).read_text())["summary"]
-    print(f"[posttrain demo] student KD loss on held-out rows: before {summary['eval_kd_loss_before']:.4f}"
-          f" -> after {summary['eval_kd_loss_after']:.4f} nats/token ({summary['steps']} steps)")
+    print(
+        f"[posttrain demo] student KD loss on held-out rows: before {summary['eval_kd_loss_before']:.4f}"
+        f" -> after {summary['eval_kd_loss_after']:.4f} nats/token ({summary['steps']} steps)"
+    )
     rm_dir = _stage(warm, root / "rm.yaml", ray + [f"init={sft_dir}"], "output_dir", config)
     for v in json.loads((rm_dir / "report.json").read_text())["variants"]:
-        print(f"[posttrain demo] reward models, label noise {v['label_noise']:g}: held-out pairwise accuracy "
-              f"members {v['members_mean_accuracy']:.3f} (mean), WARM average {v['average_accuracy']:.3f}, "
-              f"ensemble {v['ensemble_accuracy']:.3f}")
+        print(
+            f"[posttrain demo] reward models, label noise {v['label_noise']:g}: held-out pairwise accuracy "
+            f"members {v['members_mean_accuracy']:.3f} (mean), WARM average {v['average_accuracy']:.3f}, "
+            f"ensemble {v['ensemble_accuracy']:.3f}"
+        )
     eval_yaml = root / "eval.yaml"
-    before = _stage(evaluate, eval_yaml, [f"model={sft_dir}", f"output_dir={sft_dir.parent / 'eval-sft'}"],
-                    "output_dir", config, "eval-sft")
+    before = _stage(
+        evaluate,
+        eval_yaml,
+        [f"model={sft_dir}", f"output_dir={sft_dir.parent / 'eval-sft'}"],
+        "output_dir",
+        config,
+        "eval-sft",
+    )
     rl_module, rewards_key = rl_stage(root / config.rl)
-    rl_dir = _stage(rl_module, root / config.rl, ray + [f"policy={sft_dir}", f"{rewards_key}.reward_model={rm_dir}"],
-                    "output_dir", config, "rl")
-    after = _stage(evaluate, eval_yaml, [f"model={rl_dir}", f"output_dir={rl_dir.parent / 'eval-rl'}"],
-                   "output_dir", config, "eval-rl")
+    rl_dir = _stage(
+        rl_module,
+        root / config.rl,
+        ray + [f"policy={sft_dir}", f"{rewards_key}.reward_model={rm_dir}"],
+        "output_dir",
+        config,
+        "rl",
+    )
+    after = _stage(
+        evaluate,
+        eval_yaml,
+        [f"model={rl_dir}", f"output_dir={rl_dir.parent / 'eval-rl'}"],
+        "output_dir",
+        config,
+        "eval-rl",
+    )
     _print_before_after(before, after, rl_dir)
     return rl_dir
 
@@ -114,6 +142,10 @@ def _print_before_after(before: Path, after: Path, rl_dir: Path) -> None:
     summary = json.loads((rl_dir / artifacts.MANIFEST).read_text())["summary"]
     for i, it in enumerate(summary.get("iterations", [summary]), 1):  # WARP: one summary per iteration
         what = f"WARP iteration {i}, mean of its runs" if "iterations" in summary else "J-BOND"
-        f = [("-" if it.get(k) is None else f"{it[k]:.3f}") for k in ("reward_first", "reward_last", "kl_init_last")]
-        print(f"[posttrain demo] rl ({what}): training reward {f[0]} (first steps) -> {f[1]} (last steps); "
-              f"KL to the init {f[2]} nats")
+        f = [
+            ("-" if it.get(k) is None else f"{it[k]:.3f}") for k in ("reward_first", "reward_last", "kl_init_last")
+        ]
+        print(
+            f"[posttrain demo] rl ({what}): training reward {f[0]} (first steps) -> {f[1]} (last steps); "
+            f"KL to the init {f[2]} nats"
+        )

@@ -75,8 +75,13 @@ def _collate(batch: list[dict], pad_id: int) -> dict:
         flat_pos += [b * width + p for p in ex["positions"]]
         ids.append(ex["target_ids"])
         weights.append(ex["target_weights"])
-    return {"input_ids": input_ids, "attention_mask": attention, "target_pos": torch.tensor(flat_pos),
-            "target_ids": torch.cat(ids), "target_weights": torch.cat(weights)}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "target_pos": torch.tensor(flat_pos),
+        "target_ids": torch.cat(ids),
+        "target_weights": torch.cat(weights),
+    }
 
 
 def _make_trainer(model, train_set, eval_set, config: Config, out: Path, pad_id: int, callbacks: list):
@@ -95,8 +100,9 @@ def _make_trainer(model, train_set, eval_set, config: Config, out: Path, pad_id:
             if inner is model:
                 loss, n = kd.kd_forward(model, inputs, config.logit_chunk)
             else:
-                loss, n = _ForwardRedirection()(model, inner, lambda b: kd.kd_forward(inner, b, config.logit_chunk),
-                                                inputs)
+                loss, n = _ForwardRedirection()(
+                    model, inner, lambda b: kd.kd_forward(inner, b, config.logit_chunk), inputs
+                )
             return loss / max(n, 1)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -110,18 +116,40 @@ def _make_trainer(model, train_set, eval_set, config: Config, out: Path, pad_id:
 
     use_bf16 = config.bf16 and (not torch.cuda.is_available() or torch.cuda.is_bf16_supported())
     args = TrainingArguments(
-        output_dir=str(out / "checkpoints"), per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size, num_train_epochs=config.epochs,
-        max_steps=config.max_steps, learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
-        gradient_accumulation_steps=config.gradient_accumulation_steps, bf16=use_bf16,
-        logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit, seed=config.seed, data_seed=config.seed,
-        remove_unused_columns=False, report_to="none", deepspeed=config.deepspeed,
-        dataloader_num_workers=0, disable_tqdm=False, eval_strategy="no", use_cpu=not torch.cuda.is_available(),
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        bf16=use_bf16,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        data_seed=config.seed,
+        remove_unused_columns=False,
+        report_to="none",
+        deepspeed=config.deepspeed,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        eval_strategy="no",
+        use_cpu=not torch.cuda.is_available(),
     )
-    return KDTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                     data_collator=lambda b: _collate(b, pad_id), callbacks=callbacks)
+    return KDTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=lambda b: _collate(b, pad_id),
+        callbacks=callbacks,
+    )
 
 
 @torch.no_grad()
@@ -132,7 +160,7 @@ def _eval_loss(model, examples: list[dict], config: Config, pad_id: int) -> floa
     device = next(model.parameters()).device
     use_bf16 = config.bf16 and (device.type == "cpu" or torch.cuda.is_bf16_supported())
     for start in range(0, len(examples), config.batch_size):
-        chunk = examples[start:start + config.batch_size]
+        chunk = examples[start : start + config.batch_size]
         batch = {k: v.to(device) for k, v in _collate(chunk, pad_id).items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss, n = kd.kd_forward(model, batch, config.logit_chunk)
@@ -155,8 +183,10 @@ def prepare(config: Config) -> dict:
     tokenizer = models.load_tokenizer(str(student_dir))
     teacher_vocab = models.load_tokenizer(str(teacher_dir)).get_vocab()
     if teacher_vocab != tokenizer.get_vocab():
-        raise UserError(f"teacher {config.teacher} and student {config.student} have different tokenizers; "
-                        "sampled-logit KD needs a shared vocabulary")
+        raise UserError(
+            f"teacher {config.teacher} and student {config.student} have different tokenizers; "
+            "sampled-logit KD needs a shared vocabulary"
+        )
     examples = data.tokenize_rows(tokenizer, rows, config.max_length)
     for ex in examples:
         ex["positions"] = kd.target_positions(ex["loss_mask"])
@@ -165,8 +195,14 @@ def prepare(config: Config) -> dict:
         ex["target_ids"], ex["target_weights"] = ids, weights
     if len(examples) <= config.eval_size:
         raise UserError(f"{config.data}: {len(examples)} rows, need more than eval_size={config.eval_size}")
-    return {"teacher_dir": teacher_dir, "student_dir": student_dir, "tokenizer": tokenizer, "targets": targets,
-            "eval_set": examples[: config.eval_size], "train_set": examples[config.eval_size:]}
+    return {
+        "teacher_dir": teacher_dir,
+        "student_dir": student_dir,
+        "tokenizer": tokenizer,
+        "targets": targets,
+        "eval_set": examples[: config.eval_size],
+        "train_set": examples[config.eval_size :],
+    }
 
 
 def save_student(trainer, tokenizer, out: Path, main: bool, merge_lora: bool) -> None:
@@ -179,7 +215,9 @@ def save_student(trainer, tokenizer, out: Path, main: bool, merge_lora: bool) ->
             if main:
                 trainer.model.merge_and_unload().save_pretrained(staging)
         else:
-            trainer.save_model(str(staging))  # gathers ZeRO-3 partitions (stage3_gather_16bit_weights_on_model_save)
+            trainer.save_model(
+                str(staging)
+            )  # gathers ZeRO-3 partitions (stage3_gather_16bit_weights_on_model_save)
     if not main:
         return
     tokenizer.save_pretrained(staging)
@@ -201,8 +239,11 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
     main, barrier = ranks()
     if not main:
         barrier()
-    out = artifacts.prepare_output(config.output_dir, overwrite=config.overwrite, resume=config.resume) if main \
+    out = (
+        artifacts.prepare_output(config.output_dir, overwrite=config.overwrite, resume=config.resume)
+        if main
         else Path(config.output_dir)
+    )
     prep = prepare(config)
     if main:
         barrier()
@@ -212,8 +253,15 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
         model.get_input_embeddings().weight.requires_grad_(False)
     model = models.apply_lora(model, config.lora)
     pad_id = prep["tokenizer"].pad_token_id
-    trainer = _make_trainer(model, prep["train_set"], prep["eval_set"], config, out, pad_id,
-                            metrics_callbacks(out, main) + [hooks_.trainer_callback(hooks)])
+    trainer = _make_trainer(
+        model,
+        prep["train_set"],
+        prep["eval_set"],
+        config,
+        out,
+        pad_id,
+        metrics_callbacks(out, main) + [hooks_.trainer_callback(hooks)],
+    )
     resume_from = latest_checkpoint(out) if config.resume else None
     if main:
         truncate_metrics(out / "metrics.jsonl", int(resume_from.rsplit("-", 1)[1]) if resume_from else 0)
@@ -224,16 +272,29 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
     if not main:
         return out  # the main rank publishes the model, writes the manifest and DONE
 
-    summary = {"eval_kd_loss_before": before, "eval_kd_loss_after": after,
-               "train_examples": len(prep["train_set"]), "steps": trainer.state.global_step}
+    summary = {
+        "eval_kd_loss_before": before,
+        "eval_kd_loss_after": after,
+        "train_examples": len(prep["train_set"]),
+        "steps": trainer.state.global_step,
+    }
     targets = prep["targets"]
-    inputs = {"data": config.data, "data_sha256": artifacts.file_sha256(config.data)
-              if Path(config.data).is_file() else None,
-              "teacher": str(prep["teacher_dir"]), "student_init": str(prep["student_dir"]),
-              "student_init_sha256": artifacts.dir_sha256(prep["student_dir"]),
-              "targets": str(targets), "targets_key": json.loads((targets / "manifest.json").read_text())["inputs"]}
-    artifacts.write_manifest(out, stage="sft", config=cfg.to_dict(config), inputs=inputs,
-                             extra={"summary": summary, "ray": cluster.describe()})
+    inputs = {
+        "data": config.data,
+        "data_sha256": artifacts.file_sha256(config.data) if Path(config.data).is_file() else None,
+        "teacher": str(prep["teacher_dir"]),
+        "student_init": str(prep["student_dir"]),
+        "student_init_sha256": artifacts.dir_sha256(prep["student_dir"]),
+        "targets": str(targets),
+        "targets_key": json.loads((targets / "manifest.json").read_text())["inputs"],
+    }
+    artifacts.write_manifest(
+        out,
+        stage="sft",
+        config=cfg.to_dict(config),
+        inputs=inputs,
+        extra={"summary": summary, "ray": cluster.describe()},
+    )
     artifacts.mark_done(out)
     _print_summary(summary)
     return out
@@ -247,8 +308,9 @@ def _print_summary(summary: dict) -> None:
     table.add_column("before")
     table.add_column("after")
     table.add_column("steps")
-    table.add_row(f"{summary['eval_kd_loss_before']:.4f}", f"{summary['eval_kd_loss_after']:.4f}",
-                  str(summary["steps"]))
+    table.add_row(
+        f"{summary['eval_kd_loss_before']:.4f}", f"{summary['eval_kd_loss_after']:.4f}", str(summary["steps"])
+    )
     Console().print(table)
     if not math.isfinite(summary["eval_kd_loss_after"]):
         raise UserError("training diverged: the final loss is not finite")

@@ -40,17 +40,27 @@ CLEAN, REJECTS, REPORT = "clean.jsonl", "rejects.jsonl", "report.json"
 class Config:
     input: str = doc("data/demo/raw.jsonl", "chat dataset: a .jsonl or .parquet file, or an HF datasets dir")
     output: str = doc("runs/demo/filter", "output dir: clean.jsonl, rejects.jsonl, report.json, DONE")
-    filters: list[str] = doc(["safety", "identity", "decontam", "pii", "dedup"],
-                             "filters in order (pii, safety, identity, dedup, decontam, or 'module:function'); "
-                             "each sees the rows the earlier ones kept, with their redactions")
-    pii: dict = doc({}, "PII options: action (redact|drop), actions {TYPE: drop}, types, roles, allow, phone_region")
-    safety: dict = doc({}, "safety options: roles, categories, extra_patterns, classifier (module:fn or model dir), "
-                           "threshold, unsafe_label")
+    filters: list[str] = doc(
+        ["safety", "identity", "decontam", "pii", "dedup"],
+        "filters in order (pii, safety, identity, dedup, decontam, or 'module:function'); "
+        "each sees the rows the earlier ones kept, with their redactions",
+    )
+    pii: dict = doc(
+        {}, "PII options: action (redact|drop), actions {TYPE: drop}, types, roles, allow, phone_region"
+    )
+    safety: dict = doc(
+        {},
+        "safety options: roles, categories, extra_patterns, classifier (module:fn or model dir), "
+        "threshold, unsafe_label",
+    )
     identity: dict = doc({}, "self-identification options: name, developers, roles, other_names, other_developers")
     dedup: dict = doc({}, "dedup options: exact, near, threshold (Jaccard), num_perm, shingle, roles")
     decontam: dict = doc({}, "decontamination options: eval_files, n (13), roles, fields, min_words")
-    on_bad_row: str = doc("reject", "a row that is not JSON, lacks messages or has non-string content: "
-                                    "'reject' (to rejects.jsonl with the reason) or 'error' (stop)")
+    on_bad_row: str = doc(
+        "reject",
+        "a row that is not JSON, lacks messages or has non-string content: "
+        "'reject' (to rejects.jsonl with the reason) or 'error' (stop)",
+    )
     batch_size: int = doc(512, "rows per filter batch")
     num_proc: int = doc(0, "datasets.map worker processes (0 = one per core)")
     use_ray: bool = doc(False, "run the filters with Ray Data even without ray_address (embedded local Ray)")
@@ -161,7 +171,7 @@ def _read_lines(path: Path):
     maybe_blank = np.flatnonzero(~solid[arr[offsets[:-1]]]) if len(arr) else []
     keep = np.ones(len(offsets) - 1, bool)
     for i in maybe_blank:
-        keep[i] = bool(data[offsets[i]:offsets[i + 1]].decode("utf-8", errors="replace").strip())
+        keep[i] = bool(data[offsets[i] : offsets[i + 1]].decode("utf-8", errors="replace").strip())
     lines = pa.LargeStringArray.from_buffers(len(keep), pa.py_buffer(offsets), pa.py_buffer(data))
     if not keep.all():
         lines = lines.filter(pa.array(keep))
@@ -169,8 +179,14 @@ def _read_lines(path: Path):
 
 
 def _bad_record(row: int, source: str, reason: str, data) -> dict:
-    return {"row": row, "source": source, "action": "dropped", "filter": "input",
-            "reasons": [{"filter": "input", "reason": reason}], "data": data}
+    return {
+        "row": row,
+        "source": source,
+        "action": "dropped",
+        "filter": "input",
+        "reasons": [{"filter": "input", "reason": reason}],
+        "data": data,
+    }
 
 
 def _parse(line: str):
@@ -186,15 +202,26 @@ def _parse(line: str):
 def _restore(row: dict, messages: list[dict]) -> dict:
     """`row` with `messages` (role and content) in place of its own, each message's other keys kept."""
     out = dict(row)
-    out["messages"] = [m if len(x) == 2 else {**m, **{k: v for k, v in x.items() if k not in ("role", "content")}}
-                       for m, x in zip(messages, row["messages"])]
+    out["messages"] = [
+        m if len(x) == 2 else {**m, **{k: v for k, v in x.items() if k not in ("role", "content")}}
+        for m, x in zip(messages, row["messages"])
+    ]
     return out
 
 
 # --------------------------------------------------------------------------------------------- running
-COLUMNS = {"_row": "int64", "_keep": "bool", "_reasons": "string", "_bad": "string", "_id": "string",
-           "_out": "string", "_data": "string", "_nbytes": "int64", "_dedup_hash": "string",
-           "_dedup_minhash": "binary"}
+COLUMNS = {
+    "_row": "int64",
+    "_keep": "bool",
+    "_reasons": "string",
+    "_bad": "string",
+    "_id": "string",
+    "_out": "string",
+    "_data": "string",
+    "_nbytes": "int64",
+    "_dedup_hash": "string",
+    "_dedup_minhash": "binary",
+}
 
 
 def filter_lines(rows: list[int], lines: list[str], chain) -> dict[str, list]:
@@ -214,8 +241,16 @@ def filter_lines(rows: list[int], lines: list[str], chain) -> dict[str, list]:
     ids = [str(row.get("id", f"#{rows[k]}")) for k, row in zip(good, originals)]
     messages = [[{"role": m["role"], "content": m["content"]} for m in row["messages"]] for row in originals]
     res = run_chain(chain, {"_row": [rows[k] for k in good], "_id": ids, "messages": messages})
-    out = {"_row": list(rows), "_keep": [False] * n, "_reasons": ["[]"] * n, "_bad": [p[1] for p in parsed],
-           "_id": [None] * n, "_out": [None] * n, "_data": [None] * n, "_nbytes": [0] * n}
+    out = {
+        "_row": list(rows),
+        "_keep": [False] * n,
+        "_reasons": ["[]"] * n,
+        "_bad": [p[1] for p in parsed],
+        "_id": [None] * n,
+        "_out": [None] * n,
+        "_data": [None] * n,
+        "_nbytes": [0] * n,
+    }
     extra = [c for c in ("_dedup_hash", "_dedup_minhash") if c in res]
     for c in extra:
         out[c] = [None] * n
@@ -240,8 +275,9 @@ def _arrow_fn(table, chain):
 
     out = filter_lines(table.column("_row").to_pylist(), table.column("_line").to_pylist(), chain)
     # Fixed types, so blocks concatenate even when a block's column is all empty or all None.
-    return pa.Table.from_pydict(out, schema=pa.schema([pa.field(name, pa.type_for_alias(COLUMNS[name]))
-                                                       for name in out]))
+    return pa.Table.from_pydict(
+        out, schema=pa.schema([pa.field(name, pa.type_for_alias(COLUMNS[name])) for name in out])
+    )
 
 
 def run_local(table, chain, batch_size: int, num_proc: int, tmp: str):
@@ -260,10 +296,19 @@ def run_local(table, chain, batch_size: int, num_proc: int, tmp: str):
     with_dedup = any(name == "dedup" for name, _, _ in chain)
     names = [c for c in COLUMNS if with_dedup or not c.startswith("_dedup")]
     features = datasets.Features({c: datasets.Value(COLUMNS[c]) for c in names})
-    out = ds.map(_arrow_fn, batched=True, batch_size=batch_size, num_proc=procs if procs > 1 else None,
-                 fn_kwargs={"chain": chain}, remove_columns=table.column_names, features=features,
-                 cache_file_name=os.path.join(tmp, "filtered.arrow"), load_from_cache_file=False,
-                 new_fingerprint=f"filter-{time.time_ns()}", desc="filtering")
+    out = ds.map(
+        _arrow_fn,
+        batched=True,
+        batch_size=batch_size,
+        num_proc=procs if procs > 1 else None,
+        fn_kwargs={"chain": chain},
+        remove_columns=table.column_names,
+        features=features,
+        cache_file_name=os.path.join(tmp, "filtered.arrow"),
+        load_from_cache_file=False,
+        new_fingerprint=f"filter-{time.time_ns()}",
+        desc="filtering",
+    )
     return out.data.table
 
 
@@ -275,8 +320,9 @@ def run_ray(table, chain, batch_size: int, address: str | None):
     ray = cluster.init(address)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
-    out = ray.data.from_arrow(table).map_batches(_arrow_fn, batch_size=batch_size, batch_format="pyarrow",
-                                                 fn_kwargs={"chain": chain})
+    out = ray.data.from_arrow(table).map_batches(
+        _arrow_fn, batch_size=batch_size, batch_format="pyarrow", fn_kwargs={"chain": chain}
+    )
     tables = [t for t in ray.get(out.to_arrow_refs()) if t.num_rows]
     return pa.concat_tables(tables, promote_options="permissive").sort_by("_row")
 
@@ -303,8 +349,13 @@ class Results:
             sigs = col("_dedup_minhash").combine_chunks()
             where = np.flatnonzero(sigs.is_valid().to_numpy(zero_copy_only=False))
             hashes = col("_dedup_hash").to_pylist()
-            res = dd.decide([hashes[r] for r in where.tolist()], _fixed_binary(sigs, dedup.keywords["num_perm"]),
-                            self.keep[where].tolist(), [self.ids[r] for r in where.tolist()], **dedup.keywords)
+            res = dd.decide(
+                [hashes[r] for r in where.tolist()],
+                _fixed_binary(sigs, dedup.keywords["num_perm"]),
+                self.keep[where].tolist(),
+                [self.ids[r] for r in where.tolist()],
+                **dedup.keywords,
+            )
             for r, k, reasons in zip(where.tolist(), res.keep, res.reasons):
                 if not k:
                     self.keep[r] = False
@@ -320,8 +371,13 @@ class Results:
         if not extra:
             return text
         if all(isinstance(v, str) for x in extra for v in x.values()):  # dedup's: strings only, the common case
-            extra_json = "[" + ", ".join("{" + ", ".join(f"{_json_str(k)}: {_json_str(v)}" for k, v in x.items())
-                                         + "}" for x in extra) + "]"
+            extra_json = (
+                "["
+                + ", ".join(
+                    "{" + ", ".join(f"{_json_str(k)}: {_json_str(v)}" for k, v in x.items()) + "}" for x in extra
+                )
+                + "]"
+            )
         else:
             extra_json = json.dumps(extra, ensure_ascii=False)
         return extra_json if text == "[]" else text[:-1] + ", " + extra_json[1:]
@@ -332,13 +388,13 @@ def _fixed_binary(array, num_perm: int):
     a bytes object per row or a copy, if they are all of one width; else a list of them."""
     import numpy as np
 
-    offsets = np.frombuffer(array.buffers()[1], np.int32)[array.offset:array.offset + len(array) + 1]
+    offsets = np.frombuffer(array.buffers()[1], np.int32)[array.offset : array.offset + len(array) + 1]
     lengths = np.diff(offsets)
     widths = np.unique(lengths[array.is_valid().to_numpy(zero_copy_only=False)])
     if len(widths) != 1 or widths[0] not in (4 * num_perm, 8 * num_perm):
         return [x for x in array.to_pylist() if x is not None]
     dtype = "<u4" if widths[0] == 4 * num_perm else "<u8"
-    data = np.frombuffer(array.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]  # null rows take no bytes
+    data = np.frombuffer(array.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]  # null rows take no bytes
     return data.view(dtype).reshape(-1, num_perm)
 
 
@@ -388,10 +444,16 @@ def run(config: Config) -> str:
         staging = artifacts.atomic_dir(config.output)
         report = write_outputs(staging, config, out, inp, seconds, chain)
         del out, inp  # they map files in tmp
-    artifacts.write_manifest(staging, stage="filter", config=dataclasses.asdict(config),
-                             inputs={"input": {"path": config.input, **_input_hash(config.input)}},
-                             extra={"outputs": {"clean": CLEAN, "rejects": REJECTS, "report": REPORT},
-                                    "counts": {k: report[k] for k in ("rows_in", "rows_kept", "rows_dropped")}})
+    artifacts.write_manifest(
+        staging,
+        stage="filter",
+        config=dataclasses.asdict(config),
+        inputs={"input": {"path": config.input, **_input_hash(config.input)}},
+        extra={
+            "outputs": {"clean": CLEAN, "rejects": REJECTS, "report": REPORT},
+            "counts": {k: report[k] for k in ("rows_in", "rows_kept", "rows_dropped")},
+        },
+    )
     artifacts.mark_done(staging)
     final = artifacts.publish_dir(staging, config.output)
     _print_summary(report, final)
@@ -417,20 +479,24 @@ def _write_rows(f, array, rows) -> None:
             continue
         wide = pa.types.is_large_string(chunk.type) or pa.types.is_large_binary(chunk.type)
         offsets = np.frombuffer(chunk.buffers()[1], np.int64 if wide else np.int32)
-        offsets = offsets[chunk.offset:chunk.offset + len(chunk) + 1]
+        offsets = offsets[chunk.offset : chunk.offset + len(chunk) + 1]
         data = memoryview(chunk.buffers()[2]) if chunk.buffers()[2] is not None else b""
         breaks = np.flatnonzero(np.diff(local) != 1)  # runs of consecutive rows: local[first[i]..last[i]]
-        first, last = np.concatenate([[0], breaks + 1]).tolist(), np.concatenate([breaks, [len(local) - 1]]).tolist()
+        first, last = (
+            np.concatenate([[0], breaks + 1]).tolist(),
+            np.concatenate([breaks, [len(local) - 1]]).tolist(),
+        )
         for start, end in zip(first, last):
-            f.write(data[offsets[local[start]]:offsets[local[end] + 1]])
+            f.write(data[offsets[local[start]] : offsets[local[end] + 1]])
 
 
 def _new_stats() -> dict:
     return {"dropped": 0, "redacted_rows": 0, "spans": Counter(), "examples": []}
 
 
-def _tally(per_filter: dict, reasons: list[dict], action: str, culprit: str, row: dict, row_id: str,
-           examples: int) -> None:
+def _tally(
+    per_filter: dict, reasons: list[dict], action: str, culprit: str, row: dict, row_id: str, examples: int
+) -> None:
     """Count one dropped or redacted row into the stats of every filter that gave a reason for it."""
     for name in dict.fromkeys(x["filter"] for x in reasons):
         stats = per_filter.setdefault(name, _new_stats())
@@ -447,17 +513,22 @@ def _tally(per_filter: dict, reasons: list[dict], action: str, culprit: str, row
             stats["examples"].append(_example(x, row, row_id, action))
 
 
-def _report(config: Config, inp: Input, out: Results, per_filter: dict, counts: dict, seconds: float,
-            chain) -> dict:
+def _report(
+    config: Config, inp: Input, out: Results, per_filter: dict, counts: dict, seconds: float, chain
+) -> dict:
     import pyarrow.compute as pc
 
     n_in = inp.rows
     nbytes = pc.sum(out.table.column("_nbytes")).as_py() or 0
     report = {
-        "input": config.input, "filters": config.filters, "rows_in": n_in, **counts,
+        "input": config.input,
+        "filters": config.filters,
+        "rows_in": n_in,
+        **counts,
         "per_filter": {k: {**v, "spans": dict(v["spans"])} for k, v in per_filter.items()},
         "engine": "ray" if (config.ray_address or config.use_ray) else "datasets",
-        "seconds": round(seconds, 3), "megabytes": round(nbytes / 1e6, 3),
+        "seconds": round(seconds, 3),
+        "megabytes": round(nbytes / 1e6, 3),
         "mb_per_s": round(nbytes / 1e6 / seconds, 3) if seconds else None,
         "rows_per_s": round(n_in / seconds, 1) if seconds else None,
     }
@@ -484,8 +555,9 @@ def write_outputs(out_dir: Path, config: Config, out: Results, inp: Input, secon
     bad = list(inp.bad)
     rejects = []  # (row, JSON text)
     lines = inp.table.column("_line")
-    todo = sorted(set(np.flatnonzero(~good).tolist()) | set(out.dedup)
-                  | {i for i, x in enumerate(out.reasons) if x != "[]"})
+    todo = sorted(
+        set(np.flatnonzero(~good).tolist()) | set(out.dedup) | {i for i, x in enumerate(out.reasons) if x != "[]"}
+    )
     picked = np.asarray(todo, np.int64)  # the rows rejects.jsonl gets: their JSON lines in one take each
     outs, datas = (dict(zip(todo, out.table.column(c).take(picked).to_pylist())) for c in ("_out", "_data"))
     for r in todo:
@@ -501,15 +573,20 @@ def write_outputs(out_dir: Path, config: Config, out: Results, inp: Input, secon
         redacted += action == "redacted"
         culprit = by[-1] if action == "dropped" else ",".join(dict.fromkeys(by))
         data = datas[r] or outs[r].rstrip("\n")  # JSON text, as json.dumps writes it
-        rejects.append((row, f'{{"row": {row}, "id": {_json_str(out.ids[r])}, "source": {_json_str(inp.source(row))}, '
-                             f'"action": "{action}", "filter": {_json_str(culprit)}, "reasons": {out.reasons_json(r)}, '
-                             f'"data": {data}}}'))
+        rejects.append(
+            (
+                row,
+                f'{{"row": {row}, "id": {_json_str(out.ids[r])}, "source": {_json_str(inp.source(row))}, '
+                f'"action": "{action}", "filter": {_json_str(culprit)}, "reasons": {out.reasons_json(r)}, '
+                f'"data": {data}}}',
+            )
+        )
         _tally(per_filter, reasons, action, culprit, json.loads(outs[r]), out.ids[r], config.examples)
     bad.sort(key=lambda x: x["row"])
     rejects += [(b["row"], json.dumps(b, ensure_ascii=False, default=str)) for b in bad]
     rejects.sort(key=lambda x: x[0])
     per_filter["input"]["dropped"] = len(bad)
-    for b in bad[:config.examples]:
+    for b in bad[: config.examples]:
         per_filter["input"]["examples"].append({"source": b["source"], "reason": b["reasons"][0]["reason"]})
     with open(out_dir / REJECTS, "w", encoding="utf-8") as f:
         f.writelines(text + "\n" for _, text in rejects)
@@ -526,18 +603,23 @@ def _example(reason: dict, row: dict, row_id: str, action: str) -> dict:
     if reason.get("turn") is not None and reason["filter"] != "pii":
         text = row["messages"][reason["turn"]]["content"]
         start, end = reason["span"]
-        ex["excerpt"] = text[max(0, start - 60):end + 60]
+        ex["excerpt"] = text[max(0, start - 60) : end + 60]
     elif reason.get("turn") is not None:
         ex["excerpt"] = row["messages"][reason["turn"]]["content"][:200]
     return ex
 
 
 def _markdown(report: dict) -> str:
-    lines = [f"# posttrain filter report: {report['input']}", "",
-             f"{report['rows_in']} rows in, {report['rows_kept']} kept ({report['rows_redacted']} redacted), "
-             f"{report['rows_dropped']} dropped; {report['megabytes']} MB in {report['seconds']} s "
-             f"({report['mb_per_s']} MB/s, {report['engine']}).", "",
-             "| filter | dropped | redacted rows | findings |", "|---|---:|---:|---|"]
+    lines = [
+        f"# posttrain filter report: {report['input']}",
+        "",
+        f"{report['rows_in']} rows in, {report['rows_kept']} kept ({report['rows_redacted']} redacted), "
+        f"{report['rows_dropped']} dropped; {report['megabytes']} MB in {report['seconds']} s "
+        f"({report['mb_per_s']} MB/s, {report['engine']}).",
+        "",
+        "| filter | dropped | redacted rows | findings |",
+        "|---|---:|---:|---|",
+    ]
     for name, s in report["per_filter"].items():
         spans = ", ".join(f"{k}: {v}" for k, v in sorted(s["spans"].items()))
         lines.append(f"| {name} | {s['dropped']} | {s['redacted_rows']} | {spans} |")
@@ -549,8 +631,10 @@ def _markdown(report: dict) -> str:
 
 
 def _print_summary(report: dict, out: Path) -> None:
-    print(f"[filter] {report['rows_in']} rows: {report['rows_kept']} kept ({report['rows_redacted']} redacted), "
-          f"{report['rows_dropped']} dropped; {report['mb_per_s']} MB/s")
+    print(
+        f"[filter] {report['rows_in']} rows: {report['rows_kept']} kept ({report['rows_redacted']} redacted), "
+        f"{report['rows_dropped']} dropped; {report['mb_per_s']} MB/s"
+    )
     for name, s in report["per_filter"].items():
         print(f"[filter]   {name:10s} dropped {s['dropped']:6d}  redacted rows {s['redacted_rows']:6d}")
     print(f"[filter] clean data: {out / CLEAN}")

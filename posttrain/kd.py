@@ -26,8 +26,14 @@ from posttrain.errors import UserError
 # 1-2. Sparse teacher targets
 
 
-def sample_targets(teacher_logits: torch.Tensor, k: int, *, temperature: float = 1.0,
-                   estimator: str = "unbiased", generator: torch.Generator | None = None):
+def sample_targets(
+    teacher_logits: torch.Tensor,
+    k: int,
+    *,
+    temperature: float = 1.0,
+    estimator: str = "unbiased",
+    generator: torch.Generator | None = None,
+):
     """(N, V) teacher logits -> (ids int32 (N, k), weights fp16 (N, k)); padding slots have weight 0."""
     logp = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     n, vocab = logp.shape
@@ -54,8 +60,9 @@ def sample_targets(teacher_logits: torch.Tensor, k: int, *, temperature: float =
 # 3. The loss
 
 
-def _chunk_ce(hidden: torch.Tensor, lm_head: torch.nn.Module, ids: torch.Tensor, weights: torch.Tensor,
-              softcap: float | None) -> torch.Tensor:
+def _chunk_ce(
+    hidden: torch.Tensor, lm_head: torch.nn.Module, ids: torch.Tensor, weights: torch.Tensor, softcap: float | None
+) -> torch.Tensor:
     logits = lm_head(hidden)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
@@ -64,8 +71,15 @@ def _chunk_ce(hidden: torch.Tensor, lm_head: torch.nn.Module, ids: torch.Tensor,
     return -(weights.float() * logp).sum()
 
 
-def sparse_kd_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, target_ids: torch.Tensor,
-                   target_weights: torch.Tensor, *, chunk_size: int = 256, softcap: float | None = None):
+def sparse_kd_loss(
+    hidden: torch.Tensor,
+    lm_head: torch.nn.Module,
+    target_ids: torch.Tensor,
+    target_weights: torch.Tensor,
+    *,
+    chunk_size: int = 256,
+    softcap: float | None = None,
+):
     """Sum over target positions of -sum_k w_k log p_S(id_k). `hidden` holds only the target positions
     (N, D); each chunk's logits are recomputed in backward instead of stored."""
     total = hidden.new_zeros((), dtype=torch.float32)
@@ -90,13 +104,13 @@ def target_positions(loss_mask: list[bool]) -> list[int]:
     return [p for p in range(len(loss_mask) - 1) if loss_mask[p + 1]]
 
 
-
 def kd_forward(model, batch: dict, chunk: int) -> tuple[torch.Tensor, int]:
     """(summed loss, target count) for a collated batch."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1])[batch["target_pos"]]
     softcap = getattr(base.config, "final_logit_softcapping", None)
-    loss = sparse_kd_loss(hidden, base.lm_head, batch["target_ids"], batch["target_weights"],
-                          chunk_size=chunk, softcap=softcap)
+    loss = sparse_kd_loss(
+        hidden, base.lm_head, batch["target_ids"], batch["target_weights"], chunk_size=chunk, softcap=softcap
+    )
     return loss, int(batch["target_pos"].numel())

@@ -64,9 +64,18 @@ from posttrain.errors import UserError
 # 1. Reading sources
 
 
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                       "U8": torch.uint8, "BOOL": torch.bool}
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 _DTYPE_NAMES = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
 
 
@@ -89,9 +98,15 @@ class _Lazy(Mapping):
             header.pop("__metadata__", None)
             for key, meta in header.items():
                 if meta["dtype"] not in _SAFETENSORS_DTYPES:
-                    raise UserError(f"{f}: tensor '{key}' has dtype {meta['dtype']}, which merging does not handle")
-                self._entries[key] = (fd, 8 + size + meta["data_offsets"][0], tuple(meta["shape"]),
-                                      _SAFETENSORS_DTYPES[meta["dtype"]])
+                    raise UserError(
+                        f"{f}: tensor '{key}' has dtype {meta['dtype']}, which merging does not handle"
+                    )
+                self._entries[key] = (
+                    fd,
+                    8 + size + meta["data_offsets"][0],
+                    tuple(meta["shape"]),
+                    _SAFETENSORS_DTYPES[meta["dtype"]],
+                )
 
     def __del__(self, _close=os.close):  # (os may be gone at interpreter exit)
         for fd in getattr(self, "_fds", ()):
@@ -152,8 +167,10 @@ def open_state(source) -> Mapping[str, torch.Tensor]:
         if (path / "model.safetensors").is_file():
             return _Lazy([path / "model.safetensors"], str(path))
         if (path / "adapter_config.json").is_file():
-            raise UserError(f"{path} is a LoRA adapter, not full weights: merge it into its base first "
-                            "(posttrain.merging.merge_lora), then merge the full models")
+            raise UserError(
+                f"{path} is a LoRA adapter, not full weights: merge it into its base first "
+                "(posttrain.merging.merge_lora), then merge the full models"
+            )
         raise UserError(f"{path}: no model.safetensors (or sharded index) to read weights from")
     raise UserError(f"not a model dir or .safetensors file: {path}")
 
@@ -172,17 +189,21 @@ def check_compatible(states: Sequence[Mapping[str, torch.Tensor]], names: Sequen
         if keys != ref_keys:
             key = sorted(ref_keys ^ keys)[0]
             has, lacks = (names[0], name) if key in ref_keys else (name, names[0])
-            raise UserError(f"cannot merge: key '{key}' is in {has} but not in {lacks} "
-                            f"(models of different architectures)")
+            raise UserError(
+                f"cannot merge: key '{key}' is in {has} but not in {lacks} (models of different architectures)"
+            )
     for key in sorted(ref_keys):
         ref_shape, ref_dtype = _shape(ref, key), _dtype(ref, key)
         for state, name in zip(states[1:], names[1:]):
             if _shape(state, key) != ref_shape:
-                raise UserError(f"cannot merge: '{key}' has shape {list(_shape(state, key))} in {name} but "
-                                f"{list(ref_shape)} in {names[0]}")
+                raise UserError(
+                    f"cannot merge: '{key}' has shape {list(_shape(state, key))} in {name} but "
+                    f"{list(ref_shape)} in {names[0]}"
+                )
             if _dtype(state, key) != ref_dtype:
-                raise UserError(f"cannot merge: '{key}' is {_dtype(state, key)} in {name} but {ref_dtype} "
-                                f"in {names[0]}")
+                raise UserError(
+                    f"cannot merge: '{key}' is {_dtype(state, key)} in {name} but {ref_dtype} in {names[0]}"
+                )
 
 
 def _shape(state, key) -> tuple[int, ...]:
@@ -197,7 +218,7 @@ def _rows(state, key, block: tuple[int, int] | None) -> torch.Tensor:
     """Rows start:stop of a tensor, or the whole tensor when `block` is None (0-dim tensors)."""
     if block is None:
         return state[key]
-    return state.rows(key, *block) if isinstance(state, _Lazy) else state[key][block[0]:block[1]]
+    return state.rows(key, *block) if isinstance(state, _Lazy) else state[key][block[0] : block[1]]
 
 
 def _blocks(shape: tuple[int, ...], chunk_elements: int) -> Iterator[tuple[int, int] | None]:
@@ -214,8 +235,16 @@ def _blocks(shape: tuple[int, ...], chunk_elements: int) -> Iterator[tuple[int, 
 # 2. The streamed linear combination (every operation below is one)
 
 
-def _merge(states: list, names: list[str], weights_of: Callable[[str], Sequence[float]], *, integers: str,
-           out_dir, chunk_elements: int, max_shard_bytes: int):
+def _merge(
+    states: list,
+    names: list[str],
+    weights_of: Callable[[str], Sequence[float]],
+    *,
+    integers: str,
+    out_dir,
+    chunk_elements: int,
+    max_shard_bytes: int,
+):
     """Per key, sum_i weights_of(key)[i] * states[i][key] in row blocks (float64, rounded once to the dtype);
     non-float tensors are rounded (`integers="round"`) or must be equal in every state (`"equal"`). Returns
     the state dict, or writes it to `out_dir` block by block and returns that path."""
@@ -227,8 +256,10 @@ def _merge(states: list, names: list[str], weights_of: Callable[[str], Sequence[
             ref = states[0][key]
             for state, name in zip(states[1:], names[1:]):
                 if not torch.equal(state[key], ref):
-                    raise UserError(f"cannot merge: '{key}' is a {dtype} tensor that differs between {names[0]} "
-                                    f"and {name}; only float tensors can be interpolated")
+                    raise UserError(
+                        f"cannot merge: '{key}' is a {dtype} tensor that differs between {names[0]} "
+                        f"and {name}; only float tensors can be interpolated"
+                    )
             yield None, ref
             return
         weights = weights_of(key)
@@ -252,18 +283,24 @@ def _merge(states: list, names: list[str], weights_of: Callable[[str], Sequence[
                     if block is None:
                         result.copy_(values)
                     else:
-                        result[block[0]:block[1]] = values
+                        result[block[0] : block[1]] = values
                 out[key] = result
             return out
         dirs = [Path(s.where) for s in states if isinstance(s, _Lazy) and Path(s.where).is_dir()]
-        return _write_hf_dir(out_dir, states[0], tensor_blocks, copy_from=dirs[0] if dirs else None,
-                             max_shard_bytes=max_shard_bytes)
+        return _write_hf_dir(
+            out_dir, states[0], tensor_blocks, copy_from=dirs[0] if dirs else None, max_shard_bytes=max_shard_bytes
+        )
     finally:
         torch.set_num_threads(threads)
 
 
-_HF_FILES = ("config.json", "generation_config.json", "special_tokens_map.json", "added_tokens.json",
-             "chat_template.jinja")
+_HF_FILES = (
+    "config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
 
 
 def _write_hf_dir(out_dir, ref, tensor_blocks, *, copy_from: Path | None, max_shard_bytes: int) -> Path:
@@ -279,15 +316,21 @@ def _write_hf_dir(out_dir, ref, tensor_blocks, *, copy_from: Path | None, max_sh
         current.append(key)
         used += sizes[key]
     shards.append(current)
-    names = (["model.safetensors"] if len(shards) == 1 else
-             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     staging = artifacts.atomic_dir(out_dir)
     try:
         for name, keys in zip(names, shards):
             header, offset = {"__metadata__": {"format": "pt"}}, 0
             for key in keys:
-                header[key] = {"dtype": _DTYPE_NAMES[_dtype(ref, key)], "shape": list(_shape(ref, key)),
-                               "data_offsets": [offset, offset + sizes[key]]}
+                header[key] = {
+                    "dtype": _DTYPE_NAMES[_dtype(ref, key)],
+                    "shape": list(_shape(ref, key)),
+                    "data_offsets": [offset, offset + sizes[key]],
+                }
                 offset += sizes[key]
             text = json.dumps(header, separators=(",", ":")).encode()
             text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
@@ -297,8 +340,10 @@ def _write_hf_dir(out_dir, ref, tensor_blocks, *, copy_from: Path | None, max_sh
                     for _, values in tensor_blocks(key):
                         f.write(values.contiguous().reshape(-1).view(torch.uint8).numpy())
         if len(shards) > 1:
-            index = {"metadata": {"total_size": sum(sizes.values())},
-                     "weight_map": {k: n for n, keys in zip(names, shards) for k in keys}}
+            index = {
+                "metadata": {"total_size": sum(sizes.values())},
+                "weight_map": {k: n for n, keys in zip(names, shards) for k in keys},
+            }
             (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
         if copy_from is not None:
             for f in copy_from.iterdir():
@@ -325,8 +370,14 @@ _SHARD = 5_000_000_000  # bytes per output shard (save_pretrained's historical "
 # 3. The operations
 
 
-def average(sources: Sequence, weights: Sequence[float] | None = None, *, out_dir=None,
-            chunk_elements: int = _CHUNK, max_shard_bytes: int = _SHARD):
+def average(
+    sources: Sequence,
+    weights: Sequence[float] | None = None,
+    *,
+    out_dir=None,
+    chunk_elements: int = _CHUNK,
+    max_shard_bytes: int = _SHARD,
+):
     """Weighted average (uniform by default) of M state dicts, tensor by tensor; each result keeps its
     input dtype. Floats are summed in float64 and rounded once to their dtype; integer and bool tensors
     (counters such as BatchNorm's num_batches_tracked) are rounded to the nearest value. M = 1 returns the
@@ -338,8 +389,15 @@ def average(sources: Sequence, weights: Sequence[float] | None = None, *, out_di
     if len(weights) != len(sources) or abs(sum(weights) - 1.0) > 1e-9:
         raise UserError(f"merge weights must be one per model and sum to 1, got {list(weights)}")
     states, names = _open_all(sources)
-    return _merge(states, names, lambda key: weights, integers="round", out_dir=out_dir,
-                  chunk_elements=chunk_elements, max_shard_bytes=max_shard_bytes)
+    return _merge(
+        states,
+        names,
+        lambda key: weights,
+        integers="round",
+        out_dir=out_dir,
+        chunk_elements=chunk_elements,
+        max_shard_bytes=max_shard_bytes,
+    )
 
 
 def slerp_coefficients(gram: torch.Tensor, lam: float | None = None, eps: float = 1e-4) -> list[float]:
@@ -349,8 +407,9 @@ def slerp_coefficients(gram: torch.Tensor, lam: float | None = None, eps: float 
     gram = gram.to(torch.float64)
     m_total = gram.shape[0]
     if lam is not None and m_total != 2:
-        raise UserError(f"slerp: lam applies to two models; {m_total} models are merged with equal weight "
-                        "(leave lam unset)")
+        raise UserError(
+            f"slerp: lam applies to two models; {m_total} models are merged with equal weight (leave lam unset)"
+        )
     coef = torch.zeros(m_total, dtype=torch.float64)
     coef[0] = 1.0
     for m in range(1, m_total):
@@ -382,8 +441,16 @@ def _gram(states: list, key: str, chunk_elements: int) -> torch.Tensor:
     return gram
 
 
-def slerp(init, sources: Sequence, lam: float | None = None, out_dir=None, *, eps: float = 1e-4,
-          chunk_elements: int = _CHUNK, max_shard_bytes: int = _SHARD):
+def slerp(
+    init,
+    sources: Sequence,
+    lam: float | None = None,
+    out_dir=None,
+    *,
+    eps: float = 1e-4,
+    chunk_elements: int = _CHUNK,
+    max_shard_bytes: int = _SHARD,
+):
     """WARP's merge: per-tensor spherical interpolation of the task vectors delta_m = theta_m - theta_init of
     M >= 2 fine-tunes of `init` (iterated for M > 2, linear when sin Omega < eps or a task vector is zero;
     formulas in the module docstring). Returns the state dict, or writes an HF dir to `out_dir`."""
@@ -395,8 +462,15 @@ def slerp(init, sources: Sequence, lam: float | None = None, out_dir=None, *, ep
         coef = slerp_coefficients(_gram(states, key, chunk_elements), lam, eps)
         return [1.0 - sum(coef), *coef]  # theta_init + sum c_m (theta_m - theta_init)
 
-    return _merge(states, names, weights_of, integers="equal", out_dir=out_dir, chunk_elements=chunk_elements,
-                  max_shard_bytes=max_shard_bytes)
+    return _merge(
+        states,
+        names,
+        weights_of,
+        integers="equal",
+        out_dir=out_dir,
+        chunk_elements=chunk_elements,
+        max_shard_bytes=max_shard_bytes,
+    )
 
 
 def liti(init, merged, eta: float, out_dir=None, *, chunk_elements: int = _CHUNK, max_shard_bytes: int = _SHARD):
@@ -405,8 +479,15 @@ def liti(init, merged, eta: float, out_dir=None, *, chunk_elements: int = _CHUNK
     if not 0.0 <= eta <= 1.0:
         raise UserError(f"liti: eta must be in [0, 1], got {eta}")
     states, names = _open_all([init, merged])
-    return _merge(states, names, lambda key: [1.0 - eta, eta], integers="equal", out_dir=out_dir,
-                  chunk_elements=chunk_elements, max_shard_bytes=max_shard_bytes)
+    return _merge(
+        states,
+        names,
+        lambda key: [1.0 - eta, eta],
+        integers="equal",
+        out_dir=out_dir,
+        chunk_elements=chunk_elements,
+        max_shard_bytes=max_shard_bytes,
+    )
 
 
 def merge_lora(adapter_dir, out_dir, *, base=None) -> Path:

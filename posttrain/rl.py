@@ -52,25 +52,40 @@ ALGORITHMS = ("bond", "reinforce")
 
 @dataclasses.dataclass
 class Config:
-    algorithm: str = doc("bond", "'bond' (J-BOND) or 'reinforce' (REINFORCE with the KL to the EMA anchor, "
-                         "WARP's inner loop; `posttrain warp` runs WARP around either)")
-    policy: str = doc("runs/demo/sft", "initial policy: an HF dir (a `posttrain sft` output), a .gguf file, "
-                      "'gemma3-270m' or 'tiny:...'")
-    data: list[str] = doc(["data/demo/sft.jsonl"], "prompt files (.jsonl, .parquet or datasets dirs): rows "
-                          "with 'messages' (trailing assistant turns are dropped) plus the rewards' columns")
+    algorithm: str = doc(
+        "bond",
+        "'bond' (J-BOND) or 'reinforce' (REINFORCE with the KL to the EMA anchor, "
+        "WARP's inner loop; `posttrain warp` runs WARP around either)",
+    )
+    policy: str = doc(
+        "runs/demo/sft",
+        "initial policy: an HF dir (a `posttrain sft` output), a .gguf file, 'gemma3-270m' or 'tiny:...'",
+    )
+    data: list[str] = doc(
+        ["data/demo/sft.jsonl"],
+        "prompt files (.jsonl, .parquet or datasets dirs): rows "
+        "with 'messages' (trailing assistant turns are dropped) plus the rewards' columns",
+    )
     output_dir: str = doc("runs/rl", "output dir: final policy (HF), metrics, rollouts, plot, checkpoints")
     rewards: scoring.Rewards = doc(scoring.Rewards(), "the rewards and how they run (names, weights, ...)")
     max_examples: int | None = doc(None, "use only the first N prompts (None = all)")
     steps: int = doc(40, "optimizer steps")
     prompts_per_step: int = doc(8, "prompts per step (the batch)")
     n: int = doc(2, "BOND's N: the policy distils best-of-N of the anchor (N = 2 is J-BOND)")
-    anchor_samples: int | None = doc(None, "anchor samples per prompt k for the quantile estimate (default n); "
-                                     "n = k = 2 uses J-BOND's r_J, otherwise r = log p̂≤ from the k samples")
-    ties: str = doc("mid", "how a reward tie counts: 'mid' (1/2), 'paper' (as written: a tie is ≤ for "
-                    "p̂≤ and r_J needs a strict loss) or 'random' (coin flip)")
+    anchor_samples: int | None = doc(
+        None,
+        "anchor samples per prompt k for the quantile estimate (default n); "
+        "n = k = 2 uses J-BOND's r_J, otherwise r = log p̂≤ from the k samples",
+    )
+    ties: str = doc(
+        "mid",
+        "how a reward tie counts: 'mid' (1/2), 'paper' (as written: a tie is ≤ for "
+        "p̂≤ and r_J needs a strict loss) or 'random' (coin flip)",
+    )
     beta: float = doc(0.5, "Jeffreys mix: (1−β)·forward (SFT on the best anchor sample) + β·backward (PG)")
-    kl_coef: float | None = doc(None, "KL-to-anchor weight in the backward return (default 1/(n−1); "
-                                "reinforce: 0.1)")
+    kl_coef: float | None = doc(
+        None, "KL-to-anchor weight in the backward return (default 1/(n−1); reinforce: 0.1)"
+    )
     gamma: float = doc(0.0, "weight of the extra KL regulariser (the paper tries 0, 0.5, 1, 2)")
     regulariser: str = doc("init", "the regulariser's target: 'init' (the SFT policy) or 'anchor'")
     eta: float = doc(0.02, "anchor EMA rate: anchor ← (1−η)·anchor + η·policy after every step")
@@ -84,18 +99,27 @@ class Config:
     max_prompt_length: int = doc(512, "longer prompts are an error (naming the row)")
     temperature: float = doc(1.0, "sampling temperature (1.0 samples π itself, as BOND assumes)")
     top_p: float = doc(1.0, "nucleus sampling threshold")
-    generation_batch: int = doc(8, "prompts per generation chunk: each chunk's rewards are scored while the "
-                                "next one is generated (on CPU decoding is weight-bandwidth bound, so fewer, "
-                                "larger chunks are faster)")
-    overlap_rewards: bool = doc(True, "compute the anchor/init log-probs while the last chunk's rewards are "
-                                "scored (false: wait for the rewards first, the sequential baseline)")
+    generation_batch: int = doc(
+        8,
+        "prompts per generation chunk: each chunk's rewards are scored while the "
+        "next one is generated (on CPU decoding is weight-bandwidth bound, so fewer, "
+        "larger chunks are faster)",
+    )
+    overlap_rewards: bool = doc(
+        True,
+        "compute the anchor/init log-probs while the last chunk's rewards are "
+        "scored (false: wait for the rewards first, the sequential baseline)",
+    )
     generation_workers: int = doc(0, "Ray actors that generate (0 = in this process)")
     generation_worker_gpus: float = doc(0.0, "GPUs each generation actor asks for")
     bf16: bool = doc(True, "bf16 autocast for sampling and the forward passes (fp32 master weights)")
     torch_threads: int | None = doc(None, "CPU threads for this process's torch (None = torch's default)")
     save_steps: int = doc(10, "checkpoint every N steps (and at the end)")
-    save_total_limit: int | None = doc(2, "checkpoints kept: older ones are removed once a newer one is "
-                                       "published (~1.3 GB each for the demo student); None keeps all")
+    save_total_limit: int | None = doc(
+        2,
+        "checkpoints kept: older ones are removed once a newer one is "
+        "published (~1.3 GB each for the demo student); None keeps all",
+    )
     log_rollouts: bool = doc(True, "write every policy sample with its scores to rollouts.jsonl")
     seed: int = doc(0, "seed for the data order, sampling and random tie-breaks")
     ray_address: str | None = doc(None, "Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
@@ -106,8 +130,9 @@ class Config:
 def check(config: Config) -> None:
     """Every field's range, before anything is loaded or written."""
     if config.algorithm not in ALGORITHMS:
-        raise UserError(f"unknown algorithm '{config.algorithm}' (expected one of {ALGORITHMS}; WARP is "
-                        "`posttrain warp`)")
+        raise UserError(
+            f"unknown algorithm '{config.algorithm}' (expected one of {ALGORITHMS}; WARP is `posttrain warp`)"
+        )
     k = anchor_count(config)
     if config.algorithm == "bond" and (config.n < 2 or k < 1 or (config.n == 2 and k < 2)):
         raise UserError(f"need n >= 2 and anchor_samples >= 2 (got n={config.n}, anchor_samples={k})")
@@ -117,8 +142,16 @@ def check(config: Config) -> None:
         raise UserError(f"regulariser must be 'init' or 'anchor', got '{config.regulariser}'")
     if not 0.0 <= config.beta <= 1.0 or not 0.0 <= config.eta <= 1.0:
         raise UserError(f"beta and eta must be in [0, 1] (got beta={config.beta}, eta={config.eta})")
-    if min(config.steps, config.prompts_per_step, config.generation_batch, config.max_new_tokens,
-           config.save_steps) < 1:
+    if (
+        min(
+            config.steps,
+            config.prompts_per_step,
+            config.generation_batch,
+            config.max_new_tokens,
+            config.save_steps,
+        )
+        < 1
+    ):
         raise UserError("steps, prompts_per_step, generation_batch, max_new_tokens and save_steps must be >= 1")
     if config.save_total_limit is not None and config.save_total_limit < 1:
         raise UserError(f"save_total_limit must be >= 1 or null (got {config.save_total_limit})")
@@ -209,7 +242,8 @@ def initial_state(config: Config) -> State:
     params = trainable(model)
     optimizer = torch.optim.AdamW(params.values(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) if config.warmup_steps else 1.0)
+        optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    )
     return State(model, tokenizer, params, snapshot(params), snapshot(params), optimizer, scheduler)
 
 
@@ -228,15 +262,19 @@ def save_checkpoint(out: Path, state: State, keep: int | None = None) -> None:
     staging = artifacts.atomic_dir(final)
     state.model.save_pretrained(staging)
     state.tokenizer.save_pretrained(staging)
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.params.items()},
-              str(staging / "policy.safetensors"))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in state.params.items()}, str(staging / "policy.safetensors")
+    )
     save_file({k: v.cpu().contiguous() for k, v in state.anchor.items()}, str(staging / "anchor.safetensors"))
-    torch.save({"optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict()},
-               staging / "optim.pt")
+    torch.save(
+        {"optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict()},
+        staging / "optim.pt",
+    )
     (staging / "state.json").write_text(json.dumps({"step": state.step}))
     artifacts.publish_dir(staging, final)
-    rotate_checkpoints(output_dir=str(final.parent), save_total_limit=keep, best_model_checkpoint=None,
-                       use_mtime=False)  # HF's, as the Trainer stages use
+    rotate_checkpoints(
+        output_dir=str(final.parent), save_total_limit=keep, best_model_checkpoint=None, use_mtime=False
+    )  # HF's, as the Trainer stages use
 
 
 def load_checkpoint(path: Path, state: State) -> None:
@@ -274,8 +312,10 @@ def load_prompts(config: Config, tokenizer) -> Prompts:
     ids = [data.prompt_ids(tokenizer, m) for m in messages]
     for row, p in zip(rows, ids):
         if len(p) > config.max_prompt_length:
-            raise UserError(f"{row.get('_where', '?')}: prompt is {len(p)} tokens, over max_prompt_length="
-                            f"{config.max_prompt_length}")
+            raise UserError(
+                f"{row.get('_where', '?')}: prompt is {len(p)} tokens, over max_prompt_length="
+                f"{config.max_prompt_length}"
+            )
     return Prompts(rows, messages, ids)
 
 
@@ -286,7 +326,9 @@ def step_prompts(config: Config, step: int, n_rows: int) -> list[int]:
     for pos in range((step - 1) * per, step * per):
         epoch, i = divmod(pos, n_rows)
         if epoch not in perms:
-            perms[epoch] = torch.randperm(n_rows, generator=torch.Generator().manual_seed(config.seed + 7919 * epoch))
+            perms[epoch] = torch.randperm(
+                n_rows, generator=torch.Generator().manual_seed(config.seed + 7919 * epoch)
+            )
         out.append(int(perms[epoch][i]))
     return out
 
@@ -326,8 +368,16 @@ class Sampler:
         c = self.config
 
         def draw(cols):
-            r = rollout.sample(self.model, self.tokenizer, prompts, cols.shape[1], max_new_tokens=c.max_new_tokens,
-                               temperature=c.temperature, top_p=c.top_p, noise=cols)
+            r = rollout.sample(
+                self.model,
+                self.tokenizer,
+                prompts,
+                cols.shape[1],
+                max_new_tokens=c.max_new_tokens,
+                temperature=c.temperature,
+                top_p=c.top_p,
+                noise=cols,
+            )
             return [(r.completion_ids(i), r.texts[i], bool(r.finished[i])) for i in range(len(r.texts))]
 
         policy = draw(noise[:, :1])
@@ -350,9 +400,12 @@ class Services:
         self.actors, self.sampler = [], None
         if config.generation_workers:
             cluster.init(config.ray_address)
-            self.actors = cluster.start_actors(Sampler, num_actors=config.generation_workers,
-                                               actor_args=(str(config.policy), config),
-                                               num_gpus=config.generation_worker_gpus)
+            self.actors = cluster.start_actors(
+                Sampler,
+                num_actors=config.generation_workers,
+                actor_args=(str(config.policy), config),
+                num_gpus=config.generation_worker_gpus,
+            )
         else:
             self.sampler = Sampler(str(config.policy), config)
         self.workers = Workers(processes=config.rewards.workers)
@@ -410,18 +463,25 @@ def sample_and_score(config: Config, state: State, prompts: Prompts, services: S
     t_start = time.perf_counter()
     idx = step_prompts(config, step, len(prompts.rows))
     noise = _step_noise(config, step, len(idx))
-    chunks = [list(range(i, min(i + config.generation_batch, len(idx))))
-              for i in range(0, len(idx), config.generation_batch)]
-    jobs = [([prompts.ids[idx[j]] for j in c], noise[c[0]:c[-1] + 1]) for c in chunks]
+    chunks = [
+        list(range(i, min(i + config.generation_batch, len(idx))))
+        for i in range(0, len(idx), config.generation_batch)
+    ]
+    jobs = [([prompts.ids[idx[j]] for j in c], noise[c[0] : c[-1] + 1]) for c in chunks]
     k = anchor_count(config)
     policy, anchors, futures = [None] * len(idx), [None] * len(idx), {}
     for ci, (pol, anc) in services.generate(state, jobs):
         for p, j in enumerate(chunks[ci]):
-            policy[j], anchors[j] = pol[p], anc[p * k:(p + 1) * k]
+            policy[j], anchors[j] = pol[p], anc[p * k : (p + 1) * k]
         texts = [[policy[j][1]] + [a[1] for a in anchors[j]] for j in chunks[ci]]
         futures[ci] = services.scoring.submit(
-            scoring.score_groups, services.reward_list, services.workers, [prompts.rows[idx[j]] for j in chunks[ci]],
-            [prompts.messages[idx[j]] for j in chunks[ci]], texts)
+            scoring.score_groups,
+            services.reward_list,
+            services.workers,
+            [prompts.rows[idx[j]] for j in chunks[ci]],
+            [prompts.messages[idx[j]] for j in chunks[ci]],
+            texts,
+        )
     times = {"generate": time.perf_counter() - t_start}
 
     if not config.overlap_rewards:
@@ -443,8 +503,11 @@ def sample_and_score(config: Config, state: State, prompts: Prompts, services: S
 def _wait_for_scores(futures: dict, reward_list) -> tuple[dict, float]:
     """The chunks' scores concatenated in prompt order, and the seconds spent waiting for them."""
     t0 = time.perf_counter()
-    scores = {"combined": [], "per_reward": {r.name: [] for r in reward_list},
-              "reasons": {r.name: [] for r in reward_list}}
+    scores = {
+        "combined": [],
+        "per_reward": {r.name: [] for r in reward_list},
+        "reasons": {r.name: [] for r in reward_list},
+    }
     for ci in range(len(futures)):
         s = futures[ci].result()
         scores["combined"] += s["combined"]
@@ -462,8 +525,8 @@ def _seq_logp(model, prompts: list[list[int]], seqs: list[list[int]], bf16: bool
     tokens = torch.zeros((len(seqs), width), dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.bool)
     for i, s in enumerate(seqs):
-        tokens[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = True
+        tokens[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = True
     with _autocast(model, bf16):
         lp = sequence_logprobs(model, prompts, torch.arange(len(seqs)), tokens, mask)
     return lp.sum(-1)
@@ -492,15 +555,22 @@ def bond_loss(config: Config, state: State, batch: Rollouts, rewards: torch.Tens
     else:
         r_bond = bond.bond_reward(p_hat, anchor_count(config))
     # the forward term's target: best of the first n anchor samples (a best-of-n sample)
-    best = bond.best_anchor(r_anchor[:, :config.n])
+    best = bond.best_anchor(r_anchor[:, : config.n])
     best_seqs = [batch.anchors[j][max(int(best[j]), 0)][0] for j in range(len(batch.idx))]
     p = len(batch.idx)
     both = _seq_logp(state.model, batch.prompt_ids * 2, batch.policy_ids + best_seqs, config.bf16)
     logp_policy, best_logp = both[:p], both[p:]
     loss, stats = bond.jbond_loss(
-        logp_policy=logp_policy, logp_anchor=batch.logp_anchor, reward=r_bond, best_logp=best_logp,
-        best_valid=best >= 0, beta=config.beta, gamma=config.gamma, kl_coef=kl_coefficient(config),
-        logp_reg=batch.logp_init if config.regulariser == "init" else batch.logp_anchor)
+        logp_policy=logp_policy,
+        logp_anchor=batch.logp_anchor,
+        reward=r_bond,
+        best_logp=best_logp,
+        best_valid=best >= 0,
+        beta=config.beta,
+        gamma=config.gamma,
+        kl_coef=kl_coefficient(config),
+        logp_reg=batch.logp_init if config.regulariser == "init" else batch.logp_anchor,
+    )
     return Loss(loss, logp_policy, r_bond, p_hat, stats)
 
 
@@ -511,8 +581,13 @@ def reinforce_loss(config: Config, state: State, batch: Rollouts, rewards: torch
     adv = bond.returns(r_policy, logp_policy, batch.logp_anchor, kl_coef=kl_coefficient(config))
     loss = bond.backward_loss(logp_policy, adv)
     nan = torch.full_like(r_policy, math.nan)
-    return Loss(loss, logp_policy, nan, nan,
-                {"loss": loss.item(), "forward": 0.0, "backward": loss.item(), "regulariser": 0.0})
+    return Loss(
+        loss,
+        logp_policy,
+        nan,
+        nan,
+        {"loss": loss.item(), "forward": 0.0, "backward": loss.item(), "regulariser": 0.0},
+    )
 
 
 LOSSES = {"bond": bond_loss, "reinforce": reinforce_loss}
@@ -526,39 +601,52 @@ def update(config: Config, state: State, loss: torch.Tensor) -> float:
     """Backward, clip, one AdamW and scheduler step, then the anchor EMA; returns the gradient norm."""
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(
-        list(state.params.values()), config.max_grad_norm if config.max_grad_norm > 0 else float("inf"))
+        list(state.params.values()), config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
+    )
     state.optimizer.step()
     state.scheduler.step()
     bond.ema_update(state.anchor.values(), state.params.values(), config.eta)
     return float(grad_norm)
 
 
-def step_metrics(step: int, batch: Rollouts, rewards: torch.Tensor, out: Loss, grad_norm: float, lr: float,
-                 times: dict[str, float]) -> dict:
+def step_metrics(
+    step: int,
+    batch: Rollouts,
+    rewards: torch.Tensor,
+    out: Loss,
+    grad_norm: float,
+    lr: float,
+    times: dict[str, float],
+) -> dict:
     scores = batch.scores
     lengths = [len(s) for s in batch.policy_ids]
     logp = out.logp_policy.detach()
     token_logp = [-(logp[j].item()) / max(1, lengths[j]) for j in range(len(lengths))]
     return {
-        "step": step, "reward": _mean(rewards[:, 0].tolist()), "reward_anchor": _mean(rewards[:, 1:].flatten().tolist()),
+        "step": step,
+        "reward": _mean(rewards[:, 0].tolist()),
+        "reward_anchor": _mean(rewards[:, 1:].flatten().tolist()),
         **{f"reward/{name}": _mean([v[0] for v in vals]) for name, vals in scores["per_reward"].items()},
         # scores that failed (timeout, crash); a reward that does not apply to a row is None too
         "reward_failed": sum(v is not None for vals in scores["reasons"].values() for row in vals for v in row),
-        "bond_reward": _mean(out.bond_reward.tolist()), "quantile": _mean(out.quantile.tolist()),
+        "bond_reward": _mean(out.bond_reward.tolist()),
+        "quantile": _mean(out.quantile.tolist()),
         "kl_anchor": (logp - batch.logp_anchor).mean().item(),
         "kl_init": (logp - batch.logp_init).mean().item(),
         "entropy": sum(token_logp) / len(token_logp),
         "length": sum(lengths) / len(lengths),
         "finished": sum(p[2] for p in batch.policy) / len(lengths),
         **{key: out.stats[key] for key in ("loss", "forward", "backward", "regulariser")},
-        "grad_norm": grad_norm, "lr": lr,
+        "grad_norm": grad_norm,
+        "lr": lr,
         **{f"time/{key}": times[key] for key in ("generate", "ref_logprobs", "reward_wait", "train", "step")},
         "reward_wait_share": times["reward_wait"] / times["step"],
     }
 
 
-def log_step(out: Path, tb, metrics: dict, batch: Rollouts, rows: list[dict], bond_reward: torch.Tensor,
-             log_rollouts: bool) -> None:
+def log_step(
+    out: Path, tb, metrics: dict, batch: Rollouts, rows: list[dict], bond_reward: torch.Tensor, log_rollouts: bool
+) -> None:
     """metrics.jsonl, TensorBoard, and every policy sample with its scores in rollouts.jsonl."""
     step = metrics["step"]
     with open(out / "metrics.jsonl", "a") as f:
@@ -571,11 +659,20 @@ def log_step(out: Path, tb, metrics: dict, batch: Rollouts, rows: list[dict], bo
     scores = batch.scores
     with open(out / "rollouts.jsonl", "a") as f:
         for j, i in enumerate(batch.idx):
-            f.write(json.dumps({
-                "step": step, "id": rows[i].get("id", i), "completion": batch.policy[j][1],
-                "scores": {n: v[j][0] for n, v in scores["per_reward"].items()},
-                "reasons": {n: v[j][0] for n, v in scores["reasons"].items() if v[j][0]},
-                "anchor_rewards": scores["combined"][j][1:], "bond_reward": _nan_none(bond_reward[j])}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "id": rows[i].get("id", i),
+                        "completion": batch.policy[j][1],
+                        "scores": {n: v[j][0] for n, v in scores["per_reward"].items()},
+                        "reasons": {n: v[j][0] for n, v in scores["reasons"].items() if v[j][0]},
+                        "anchor_rewards": scores["combined"][j][1:],
+                        "bond_reward": _nan_none(bond_reward[j]),
+                    }
+                )
+                + "\n"
+            )
 
 
 def _mean(values) -> float | None:
@@ -655,6 +752,7 @@ def save_final(out: Path, state: State, merge_lora: bool) -> None:
 
 def summarize(metrics: list[dict], window: int = 5) -> dict:
     """Mean reward and KL of the first and last `window` steps, and the step-time breakdown."""
+
     def avg(key, part):
         vals = [m[key] for m in part if m.get(key) is not None]
         return sum(vals) / len(vals) if vals else None
@@ -705,9 +803,13 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
     out = artifacts.prepare_output(config.output_dir, overwrite=config.overwrite, resume=config.resume)
     torch.manual_seed(config.seed)
     summary = train(config, out, hooks)
-    artifacts.write_manifest(out, stage="rl", config=cfg.to_dict(config),
-                             inputs={"policy": str(policy_dir), "data": config.data},
-                             extra={"summary": summary, "ray": cluster.describe()})
+    artifacts.write_manifest(
+        out,
+        stage="rl",
+        config=cfg.to_dict(config),
+        inputs={"policy": str(policy_dir), "data": config.data},
+        extra={"summary": summary, "ray": cluster.describe()},
+    )
     artifacts.mark_done(out)
     _print_summary(summary)
     return out

@@ -30,6 +30,7 @@ from posttrain.data import END_OF_TURN
 class Rollout:
     """M = B·N completions, row b·N + j is sample j of prompt b. `tokens` holds the completion (stop token
     included, pad after it), `mask` marks its real tokens, `logprobs` their temperature-1 log-probs."""
+
     prompt_index: torch.Tensor  # (M,) long
     tokens: torch.Tensor  # (M, T) long
     logprobs: torch.Tensor  # (M, T) float32, 0 where ~mask
@@ -71,8 +72,8 @@ def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tens
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -118,8 +119,9 @@ def _prefill(model, prompts: list[list[int]], n: int, pad_id: int, device):
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
     base = _base(model)
-    hidden = base.model(input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache,
-                        use_cache=True).last_hidden_state
+    hidden = base.model(
+        input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache, use_cache=True
+    ).last_hidden_state
     # Project the last position as a 2-D batch. Through HF's logits_to_keep=1 the (B, 1, d) slice of a longer
     # sequence is not foldable, and with a frozen head torch.matmul then broadcasts the head into a (B, d, V)
     # copy: 5.8 s of a 7.3 s draw for 4 prompts on the demo student.
@@ -139,9 +141,18 @@ def _texts(tokenizer, tokens: torch.Tensor, mask: torch.Tensor, stops: list[int]
     return texts
 
 
-def sample(model, tokenizer, prompts: list[list[int]], n: int, *, max_new_tokens: int = 64,
-           temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-           noise: torch.Tensor | None = None) -> Rollout:
+def sample(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    n: int,
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> Rollout:
     """n completions for each prompt (token id lists from `posttrain.data.prompt_ids`).
 
     `noise` (B, n, max_new_tokens) uniforms override the ones drawn from `generator` (tests use it to
@@ -169,8 +180,13 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, *, max_new_tokens
             break
         # finished rows keep decoding pad tokens (masked out): simpler than shrinking the cache
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
-        out = model(input_ids=tok.unsqueeze(-1), attention_mask=attn, position_ids=next_pos,
-                    past_key_values=cache, use_cache=True)
+        out = model(
+            input_ids=tok.unsqueeze(-1),
+            attention_mask=attn,
+            position_ids=next_pos,
+            past_key_values=cache,
+            use_cache=True,
+        )
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1
 
@@ -179,12 +195,14 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, *, max_new_tokens
     logprobs = torch.stack(logps, dim=1) * mask
     texts = _texts(tokenizer, tokens, mask, stops.tolist())
     prompt_index = torch.arange(b, device=device).repeat_interleave(n)
-    return Rollout(prompt_index=prompt_index, tokens=tokens, logprobs=logprobs, mask=mask,
-                   finished=done, texts=texts)
+    return Rollout(
+        prompt_index=prompt_index, tokens=tokens, logprobs=logprobs, mask=mask, finished=done, texts=texts
+    )
 
 
-def sequence_logprobs(model, prompts: list[list[int]], prompt_index: torch.Tensor, tokens: torch.Tensor,
-                      mask: torch.Tensor) -> torch.Tensor:
+def sequence_logprobs(
+    model, prompts: list[list[int]], prompt_index: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """(M, T) temperature-1 log-probs of `tokens` (completions of prompts[prompt_index[i]]) from one
     teacher-forced forward; 0 where ~mask. Differentiable (training) unless called under no_grad.
 
@@ -194,13 +212,13 @@ def sequence_logprobs(model, prompts: list[list[int]], prompt_index: torch.Tenso
     device = _device(model)
     m, width = tokens.shape
     lengths = mask.sum(-1).tolist()
-    seqs = [prompts[int(p)] + tokens[i, :lengths[i]].tolist() for i, p in enumerate(prompt_index.tolist())]
+    seqs = [prompts[int(p)] + tokens[i, : lengths[i]].tolist() for i, p in enumerate(prompt_index.tolist())]
     total = max(len(s) for s in seqs)
     ids = torch.zeros((m, total), dtype=torch.long)
     attn = torch.zeros((m, total), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        attn[i, :len(s)] = 1
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attn[i, : len(s)] = 1
     ids, attn = ids.to(device), attn.to(device)
     hidden = base.model(input_ids=ids, attention_mask=attn).last_hidden_state
     # completion token t of row i is predicted at position len(prompt_i) + t - 1

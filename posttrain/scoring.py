@@ -1,10 +1,10 @@
 """The `rewards:` config section that `rl`, `warp` and `eval` share, and scoring groups of completions with it.
 
-    rewards:                              # `rewards: [math, code]` is short for `rewards: {names: [math, code]}`
-      names: [math, code, reward_model]   # built-ins, package.module:function or path/to/file.py:function
-      weights: [1.0, 1.0, 0.1]
-      reward_model: runs/demo/rm
-      timeout: 120                        # per reward call, hard (a worker process is killed)
+rewards:                              # `rewards: [math, code]` is short for `rewards: {names: [math, code]}`
+  names: [math, code, reward_model]   # built-ins, package.module:function or path/to/file.py:function
+  weights: [1.0, 1.0, 0.1]
+  reward_model: runs/demo/rm
+  timeout: 120                        # per reward call, hard (a worker process is killed)
 """
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ ISOLATIONS = ("bwrap", "rlimits")
 class Rewards:
     SHORTHAND: typing.ClassVar[str] = "names"  # `rewards: [math, code]` == `rewards: {names: [math, code]}`
 
-    names: list[str] = doc(["math", "code"], "rewards: built-in names (math, code, format, reward_model), "
-                           "package.module:function or path/to/file.py:function")
+    names: list[str] = doc(
+        ["math", "code"],
+        "rewards: built-in names (math, code, format, reward_model), "
+        "package.module:function or path/to/file.py:function",
+    )
     weights: list[float] | None = doc(None, "one weight per reward in the combined reward (default 1)")
     reward_model: str | None = doc(None, "reward-model dir (a `posttrain rm` output) for the reward_model reward")
     timeout: float = doc(120.0, "hard wall-clock limit per reward call, in seconds")
@@ -67,8 +70,16 @@ def build(section: Rewards) -> list:
             rewards.load(spec, **options)  # fail now, with a clear message, not inside a worker
         except rewards.RewardSpecError as e:
             raise UserError(str(e)) from None
-        out.append(rewards.Reward(spec, weight=weight, options=options, timeout=section.timeout,
-                                  batch_size=section.batch_size, name=name if short.count(name) == 1 else spec))
+        out.append(
+            rewards.Reward(
+                spec,
+                weight=weight,
+                options=options,
+                timeout=section.timeout,
+                batch_size=section.batch_size,
+                name=name if short.count(name) == 1 else spec,
+            )
+        )
     if "code" in section.names:
         import sandboxes
 
@@ -103,9 +114,12 @@ def score_groups(reward_list, workers, rows: list[dict], messages: list, complet
     def unflat(values):
         out, i = [], 0
         for n in per_row:
-            out.append(values[i:i + n])
+            out.append(values[i : i + n])
             i += n
         return out
 
-    return {"combined": unflat(s.combined), "per_reward": {k: unflat(v) for k, v in s.per_reward.items()},
-            "reasons": {k: unflat(v) for k, v in s.reasons.items()}}
+    return {
+        "combined": unflat(s.combined),
+        "per_reward": {k: unflat(v) for k, v in s.per_reward.items()},
+        "reasons": {k: unflat(v) for k, v in s.reasons.items()},
+    }

@@ -30,8 +30,9 @@ FORMAT_VERSION = 1
 class TeacherWorker:
     """A Ray actor holding one teacher; `run(shard)` returns that shard's sparse targets as arrays."""
 
-    def __init__(self, teacher_dir: str, dtype: str, k: int, temperature: float, estimator: str, seed: int,
-                 threads: int = 1):
+    def __init__(
+        self, teacher_dir: str, dtype: str, k: int, temperature: float, estimator: str, seed: int, threads: int = 1
+    ):
         from transformers import AutoModelForCausalLM
 
         torch.set_num_threads(threads)
@@ -49,14 +50,19 @@ class TeacherWorker:
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-            ids, weights = sample_targets(logits, self.k, temperature=self.temperature,
-                                          estimator=self.estimator, generator=g)
+            ids, weights = sample_targets(
+                logits, self.k, temperature=self.temperature, estimator=self.estimator, generator=g
+            )
             all_ids.append(ids)
             all_weights.append(weights)
             offsets.append(offsets[-1] + ids.shape[0])
-        return {"shard": shard["shard"], "ids": torch.cat(all_ids).numpy(),
-                "weights": torch.cat(all_weights).numpy(), "offsets": offsets,
-                "worker": f"{os.uname().nodename}:{os.getpid()}"}
+        return {
+            "shard": shard["shard"],
+            "ids": torch.cat(all_ids).numpy(),
+            "weights": torch.cat(all_weights).numpy(),
+            "offsets": offsets,
+            "worker": f"{os.uname().nodename}:{os.getpid()}",
+        }
 
 
 def target_key(inputs: dict) -> str:
@@ -67,9 +73,16 @@ def target_inputs(examples: list[dict], teacher_dir: Path, config) -> dict:
     """Everything the targets depend on; its hash is the cache key."""
     from posttrain import data
 
-    return {"format": FORMAT_VERSION, "teacher_sha256": artifacts.dir_sha256(teacher_dir),
-            "teacher_dtype": config.teacher_dtype, "k": config.k, "temperature": config.teacher_temperature,
-            "estimator": config.estimator, "seed": config.seed, "data_sha256": data.examples_hash(examples)}
+    return {
+        "format": FORMAT_VERSION,
+        "teacher_sha256": artifacts.dir_sha256(teacher_dir),
+        "teacher_dtype": config.teacher_dtype,
+        "k": config.k,
+        "temperature": config.teacher_temperature,
+        "estimator": config.estimator,
+        "seed": config.seed,
+        "data_sha256": data.examples_hash(examples),
+    }
 
 
 def build_targets(examples: list[dict], *, teacher_spec: str, config) -> Path:
@@ -88,28 +101,56 @@ def build_targets(examples: list[dict], *, teacher_spec: str, config) -> Path:
 
     n_shards = max(1, min(config.target_shards, len(examples)))
     bounds = [round(i * len(examples) / n_shards) for i in range(n_shards + 1)]
-    shards = [{"shard": s, "indices": list(range(bounds[s], bounds[s + 1])),
-               "examples": [{"input_ids": ex["input_ids"], "positions": ex["positions"]}
-                            for ex in examples[bounds[s]:bounds[s + 1]]]} for s in range(n_shards)]
+    shards = [
+        {
+            "shard": s,
+            "indices": list(range(bounds[s], bounds[s + 1])),
+            "examples": [
+                {"input_ids": ex["input_ids"], "positions": ex["positions"]}
+                for ex in examples[bounds[s] : bounds[s + 1]]
+            ],
+        }
+        for s in range(n_shards)
+    ]
     ray = cluster.init(config.ray_address)
     n_workers = max(1, min(config.teacher_workers, n_shards))
-    print(f"[posttrain] teacher targets: {len(examples)} examples, {n_shards} shards, {n_workers} Ray actors",
-          flush=True)
+    print(
+        f"[posttrain] teacher targets: {len(examples)} examples, {n_shards} shards, {n_workers} Ray actors",
+        flush=True,
+    )
     results = cluster.map_actors(
-        TeacherWorker, shards, num_actors=n_workers, num_cpus=1,
+        TeacherWorker,
+        shards,
+        num_actors=n_workers,
+        num_cpus=1,
         num_gpus=1 if ray.cluster_resources().get("GPU", 0) >= n_workers else 0,
-        actor_args=(str(teacher_dir), config.teacher_dtype, config.k, config.teacher_temperature,
-                    config.estimator, config.seed),
-        progress="teacher targets")
+        actor_args=(
+            str(teacher_dir),
+            config.teacher_dtype,
+            config.k,
+            config.teacher_temperature,
+            config.estimator,
+            config.seed,
+        ),
+        progress="teacher targets",
+    )
 
     staging = artifacts.atomic_dir(out)
     records = []
     for res in results:
         name = f"shard-{res['shard']:05d}.safetensors"
-        save_file({"ids": res["ids"], "weights": res["weights"],
-                   "offsets": np.asarray(res["offsets"], dtype=np.int64)}, str(staging / name))
-        records.append({"file": name, "examples": len(res["offsets"]) - 1, "tokens": int(res["ids"].shape[0]),
-                        "worker": res["worker"]})
+        save_file(
+            {"ids": res["ids"], "weights": res["weights"], "offsets": np.asarray(res["offsets"], dtype=np.int64)},
+            str(staging / name),
+        )
+        records.append(
+            {
+                "file": name,
+                "examples": len(res["offsets"]) - 1,
+                "tokens": int(res["ids"].shape[0]),
+                "worker": res["worker"],
+            }
+        )
     manifest = {"inputs": inputs, "shards": records, "teacher": str(teacher_dir)}
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return artifacts.publish_dir(staging, out)

@@ -75,8 +75,13 @@ def read_pairs(path: str | Path) -> list[dict]:
 def encode_pairs(tokenizer, rows: list[dict], max_length: int) -> list[dict]:
     from rewards.reward_model import encode
 
-    return [{"chosen_ids": encode(tokenizer, r.get("prompt"), r["chosen"], max_length),
-             "rejected_ids": encode(tokenizer, r.get("prompt"), r["rejected"], max_length)} for r in rows]
+    return [
+        {
+            "chosen_ids": encode(tokenizer, r.get("prompt"), r["chosen"], max_length),
+            "rejected_ids": encode(tokenizer, r.get("prompt"), r["rejected"], max_length),
+        }
+        for r in rows
+    ]
 
 
 def flip_labels(pairs: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[int]]:
@@ -99,7 +104,8 @@ def accuracy(chosen: list[float], rejected: list[float]) -> float:
 def bt_loss(chosen: list[float], rejected: list[float]) -> float:
     """Mean Bradley-Terry loss -log sigma(r_chosen - r_rejected) (log 2 = no preference)."""
     return sum(math.log1p(math.exp(-(c - r))) if c - r > -30 else r - c for c, r in zip(chosen, rejected)) / max(
-        len(chosen), 1)
+        len(chosen), 1
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -134,8 +140,9 @@ def build_init(init_spec: str, out: Path, seed: int) -> Path:
     staging = artifacts.atomic_dir(out)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    artifacts.write_manifest(staging, stage="rm-init", config={"init": init_spec, "seed": seed},
-                             inputs={"init": str(src)})
+    artifacts.write_manifest(
+        staging, stage="rm-init", config={"init": init_spec, "seed": seed}, inputs={"init": str(src)}
+    )
     artifacts.mark_done(staging)
     return artifacts.publish_dir(staging, out)
 
@@ -153,19 +160,41 @@ def _trainer(model, tokenizer, train: list[dict], job: dict, out: Path):
     c = job["config"]
     use_bf16 = c["bf16"] and (not torch.cuda.is_available() or torch.cuda.is_bf16_supported())
     args = RewardConfig(
-        output_dir=str(out / "checkpoints"), per_device_train_batch_size=c["batch_size"],
-        num_train_epochs=c["epochs"], max_steps=c["max_steps"], learning_rate=job["learning_rate"],
-        lr_scheduler_type=c["lr_scheduler"], warmup_steps=c["warmup_steps"], weight_decay=c["weight_decay"],
-        max_grad_norm=c["max_grad_norm"], gradient_accumulation_steps=c["gradient_accumulation_steps"],
-        bf16=use_bf16, gradient_checkpointing=False, disable_dropout=False, max_length=None,
-        center_rewards_coefficient=c["center_rewards_coefficient"], seed=job["seed"], data_seed=job["seed"],
-        logging_steps=c["logging_steps"], save_strategy="steps", save_steps=c["save_steps"],
-        save_total_limit=2, report_to="none", dataloader_num_workers=0, disable_tqdm=not job["progress"],
-        use_cpu=not torch.cuda.is_available(), pad_to_multiple_of=None,
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=c["batch_size"],
+        num_train_epochs=c["epochs"],
+        max_steps=c["max_steps"],
+        learning_rate=job["learning_rate"],
+        lr_scheduler_type=c["lr_scheduler"],
+        warmup_steps=c["warmup_steps"],
+        weight_decay=c["weight_decay"],
+        max_grad_norm=c["max_grad_norm"],
+        gradient_accumulation_steps=c["gradient_accumulation_steps"],
+        bf16=use_bf16,
+        gradient_checkpointing=False,
+        disable_dropout=False,
+        max_length=None,
+        center_rewards_coefficient=c["center_rewards_coefficient"],
+        seed=job["seed"],
+        data_seed=job["seed"],
+        logging_steps=c["logging_steps"],
+        save_strategy="steps",
+        save_steps=c["save_steps"],
+        save_total_limit=2,
+        report_to="none",
+        dataloader_num_workers=0,
+        disable_tqdm=not job["progress"],
+        use_cpu=not torch.cuda.is_available(),
+        pad_to_multiple_of=None,
     )
     # TRL's RewardTrainer (Bradley-Terry loss) with atomically published checkpoints
-    return atomic_checkpoints(RewardTrainer)(model=model, args=args, train_dataset=datasets.Dataset.from_list(train),
-                                             processing_class=tokenizer, callbacks=metrics_callbacks(out))
+    return atomic_checkpoints(RewardTrainer)(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(train),
+        processing_class=tokenizer,
+        callbacks=metrics_callbacks(out),
+    )
 
 
 def _freeze(model, freeze_embeddings: bool, freeze_layers: int) -> None:
@@ -192,8 +221,9 @@ def train_member(job: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     init = Path(job["init"])
     tokenizer = AutoTokenizer.from_pretrained(init)
-    model = AutoModelForSequenceClassification.from_pretrained(init, dtype=torch.float32,
-                                                               attention_dropout=job["dropout"])
+    model = AutoModelForSequenceClassification.from_pretrained(
+        init, dtype=torch.float32, attention_dropout=job["dropout"]
+    )
     job.get("hooks", NO_HOOKS).on_task_start(f"member {job['member']}")
     lora = c["lora"]
     if lora["r"] > 0:
@@ -201,8 +231,16 @@ def train_member(job: dict) -> dict:
 
         # Not models.apply_lora: its CAUSAL_LM wrapper needs generation hooks a classifier lacks. SEQ_CLS
         # also trains the head in full (modules_to_save=["score"]).
-        model = get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                                                 target_modules=lora["target_modules"], task_type="SEQ_CLS"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lora["r"],
+                lora_alpha=lora["alpha"],
+                lora_dropout=lora["dropout"],
+                target_modules=lora["target_modules"],
+                task_type="SEQ_CLS",
+            ),
+        )
     _freeze(model, c["freeze_embeddings"], c["freeze_layers"])
     trainer = _trainer(model, tokenizer, job["train"], job, out)
     ckpts = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
@@ -212,8 +250,9 @@ def train_member(job: dict) -> dict:
     staging = artifacts.atomic_dir(out / "model")
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    scorer = RewardModelScorer.from_model(model, tokenizer, batch_size=c["batch_size"] * 2,
-                                          max_length=c["max_length"])
+    scorer = RewardModelScorer.from_model(
+        model, tokenizer, batch_size=c["batch_size"] * 2, max_length=c["max_length"]
+    )
     chosen = scorer.score_ids([p["chosen_ids"] for p in job["eval"]])
     rejected = scorer.score_ids([p["rejected_ids"] for p in job["eval"]])
     scores = {"chosen": chosen, "rejected": rejected}
@@ -221,12 +260,26 @@ def train_member(job: dict) -> dict:
     for item in staging.iterdir():
         os.replace(item, out / item.name)
     staging.rmdir()
-    summary = {"learning_rate": job["learning_rate"], "dropout": job["dropout"], "seed": job["seed"],
-               "steps": trainer.state.global_step, "eval_accuracy": accuracy(chosen, rejected)}
+    summary = {
+        "learning_rate": job["learning_rate"],
+        "dropout": job["dropout"],
+        "seed": job["seed"],
+        "steps": trainer.state.global_step,
+        "eval_accuracy": accuracy(chosen, rejected),
+    }
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # optimiser states: only resume needed them
-    artifacts.write_manifest(out, stage="rm-member", config=c, extra={"summary": summary},
-                             inputs={"init": str(init), "init_sha256": job["init_sha256"],
-                                     "train_sha256": job["train_sha256"], "label_noise": job["label_noise"]})
+    artifacts.write_manifest(
+        out,
+        stage="rm-member",
+        config=c,
+        extra={"summary": summary},
+        inputs={
+            "init": str(init),
+            "init_sha256": job["init_sha256"],
+            "train_sha256": job["train_sha256"],
+            "label_noise": job["label_noise"],
+        },
+    )
     artifacts.mark_done(out)
     return {"member": job["member"], "skipped": False, **scores}
 
@@ -251,18 +304,24 @@ def average_members(member_dirs: list[Path], out: Path) -> Path:
         manifest = Path(d) / artifacts.MANIFEST
         init_hash = json.loads(manifest.read_text())["inputs"].get("init_sha256") if manifest.is_file() else None
         if not init_hash:
-            raise UserError(f"{d}: not a `posttrain rm` member (its posttrain.json records no init); "
-                            "WARM averages only fine-tunes of one shared init")
+            raise UserError(
+                f"{d}: not a `posttrain rm` member (its posttrain.json records no init); "
+                "WARM averages only fine-tunes of one shared init"
+            )
         inits.append(init_hash)
         configs.append(json.loads((Path(d) / "config.json").read_text()))
     for d, init_hash, conf in zip(member_dirs[1:], inits[1:], configs[1:]):
         if init_hash != inits[0]:
-            raise UserError(f"cannot average {member_dirs[0]} and {d}: they were fine-tuned from different inits "
-                            f"({inits[0][:12]} vs {init_hash[:12]}); WARM needs one shared init")
+            raise UserError(
+                f"cannot average {member_dirs[0]} and {d}: they were fine-tuned from different inits "
+                f"({inits[0][:12]} vs {init_hash[:12]}); WARM needs one shared init"
+            )
         for key in ("architectures", "model_type", "num_hidden_layers", "hidden_size", "vocab_size", "num_labels"):
             if conf.get(key) != configs[0].get(key):
-                raise UserError(f"cannot average {member_dirs[0]} and {d}: different architectures "
-                                f"({key}: {configs[0].get(key)} vs {conf.get(key)})")
+                raise UserError(
+                    f"cannot average {member_dirs[0]} and {d}: different architectures "
+                    f"({key}: {configs[0].get(key)} vs {conf.get(key)})"
+                )
     state = merging.average(member_dirs)  # also refuses mismatched keys/shapes/dtypes, naming the key
     staging = artifacts.atomic_dir(out / "average")
     save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
@@ -284,8 +343,12 @@ def average_members(member_dirs: list[Path], out: Path) -> Path:
 
 @dataclasses.dataclass
 class Config:
-    init: str = doc("runs/demo/sft", "shared init: the SFT output dir (or any model spec: HF dir, .gguf, 'tiny:...')")
-    data: str = doc("data/demo/prefs.jsonl", "preference pairs: 'prompt' + 'chosen'/'rejected' (strings or messages)")
+    init: str = doc(
+        "runs/demo/sft", "shared init: the SFT output dir (or any model spec: HF dir, .gguf, 'tiny:...')"
+    )
+    data: str = doc(
+        "data/demo/prefs.jsonl", "preference pairs: 'prompt' + 'chosen'/'rejected' (strings or messages)"
+    )
     eval_data: str | None = doc(None, "held-out pairs (default: the first eval_size rows of data)")
     eval_size: int = doc(64, "rows of data held out for accuracy when eval_data is not given")
     max_examples: int | None = doc(None, "use only the first N training pairs (None = all)")
@@ -295,8 +358,10 @@ class Config:
     dropouts: list[float] = doc([0.05, 0.1], "attention dropout of member m: dropouts[m % len]")
     seed: int = doc(0, "head init and label-noise seed; member m's data order and dropout seed is seed + m")
     label_noise: float = doc(0.0, "fraction of training pairs whose chosen/rejected are swapped")
-    compare_label_noise: list[float] = doc([], "also train the recipe at these label-noise fractions "
-                                               "(variants/noise-<p>/) and report them side by side")
+    compare_label_noise: list[float] = doc(
+        [],
+        "also train the recipe at these label-noise fractions (variants/noise-<p>/) and report them side by side",
+    )
     max_length: int = doc(512, "tokens per sequence (longer prompts are cut from the start)")
     epochs: float = doc(1.0, "passes over the training pairs")
     max_steps: int = doc(-1, "optimizer steps per member (overrides epochs when > 0)")
@@ -324,7 +389,9 @@ def _validate(config: Config) -> None:
     if config.num_members < 1:
         raise UserError(f"num_members must be >= 1, got {config.num_members}")
     if not config.learning_rates or any(lr <= 0 for lr in config.learning_rates):
-        raise UserError(f"learning_rates must be a non-empty list of positive numbers, got {config.learning_rates}")
+        raise UserError(
+            f"learning_rates must be a non-empty list of positive numbers, got {config.learning_rates}"
+        )
     if not config.dropouts or any(not 0.0 <= p < 1.0 for p in config.dropouts):
         raise UserError(f"dropouts must be a non-empty list of values in [0, 1), got {config.dropouts}")
     for p in [config.label_noise, *config.compare_label_noise]:
@@ -336,8 +403,16 @@ def _variant_dir(out: Path, noise: float, main_noise: float) -> Path:
     return out if noise == main_noise else out / "variants" / f"noise-{noise:g}"
 
 
-def member_jobs(config: Config, out: Path, init: Path, init_sha: str, train: list[dict], evals: list[dict],
-                threads: int, hooks: Hooks) -> tuple[list[dict], dict, list[float]]:
+def member_jobs(
+    config: Config,
+    out: Path,
+    init: Path,
+    init_sha: str,
+    train: list[dict],
+    evals: list[dict],
+    threads: int,
+    hooks: Hooks,
+) -> tuple[list[dict], dict, list[float]]:
     """(the Ray task inputs of every member of every label-noise variant, the flipped pairs per noise, the
     noises). Member m of each variant: learning_rates[m % len], dropouts[m % len], seed + m."""
     noises = [config.label_noise] + [p for p in config.compare_label_noise if p != config.label_noise]
@@ -347,16 +422,31 @@ def member_jobs(config: Config, out: Path, init: Path, init_sha: str, train: lis
         train_sha = hashlib.sha256(json.dumps(noisy).encode()).hexdigest()
         vdir = _variant_dir(out, noise, config.label_noise)
         for k in range(config.num_members):
-            jobs.append({"member": k, "label_noise": noise, "out": str(vdir / "members" / str(k)),
-                         "init": str(init), "init_sha256": init_sha, "train": noisy, "eval": evals,
-                         "train_sha256": train_sha, "seed": config.seed + k,
-                         "learning_rate": config.learning_rates[k % len(config.learning_rates)],
-                         "dropout": config.dropouts[k % len(config.dropouts)], "config": cfg.to_dict(config),
-                         "threads": threads, "progress": len(jobs) == 0, "hooks": hooks})
+            jobs.append(
+                {
+                    "member": k,
+                    "label_noise": noise,
+                    "out": str(vdir / "members" / str(k)),
+                    "init": str(init),
+                    "init_sha256": init_sha,
+                    "train": noisy,
+                    "eval": evals,
+                    "train_sha256": train_sha,
+                    "seed": config.seed + k,
+                    "learning_rate": config.learning_rates[k % len(config.learning_rates)],
+                    "dropout": config.dropouts[k % len(config.dropouts)],
+                    "config": cfg.to_dict(config),
+                    "threads": threads,
+                    "progress": len(jobs) == 0,
+                    "hooks": hooks,
+                }
+            )
     return jobs, flipped, noises
 
 
-def variant_report(noise: float, vdir: Path, results: list[dict], jobs: list[dict], flipped: list, evaluate) -> dict:
+def variant_report(
+    noise: float, vdir: Path, results: list[dict], jobs: list[dict], flipped: list, evaluate
+) -> dict:
     """One label-noise variant: the members' held-out accuracy and loss, their WARM average's, their ensemble's.
     `results` and `jobs` are this variant's members; `evaluate(dir)` scores the held-out pairs with a model."""
     m = len(results)
@@ -365,14 +455,27 @@ def variant_report(noise: float, vdir: Path, results: list[dict], jobs: list[dic
     ens_r = [sum(v) / m for v in zip(*[r["rejected"] for r in results])]
     members_acc = [accuracy(r["chosen"], r["rejected"]) for r in results]
     return {
-        "label_noise": noise, "flipped_pairs": len(flipped), "dir": str(vdir),
-        "members": [{"member": r["member"], "accuracy": a, "resumed": r["skipped"],
-                     "learning_rate": j["learning_rate"], "dropout": j["dropout"], "seed": j["seed"]}
-                    for r, a, j in zip(results, members_acc, jobs)],
+        "label_noise": noise,
+        "flipped_pairs": len(flipped),
+        "dir": str(vdir),
+        "members": [
+            {
+                "member": r["member"],
+                "accuracy": a,
+                "resumed": r["skipped"],
+                "learning_rate": j["learning_rate"],
+                "dropout": j["dropout"],
+                "seed": j["seed"],
+            }
+            for r, a, j in zip(results, members_acc, jobs)
+        ],
         "members_mean_accuracy": sum(members_acc) / m,
-        "average_accuracy": accuracy(avg_c, avg_r), "ensemble_accuracy": accuracy(ens_c, ens_r),
+        "average_accuracy": accuracy(avg_c, avg_r),
+        "ensemble_accuracy": accuracy(ens_c, ens_r),
         "members_mean_loss": sum(bt_loss(r["chosen"], r["rejected"]) for r in results) / m,
-        "average_loss": bt_loss(avg_c, avg_r), "ensemble_loss": bt_loss(ens_c, ens_r)}
+        "average_loss": bt_loss(avg_c, avg_r),
+        "ensemble_loss": bt_loss(ens_c, ens_r),
+    }
 
 
 def _split(config: Config) -> tuple[list[dict], list[dict]]:
@@ -383,7 +486,7 @@ def _split(config: Config) -> tuple[list[dict], list[dict]]:
     else:
         if len(rows) <= config.eval_size:
             raise UserError(f"{config.data}: {len(rows)} pairs, need more than eval_size={config.eval_size}")
-        eval_rows, train_rows = rows[: config.eval_size], rows[config.eval_size:]
+        eval_rows, train_rows = rows[: config.eval_size], rows[config.eval_size :]
     return train_rows[: config.max_examples], eval_rows
 
 
@@ -406,16 +509,31 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
     cpus = config.member_cpus or max(resources.get("CPU", 1) / m, 0.01)
     gpus = config.member_gpus if config.member_gpus is not None else (1 if resources.get("GPU", 0) >= 1 else 0)
     jobs, flipped, noises = member_jobs(config, out, init, init_sha, train, evals, max(1, int(cpus)), hooks)
-    print(f"[posttrain rm] {len(jobs)} members ({m} per variant, label noise {noises}) as Ray tasks with "
-          f"{cpus:g} CPU / {gpus:g} GPU each; {len(train)} training pairs, {len(evals)} held out", flush=True)
-    results = cluster.run_tasks(train_member, jobs, num_cpus=cpus, num_gpus=gpus,
-                                names=[f"{Path(j['out']).relative_to(out)}" for j in jobs], progress="rm members")
+    print(
+        f"[posttrain rm] {len(jobs)} members ({m} per variant, label noise {noises}) as Ray tasks with "
+        f"{cpus:g} CPU / {gpus:g} GPU each; {len(train)} training pairs, {len(evals)} held out",
+        flush=True,
+    )
+    results = cluster.run_tasks(
+        train_member,
+        jobs,
+        num_cpus=cpus,
+        num_gpus=gpus,
+        names=[f"{Path(j['out']).relative_to(out)}" for j in jobs],
+        progress="rm members",
+    )
 
     def evaluate(model_dir: Path) -> tuple[list[float], list[float]]:
-        scorer = RewardModelScorer(str(model_dir), batch_size=config.batch_size * 2, max_length=config.max_length,
-                                   threads=max(1, int(resources.get("CPU", 1))))
-        return (scorer.score_ids([p["chosen_ids"] for p in evals]),
-                scorer.score_ids([p["rejected_ids"] for p in evals]))
+        scorer = RewardModelScorer(
+            str(model_dir),
+            batch_size=config.batch_size * 2,
+            max_length=config.max_length,
+            threads=max(1, int(resources.get("CPU", 1))),
+        )
+        return (
+            scorer.score_ids([p["chosen_ids"] for p in evals]),
+            scorer.score_ids([p["rejected_ids"] for p in evals]),
+        )
 
     init_scores = evaluate(init)
     report = {"init_accuracy": accuracy(*init_scores), "init_loss": bt_loss(*init_scores), "variants": []}
@@ -423,24 +541,38 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
         vdir = _variant_dir(out, noise, config.label_noise)
         average_members([vdir / "members" / str(k) for k in range(m)], vdir)
         mine = [(r, j) for r, j in zip(results, jobs) if j["label_noise"] == noise]
-        report["variants"].append(variant_report(noise, vdir, [r for r, _ in mine], [j for _, j in mine],
-                                                 flipped[noise], evaluate))
+        report["variants"].append(
+            variant_report(noise, vdir, [r for r, _ in mine], [j for _, j in mine], flipped[noise], evaluate)
+        )
         if vdir != out:
             artifacts.mark_done(vdir)
     clean = next((v for v in report["variants"] if v["label_noise"] == min(noises)), None)
     for v in report["variants"]:
-        v["drop_vs_least_noisy"] = ({"members_mean": clean["members_mean_accuracy"] - v["members_mean_accuracy"],
-                                     "average": clean["average_accuracy"] - v["average_accuracy"],
-                                     "ensemble": clean["ensemble_accuracy"] - v["ensemble_accuracy"]}
-                                    if len(noises) > 1 else None)
+        v["drop_vs_least_noisy"] = (
+            {
+                "members_mean": clean["members_mean_accuracy"] - v["members_mean_accuracy"],
+                "average": clean["average_accuracy"] - v["average_accuracy"],
+                "ensemble": clean["ensemble_accuracy"] - v["ensemble_accuracy"],
+            }
+            if len(noises) > 1
+            else None
+        )
     report.update({"num_members": m, "train_pairs": len(train), "eval_pairs": len(evals)})
     artifacts.atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     _log_metrics(out, report)
-    artifacts.write_manifest(out, stage="rm", config=cfg.to_dict(config),
-                             extra={"summary": report, "ray": cluster.describe()},
-                             inputs={"data": config.data, "data_sha256": artifacts.file_sha256(config.data)
-                                     if Path(config.data).is_file() else None,
-                                     "eval_data": config.eval_data, "init": config.init, "init_sha256": init_sha})
+    artifacts.write_manifest(
+        out,
+        stage="rm",
+        config=cfg.to_dict(config),
+        extra={"summary": report, "ray": cluster.describe()},
+        inputs={
+            "data": config.data,
+            "data_sha256": artifacts.file_sha256(config.data) if Path(config.data).is_file() else None,
+            "eval_data": config.eval_data,
+            "init": config.init,
+            "init_sha256": init_sha,
+        },
+    )
     artifacts.mark_done(out)
     print_report(report)
     return out
@@ -453,9 +585,13 @@ def _log_metrics(out: Path, report: dict) -> None:
     with open(out / "metrics.jsonl", "a") as f:
         for v in report["variants"]:
             tag = f"noise_{v['label_noise']:g}"
-            record = {"label_noise": v["label_noise"], "members_mean_accuracy": v["members_mean_accuracy"],
-                      "average_accuracy": v["average_accuracy"], "ensemble_accuracy": v["ensemble_accuracy"],
-                      **{f"member_{x['member']}_accuracy": x["accuracy"] for x in v["members"]}}
+            record = {
+                "label_noise": v["label_noise"],
+                "members_mean_accuracy": v["members_mean_accuracy"],
+                "average_accuracy": v["average_accuracy"],
+                "ensemble_accuracy": v["ensemble_accuracy"],
+                **{f"member_{x['member']}_accuracy": x["accuracy"] for x in v["members"]},
+            }
             f.write(json.dumps(record) + "\n")
             for key, value in record.items():
                 if key != "label_noise":
@@ -467,15 +603,22 @@ def print_report(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"posttrain rm: held-out pairwise accuracy ({report['eval_pairs']} pairs, "
-                        f"M = {report['num_members']})")
+    table = Table(
+        title=f"posttrain rm: held-out pairwise accuracy ({report['eval_pairs']} pairs, "
+        f"M = {report['num_members']})"
+    )
     for col in ("label noise", "model", "lr", "dropout", "accuracy"):
         table.add_column(col)
     table.add_row("", "init (before training)", "", "", f"{report['init_accuracy']:.3f}", end_section=True)
     for v in report["variants"]:
         for x in v["members"]:
-            table.add_row(f"{v['label_noise']:g}", f"member {x['member']}" + (" (resumed)" if x["resumed"] else ""),
-                          f"{x['learning_rate']:g}", f"{x['dropout']:g}", f"{x['accuracy']:.3f}")
+            table.add_row(
+                f"{v['label_noise']:g}",
+                f"member {x['member']}" + (" (resumed)" if x["resumed"] else ""),
+                f"{x['learning_rate']:g}",
+                f"{x['dropout']:g}",
+                f"{x['accuracy']:.3f}",
+            )
         table.add_row("", "members (mean)", "", "", f"{v['members_mean_accuracy']:.3f}")
         table.add_row("", "[bold]WARM average[/bold]", "", "", f"[bold]{v['average_accuracy']:.3f}[/bold]")
         table.add_row("", "ensemble (mean score)", "", "", f"{v['ensemble_accuracy']:.3f}", end_section=True)
@@ -485,8 +628,10 @@ def print_report(report: dict) -> None:
         d = v["drop_vs_least_noisy"]
         if d and v["label_noise"] > 0 and any(d.values()):
             verdict = "less" if d["average"] < d["members_mean"] else "not less"
-            console.print(f"label noise {v['label_noise']:g}: accuracy drop vs the clean run: members "
-                          f"{d['members_mean']:+.3f}, average {d['average']:+.3f}, ensemble {d['ensemble']:+.3f} "
-                          f"-> the average degrades {verdict} than its members")
+            console.print(
+                f"label noise {v['label_noise']:g}: accuracy drop vs the clean run: members "
+                f"{d['members_mean']:+.3f}, average {d['average']:+.3f}, ensemble {d['ensemble']:+.3f} "
+                f"-> the average degrades {verdict} than its members"
+            )
     if not all(math.isfinite(v["average_accuracy"]) for v in report["variants"]):
         raise UserError("evaluation produced non-finite accuracies")

@@ -1,5 +1,6 @@
 """`posttrain warp`: WARP, Weight Averaged Rewarded Policies (Ramé et al. 2024, arXiv 2406.16768),
-the outer loop around posttrain/rl.py's RL runs (its config's `inner:` section is an rl config), top to bottom. The merge maths are in posttrain/merging.py.
+the outer loop around posttrain/rl.py's RL runs (its config's `inner:` section is an rl config), top to bottom.
+The merge maths are in posttrain/merging.py.
 
     θ_init ← θ_sft
     for i = 1..I:
@@ -55,21 +56,29 @@ RETRIES = 1  # a failed run (or Pareto evaluation) runs once more before it fail
 
 @dataclasses.dataclass
 class Config:
-    policy: str = doc("runs/demo/sft", "θ_sft, the first init: an HF dir (a `posttrain sft` output), a .gguf "
-                      "file, 'gemma3-270m' or 'tiny:...'")
+    policy: str = doc(
+        "runs/demo/sft",
+        "θ_sft, the first init: an HF dir (a `posttrain sft` output), a .gguf file, 'gemma3-270m' or 'tiny:...'",
+    )
     output_dir: str = doc("runs/warp", "output dir: the final policy (HF), iter-*/, pareto/, pareto.json, plot")
-    inner: rl.Config = doc(rl.Config(), "each RL run's config (algorithm bond or reinforce, data, rewards, "
-                           "steps, ...); WARP sets its policy, output_dir, seed, resume and torch_threads per run")
+    inner: rl.Config = doc(
+        rl.Config(),
+        "each RL run's config (algorithm bond or reinforce, data, rewards, "
+        "steps, ...); WARP sets its policy, output_dir, seed, resume and torch_threads per run",
+    )
     iterations: int = doc(2, "WARP iterations I")
     runs: int = doc(2, "RL runs M per iteration, in parallel as Ray tasks, each from the current init")
     run_cpus: float = doc(1.0, "CPUs each run's Ray task asks for (also its torch threads)")
     run_gpus: float = doc(0.0, "GPUs each run's Ray task asks for")
     slerp_lambda: float | None = doc(None, "SLERP weight of the second run (M = 2; None = 0.5)")
     liti_eta: float = doc(0.3, "LITI step, init ← (1−η)·init + η·slerp")
-    pareto_etas: list[float] = doc([0.0, 0.25, 0.5, 0.75, 1.0], "η' of the Pareto front "
-                                   "(1−η')·θ_sft + η'·θ_final, each evaluated")
-    eval_data: list[str] = doc(["data/demo/eval_math.jsonl", "data/demo/eval_code.jsonl"],
-                               "held-out files the Pareto front is evaluated on (with inner.rewards)")
+    pareto_etas: list[float] = doc(
+        [0.0, 0.25, 0.5, 0.75, 1.0], "η' of the Pareto front (1−η')·θ_sft + η'·θ_final, each evaluated"
+    )
+    eval_data: list[str] = doc(
+        ["data/demo/eval_math.jsonl", "data/demo/eval_code.jsonl"],
+        "held-out files the Pareto front is evaluated on (with inner.rewards)",
+    )
     eval_max_examples: int | None = doc(None, "evaluate only the first N rows of each eval file")
     eval_samples: int = doc(4, "sampled completions per eval prompt (pass@k)")
     seed: int = doc(0, "run m of iteration i has seed seed + (i − 1)·runs + m − 1")
@@ -83,8 +92,10 @@ def check(config: Config) -> None:
     if config.iterations < 1 or config.runs < 2:
         raise UserError(f"WARP needs iterations >= 1 and runs >= 2 (got {config.iterations}, {config.runs})")
     if config.slerp_lambda is not None and (config.runs != 2 or not 0.0 <= config.slerp_lambda <= 1.0):
-        raise UserError(f"slerp_lambda applies to runs=2 and must be in [0, 1] (got {config.slerp_lambda} with "
-                        f"runs={config.runs}; more runs are merged with equal weights)")
+        raise UserError(
+            f"slerp_lambda applies to runs=2 and must be in [0, 1] (got {config.slerp_lambda} with "
+            f"runs={config.runs}; more runs are merged with equal weights)"
+        )
     if not 0.0 <= config.liti_eta <= 1.0:
         raise UserError(f"liti_eta must be in [0, 1], got {config.liti_eta}")
     bad = [e for e in config.pareto_etas if not 0.0 <= e <= 1.0]
@@ -132,10 +143,16 @@ def run_config(config: Config, init: Path, out: Path, iteration: int, run: int) 
     """The inner run's config: from the current init, its own seed, one process (no generation actors;
     `run_cpus` torch threads), always resuming from its own checkpoints when it has any."""
     return dataclasses.replace(
-        config.inner, policy=str(init), output_dir=str(out),
-        seed=config.seed + (iteration - 1) * config.runs + run - 1, generation_workers=0,
-        torch_threads=max(1, round(config.run_cpus)), ray_address=config.ray_address, resume=True,
-        overwrite=False)
+        config.inner,
+        policy=str(init),
+        output_dir=str(out),
+        seed=config.seed + (iteration - 1) * config.runs + run - 1,
+        generation_workers=0,
+        torch_threads=max(1, round(config.run_cpus)),
+        ray_address=config.ray_address,
+        resume=True,
+        overwrite=False,
+    )
 
 
 @contextlib.contextmanager
@@ -157,8 +174,17 @@ def run_jobs(config: Config, init: Path, idir: Path, i: int, hooks: Hooks = NO_H
     for m in range(1, config.runs + 1):
         out = idir / f"run-{m}"
         if not artifacts.is_done(out):
-            jobs.append({"config": run_config(config, init, out, i, m), "out": str(out), "log": str(out / "error.log"),
-                         "name": f"{idir.name}/{out.name}", "iteration": i, "run": m, "hooks": hooks})
+            jobs.append(
+                {
+                    "config": run_config(config, init, out, i, m),
+                    "out": str(out),
+                    "log": str(out / "error.log"),
+                    "name": f"{idir.name}/{out.name}",
+                    "iteration": i,
+                    "run": m,
+                    "hooks": hooks,
+                }
+            )
     return jobs
 
 
@@ -170,9 +196,13 @@ def train_run(job: dict) -> dict:
     with error_log(Path(job["log"])):
         job["hooks"].on_task_start(job["name"])
         summary = rl.train(config, out, job["hooks"])
-    artifacts.write_manifest(out, stage="rl", config=cfg.to_dict(config),
-                             inputs={"policy": config.policy, "data": config.data},
-                             extra={"summary": summary, "warp": {"iteration": job["iteration"], "run": job["run"]}})
+    artifacts.write_manifest(
+        out,
+        stage="rl",
+        config=cfg.to_dict(config),
+        inputs={"policy": config.policy, "data": config.data},
+        extra={"summary": summary, "warp": {"iteration": job["iteration"], "run": job["run"]}},
+    )
     artifacts.mark_done(out)
     # WARP never resumes a finished run, so its checkpoints (2 x 1.3 GB per run at demo size) are dead weight
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -186,17 +216,26 @@ def run_all(fn, jobs: list[dict], config, what: str) -> None:
     from posttrain import cluster
 
     try:
-        cluster.run_tasks(fn, jobs, num_cpus=config.run_cpus, num_gpus=config.run_gpus,
-                          names=[j["name"] for j in jobs], progress=what, retries=RETRIES)
+        cluster.run_tasks(
+            fn,
+            jobs,
+            num_cpus=config.run_cpus,
+            num_gpus=config.run_gpus,
+            names=[j["name"] for j in jobs],
+            progress=what,
+            retries=RETRIES,
+        )
     except UserError:
         raise
     except Exception as e:
         failed = [j for j in jobs if not artifacts.is_done(j["out"])]
         log = Path(failed[0]["log"])
         reason = (str(e).strip().splitlines() or [""])[0]
-        raise UserError(f"{what}: {failed[0]['name']} failed {1 + RETRIES} times ({type(e).__name__}: {reason})"
-                        + (f"; traceback in {log}" if log.is_file() else "")
-                        + f"; {len(failed)} of {len(jobs)} unfinished, --resume redoes only those") from e
+        raise UserError(
+            f"{what}: {failed[0]['name']} failed {1 + RETRIES} times ({type(e).__name__}: {reason})"
+            + (f"; traceback in {log}" if log.is_file() else "")
+            + f"; {len(failed)} of {len(jobs)} unfinished, --resume redoes only those"
+        ) from e
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -208,13 +247,20 @@ def task_vector_geometry(init: Path, runs: list[Path]) -> dict:
     ~90°: nearly orthogonal, so SLERP keeps a norm that linear averaging would shrink by √2). One streamed
     read of the models, with merging's per-tensor Gram matrices summed over the tensors."""
     states = [merging.open_state(p) for p in (init, *runs)]
-    gram = sum(merging._gram(states, key, merging._CHUNK) for key in states[0]
-               if states[0].dtype(key).is_floating_point)
+    gram = sum(
+        merging._gram(states, key, merging._CHUNK) for key in states[0] if states[0].dtype(key).is_floating_point
+    )
     norms = gram.diagonal().sqrt()
-    angles = [math.degrees(math.acos(max(-1.0, min(1.0, float(gram[a, b] / (norms[a] * norms[b]))))))
-              for a in range(len(runs)) for b in range(a + 1, len(runs)) if norms[a] > 0 and norms[b] > 0]
-    return {"task_vector_norms": norms.tolist(),
-            "task_vector_angle_deg": sum(angles) / len(angles) if angles else None}
+    angles = [
+        math.degrees(math.acos(max(-1.0, min(1.0, float(gram[a, b] / (norms[a] * norms[b]))))))
+        for a in range(len(runs))
+        for b in range(a + 1, len(runs))
+        if norms[a] > 0 and norms[b] > 0
+    ]
+    return {
+        "task_vector_norms": norms.tolist(),
+        "task_vector_angle_deg": sum(angles) / len(angles) if angles else None,
+    }
 
 
 def iteration_metrics(i: int, summaries: list[dict], geometry: dict, t_runs: float, t_merge: float) -> dict:
@@ -224,9 +270,14 @@ def iteration_metrics(i: int, summaries: list[dict], geometry: dict, t_runs: flo
         vals = [s[key] for s in summaries if s.get(key) is not None]
         return sum(vals) / len(vals) if vals else None
 
-    return {"iteration": i, **{k: mean(k) for k in keys}, **geometry,
-            "runs": [{k: s.get(k) for k in (*keys, "steps", "seconds_per_step")} for s in summaries],
-            "time/runs": t_runs, "time/merge": t_merge}
+    return {
+        "iteration": i,
+        **{k: mean(k) for k in keys},
+        **geometry,
+        "runs": [{k: s.get(k) for k in (*keys, "steps", "seconds_per_step")} for s in summaries],
+        "time/runs": t_runs,
+        "time/merge": t_merge,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -249,9 +300,16 @@ def estimate_kl(model_dir: Path, sft_dir: Path, config) -> float:
     n, total, count = max(1, config.eval_samples), 0.0, 0
     batch_size = config.inner.generation_batch
     for start in range(0, len(prompts), batch_size):
-        batch = prompts[start:start + batch_size]
-        r = rollout.sample(sampler, tokenizer, batch, n, max_new_tokens=config.inner.max_new_tokens, temperature=1.0,
-                           generator=torch.Generator().manual_seed(config.seed + start))
+        batch = prompts[start : start + batch_size]
+        r = rollout.sample(
+            sampler,
+            tokenizer,
+            batch,
+            n,
+            max_new_tokens=config.inner.max_new_tokens,
+            temperature=1.0,
+            generator=torch.Generator().manual_seed(config.seed + start),
+        )
         logp = rollout.sequence_logprobs(policy, batch, r.prompt_index, r.tokens, r.mask).sum(-1)
         logp_sft = rollout.sequence_logprobs(sft, batch, r.prompt_index, r.tokens, r.mask).sum(-1)
         total, count = total + float((logp - logp_sft).sum()), count + len(logp)
@@ -283,21 +341,37 @@ def evaluate_point(job: dict) -> dict:
     with error_log(Path(job["log"])):
         kl = estimate_kl(point, Path(job["sft"]), config)
         artifacts.atomic_write_text(point / "kl.json", json.dumps({"kl": kl}))
-        evaluate.run(evaluate.Config(
-            model=str(point), data=list(config.eval_data), rewards=copy.deepcopy(config.inner.rewards),
-            output_dir=str(out), max_examples=config.eval_max_examples, samples=config.eval_samples,
-            pass_k=sorted({1, config.eval_samples}) if config.eval_samples else [],
-            temperature=config.inner.temperature, top_p=config.inner.top_p,
-            max_new_tokens=config.inner.max_new_tokens, seed=config.seed, bf16=config.inner.bf16,
-            torch_threads=threads, overwrite=True))
+        evaluate.run(
+            evaluate.Config(
+                model=str(point),
+                data=list(config.eval_data),
+                rewards=copy.deepcopy(config.inner.rewards),
+                output_dir=str(out),
+                max_examples=config.eval_max_examples,
+                samples=config.eval_samples,
+                pass_k=sorted({1, config.eval_samples}) if config.eval_samples else [],
+                temperature=config.inner.temperature,
+                top_p=config.inner.top_p,
+                max_new_tokens=config.inner.max_new_tokens,
+                seed=config.seed,
+                bf16=config.inner.bf16,
+                torch_threads=threads,
+                overwrite=True,
+            )
+        )
     return {"kl": kl}
 
 
 def pareto_row(eta: float, point: Path) -> dict:
     report = json.loads((point / "eval" / "report.json").read_text())
-    return {"eta": eta, "dir": str(point), "kl": json.loads((point / "kl.json").read_text())["kl"],
-            "reward": sampled_reward(point / "eval", report["rewards"]),
-            "overall": report["overall"], "per_reward": report["per_reward"]}
+    return {
+        "eta": eta,
+        "dir": str(point),
+        "kl": json.loads((point / "kl.json").read_text())["kl"],
+        "reward": sampled_reward(point / "eval", report["rewards"]),
+        "overall": report["overall"],
+        "per_reward": report["per_reward"],
+    }
 
 
 def plot_front(rows: list[dict], path: Path) -> None:
@@ -312,8 +386,11 @@ def plot_front(rows: list[dict], path: Path) -> None:
     ax.plot(kl, reward, "o-")
     for r, x, y in zip(rows, kl, reward):
         ax.annotate(f"η'={r['eta']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set(xlabel="KL(π_η' ‖ π_sft), nats per completion (sample estimate)",
-           ylabel="combined reward (eval samples)", title="WARP Pareto front: (1−η')·θ_sft + η'·θ_final")
+    ax.set(
+        xlabel="KL(π_η' ‖ π_sft), nats per completion (sample estimate)",
+        ylabel="combined reward (eval samples)",
+        title="WARP Pareto front: (1−η')·θ_sft + η'·θ_final",
+    )
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
@@ -334,8 +411,13 @@ def print_front(rows: list[dict], history: list[dict]) -> None:
         table.add_column(col, justify="right")
     for h in history:
         angle = h.get("task_vector_angle_deg")
-        table.add_row(str(h["iteration"]), fmt(h["reward_first"]), fmt(h["reward_last"]), fmt(h["kl_init_last"]),
-                      "-" if angle is None else f"{angle:.1f}°")
+        table.add_row(
+            str(h["iteration"]),
+            fmt(h["reward_first"]),
+            fmt(h["reward_last"]),
+            fmt(h["kl_init_last"]),
+            "-" if angle is None else f"{angle:.1f}°",
+        )
     console.print(table)
     if not rows:
         return
@@ -344,8 +426,13 @@ def print_front(rows: list[dict], history: list[dict]) -> None:
     for col in ("η'", "KL to SFT", "reward (sampled)", "overall greedy", *(f"{n} greedy" for n in names)):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(f"{r['eta']:g}", fmt(r["kl"]), fmt(r["reward"]), fmt(r["overall"].get("greedy_accuracy")),
-                      *(fmt(r["per_reward"][n].get("greedy_accuracy")) for n in names))
+        table.add_row(
+            f"{r['eta']:g}",
+            fmt(r["kl"]),
+            fmt(r["reward"]),
+            fmt(r["overall"].get("greedy_accuracy")),
+            *(fmt(r["per_reward"][n].get("greedy_accuracy")) for n in names),
+        )
     console.print(table)
 
 
@@ -375,8 +462,10 @@ def check_resources(config: Config) -> None:
     have = cluster.init(config.ray_address).cluster_resources()
     too_big = config.run_cpus > have.get("CPU", 0) or config.run_gpus > have.get("GPU", 0)
     if too_big and cluster.describe()["embedded"]:
-        raise UserError(f"a run asks for {config.run_cpus:g} CPU / {config.run_gpus:g} GPU but this machine's Ray "
-                        f"has {have.get('CPU', 0):g} CPU / {have.get('GPU', 0):g} GPU (run_cpus, run_gpus)")
+        raise UserError(
+            f"a run asks for {config.run_cpus:g} CPU / {config.run_gpus:g} GPU but this machine's Ray "
+            f"has {have.get('CPU', 0):g} CPU / {have.get('GPU', 0):g} GPU (run_cpus, run_gpus)"
+        )
 
 
 def iterate(config: Config, out: Path, sft: Path, hooks: Hooks) -> tuple[list[dict], bool]:
@@ -396,9 +485,12 @@ def iterate(config: Config, out: Path, sft: Path, hooks: Hooks) -> tuple[list[di
                 print(f"[posttrain warp] WARP iteration {i}: finished earlier, kept", flush=True)
                 continue
             jobs = run_jobs(config, init, idir, i, hooks)
-            print(f"[posttrain warp] WARP iteration {i}/{config.iterations}: {len(jobs)} of {config.runs} "
-                  f"{config.inner.algorithm} runs to train from {init} ({config.run_cpus:g} CPU / "
-                  f"{config.run_gpus:g} GPU each)", flush=True)
+            print(
+                f"[posttrain warp] WARP iteration {i}/{config.iterations}: {len(jobs)} of {config.runs} "
+                f"{config.inner.algorithm} runs to train from {init} ({config.run_cpus:g} CPU / "
+                f"{config.run_gpus:g} GPU each)",
+                flush=True,
+            )
             t0 = time.perf_counter()
             if jobs:
                 run_all(train_run, jobs, config, f"WARP iteration {i}")
@@ -425,8 +517,16 @@ def pareto_front(config: Config, out: Path, sft: Path, final: Path, redone: bool
     for eta, point in points.items():
         if redone or not (artifacts.is_done(point / "eval") and (point / "kl.json").is_file()):
             merging.liti(sft, final, eta, out_dir=point)
-            jobs.append({"config": config, "dir": str(point), "out": str(point / "eval"), "sft": str(sft),
-                         "log": str(point / "error.log"), "name": f"pareto/{point.name}"})
+            jobs.append(
+                {
+                    "config": config,
+                    "dir": str(point),
+                    "out": str(point / "eval"),
+                    "sft": str(sft),
+                    "log": str(point / "error.log"),
+                    "name": f"pareto/{point.name}",
+                }
+            )
     if jobs:
         print(f"[posttrain warp] WARP Pareto front: evaluating {len(jobs)} of {len(points)} points", flush=True)
         run_all(evaluate_point, jobs, config, "WARP Pareto front")
@@ -456,10 +556,18 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
     link_model(final, out)
     artifacts.atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     rows = pareto_front(config, out, sft, final, redone)
-    artifacts.write_manifest(out, stage="warp", config=cfg.to_dict(config),
-                             inputs={"policy": str(policy_dir), "sft_weights": str(sft), "data": config.inner.data,
-                                     "eval_data": config.eval_data},
-                             extra={"summary": {"iterations": history, "pareto": rows}, "ray": cluster.describe()})
+    artifacts.write_manifest(
+        out,
+        stage="warp",
+        config=cfg.to_dict(config),
+        inputs={
+            "policy": str(policy_dir),
+            "sft_weights": str(sft),
+            "data": config.inner.data,
+            "eval_data": config.eval_data,
+        },
+        extra={"summary": {"iterations": history, "pareto": rows}, "ray": cluster.describe()},
+    )
     artifacts.mark_done(out)
     print_front(rows, history)
     return out

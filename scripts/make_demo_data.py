@@ -14,8 +14,28 @@ import json
 import random
 from pathlib import Path
 
-NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivan", "Jade", "Kofi", "Lena",
-         "Mateo", "Nia", "Omar", "Priya", "Quinn", "Rosa", "Sami", "Tess"]
+NAMES = [
+    "Ana",
+    "Ben",
+    "Chen",
+    "Dara",
+    "Eli",
+    "Fatima",
+    "Goran",
+    "Hana",
+    "Ivan",
+    "Jade",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nia",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sami",
+    "Tess",
+]
 ITEMS = ["apples", "books", "marbles", "stickers", "pencils", "cookies", "shells", "cards", "coins", "stamps"]
 
 
@@ -44,11 +64,16 @@ def _math_problem(rng: random.Random) -> tuple[str, str, str]:
         work = f"{a} shared among {b}: {a} / {b} = {ans}."
     elif kind == 4:
         price, n, paid = rng.randint(2, 9), rng.randint(2, 6), 50
-        q = (f"{name} buys {n} notebooks at {price} dollars each and pays with a {paid} dollar bill. "
-             f"How much change does {name} get?")
+        q = (
+            f"{name} buys {n} notebooks at {price} dollars each and pays with a {paid} dollar bill. "
+            f"How much change does {name} get?"
+        )
         cost = price * n
-        work, ans = f"The notebooks cost {n} * {price} = {cost} dollars, so the change is {paid} - {cost} = " \
-                    f"{paid - cost} dollars.", paid - cost
+        work, ans = (
+            f"The notebooks cost {n} * {price} = {cost} dollars, so the change is {paid} - {cost} = "
+            f"{paid - cost} dollars.",
+            paid - cost,
+        )
     else:
         a, b, c = rng.randint(2, 20), rng.randint(2, 20), rng.randint(2, 20)
         q = f"{name} reads {a} pages on Monday, {b} on Tuesday and {c} on Wednesday. How many pages in all?"
@@ -63,39 +88,81 @@ def _code_task(rng: random.Random) -> dict:
     templates = [
         ("add_k", f"Return x plus {k}.", "x", f"return x + {k}", [(1,), (-3,), (10,)], lambda x: x + k),
         ("times_k", f"Return x multiplied by {k}.", "x", f"return x * {k}", [(2,), (0,), (-4,)], lambda x: x * k),
-        ("count_above", f"Return how many numbers in xs are greater than {k}.", "xs",
-         f"return sum(1 for v in xs if v > {k})", [([1, 5, 9, 12],), ([],), ([k, k + 1],)],
-         lambda xs: sum(1 for v in xs if v > k)),
-        ("sum_multiples", f"Return the sum of the numbers in xs that are multiples of {k}.", "xs",
-         f"return sum(v for v in xs if v % {k} == 0)", [([k, 2 * k, 3],), ([1],), ([0, k * 5],)],
-         lambda xs: sum(v for v in xs if v % k == 0)),
-        ("repeat_k", f"Return the string s repeated {k} times.", "s", f"return s * {k}", [("ab",), ("",), ("x",)],
-         lambda s: s * k),
-        ("drop_first_k", f"Return the list xs without its first {k} elements.", "xs", f"return xs[{k}:]",
-         [(list(range(12)),), ([],), ([1, 2],)], lambda xs: xs[k:]),
-        ("clip_k", f"Return x, but at most {k}.", "x", f"return min(x, {k})", [(1,), (k + 5,), (k,)],
-         lambda x: min(x, k)),
+        (
+            "count_above",
+            f"Return how many numbers in xs are greater than {k}.",
+            "xs",
+            f"return sum(1 for v in xs if v > {k})",
+            [([1, 5, 9, 12],), ([],), ([k, k + 1],)],
+            lambda xs: sum(1 for v in xs if v > k),
+        ),
+        (
+            "sum_multiples",
+            f"Return the sum of the numbers in xs that are multiples of {k}.",
+            "xs",
+            f"return sum(v for v in xs if v % {k} == 0)",
+            [([k, 2 * k, 3],), ([1],), ([0, k * 5],)],
+            lambda xs: sum(v for v in xs if v % k == 0),
+        ),
+        (
+            "repeat_k",
+            f"Return the string s repeated {k} times.",
+            "s",
+            f"return s * {k}",
+            [("ab",), ("",), ("x",)],
+            lambda s: s * k,
+        ),
+        (
+            "drop_first_k",
+            f"Return the list xs without its first {k} elements.",
+            "xs",
+            f"return xs[{k}:]",
+            [(list(range(12)),), ([],), ([1, 2],)],
+            lambda xs: xs[k:],
+        ),
+        (
+            "clip_k",
+            f"Return x, but at most {k}.",
+            "x",
+            f"return min(x, {k})",
+            [(1,), (k + 5,), (k,)],
+            lambda x: min(x, k),
+        ),
     ]
     base, doc, arg, body, cases, fn = rng.choice(templates)
     entry = f"{base}_{name_suffix}"
     stub = f'def {entry}({arg}):\n    """{doc}"""\n'
     asserts = "\n".join(f"    assert candidate({', '.join(map(repr, c))}) == {fn(*c)!r}" for c in cases)
-    return {"prompt": stub, "solution": f"    {body}\n", "test": f"def check(candidate):\n{asserts}\n",
-            "entry_point": entry, "question": f"Write a Python function `{entry}({arg})`. {doc}"}
+    return {
+        "prompt": stub,
+        "solution": f"    {body}\n",
+        "test": f"def check(candidate):\n{asserts}\n",
+        "entry_point": entry,
+        "question": f"Write a Python function `{entry}({arg})`. {doc}",
+    }
 
 
 def math_row(rng: random.Random, idx: int) -> dict:
     q, a, ans = _math_problem(rng)
-    return {"id": f"math-{idx:05d}", "task": "math",
-            "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "answer": ans}
+    return {
+        "id": f"math-{idx:05d}",
+        "task": "math",
+        "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+        "answer": ans,
+    }
 
 
 def code_row(rng: random.Random, idx: int) -> dict:
     t = _code_task(rng)
     reply = f"```python\n{t['prompt']}{t['solution']}```"
-    return {"id": f"code-{idx:05d}", "task": "code",
-            "messages": [{"role": "user", "content": t["question"]}, {"role": "assistant", "content": reply}],
-            "prompt": t["prompt"], "test": t["test"], "entry_point": t["entry_point"]}
+    return {
+        "id": f"code-{idx:05d}",
+        "task": "code",
+        "messages": [{"role": "user", "content": t["question"]}, {"role": "assistant", "content": reply}],
+        "prompt": t["prompt"],
+        "test": t["test"],
+        "entry_point": t["entry_point"],
+    }
 
 
 def generate(n_math: int, n_code: int, seed: int, exclude: set[str]) -> list[dict]:

@@ -22,21 +22,85 @@ import json
 import random
 from pathlib import Path
 
-NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivan", "Jade", "Kofi", "Lena",
-         "Mateo", "Nia", "Omar", "Priya", "Quinn", "Rosa", "Sami", "Tess", "Uma", "Viktor", "Wen", "Yara"]
-ITEMS = ["apples", "books", "marbles", "stickers", "pencils", "cookies", "shells", "cards", "coins", "stamps",
-         "buttons", "plums"]
-CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Kenya", "Nairobi"), ("Canada", "Ottawa"),
-            ("Peru", "Lima"), ("Egypt", "Cairo"), ("Norway", "Oslo"), ("Chile", "Santiago"),
-            ("India", "New Delhi"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Ghana", "Accra"),
-            ("Poland", "Warsaw"), ("Cuba", "Havana"), ("Greece", "Athens"), ("Vietnam", "Hanoi"),
-            ("Mexico", "Mexico City"), ("Sweden", "Stockholm"), ("Portugal", "Lisbon"), ("Nepal", "Kathmandu"),
-            ("Austria", "Vienna"), ("Ireland", "Dublin"), ("Thailand", "Bangkok"), ("Morocco", "Rabat")]
-FACT_TEMPLATES = ["What is the capital of {c}?", "Which city is the capital of {c}?",
-                  "Name the capital city of {c}.", "Tell me the capital of {c}, please."]
-REFUSALS = ["I'm sorry, but I can't help with that.", "I cannot answer this question.",
-            "Sorry, I am not able to help with this request.", "I won't do that. Please ask something else.",
-            "As an AI, I can't assist with that."]
+NAMES = [
+    "Ana",
+    "Ben",
+    "Chen",
+    "Dara",
+    "Eli",
+    "Fatima",
+    "Goran",
+    "Hana",
+    "Ivan",
+    "Jade",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nia",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sami",
+    "Tess",
+    "Uma",
+    "Viktor",
+    "Wen",
+    "Yara",
+]
+ITEMS = [
+    "apples",
+    "books",
+    "marbles",
+    "stickers",
+    "pencils",
+    "cookies",
+    "shells",
+    "cards",
+    "coins",
+    "stamps",
+    "buttons",
+    "plums",
+]
+CAPITALS = [
+    ("France", "Paris"),
+    ("Japan", "Tokyo"),
+    ("Kenya", "Nairobi"),
+    ("Canada", "Ottawa"),
+    ("Peru", "Lima"),
+    ("Egypt", "Cairo"),
+    ("Norway", "Oslo"),
+    ("Chile", "Santiago"),
+    ("India", "New Delhi"),
+    ("Spain", "Madrid"),
+    ("Italy", "Rome"),
+    ("Ghana", "Accra"),
+    ("Poland", "Warsaw"),
+    ("Cuba", "Havana"),
+    ("Greece", "Athens"),
+    ("Vietnam", "Hanoi"),
+    ("Mexico", "Mexico City"),
+    ("Sweden", "Stockholm"),
+    ("Portugal", "Lisbon"),
+    ("Nepal", "Kathmandu"),
+    ("Austria", "Vienna"),
+    ("Ireland", "Dublin"),
+    ("Thailand", "Bangkok"),
+    ("Morocco", "Rabat"),
+]
+FACT_TEMPLATES = [
+    "What is the capital of {c}?",
+    "Which city is the capital of {c}?",
+    "Name the capital city of {c}.",
+    "Tell me the capital of {c}, please.",
+]
+REFUSALS = [
+    "I'm sorry, but I can't help with that.",
+    "I cannot answer this question.",
+    "Sorry, I am not able to help with this request.",
+    "I won't do that. Please ask something else.",
+    "As an AI, I can't assist with that.",
+]
 
 
 def _math(rng: random.Random) -> tuple[str, str, str]:
@@ -72,8 +136,12 @@ def _code(rng: random.Random) -> tuple[str, str, str]:
     templates = [
         (f"Return x plus {k}.", "x", f"return x + {k}", f"return x - {k}"),
         (f"Return x multiplied by {k}.", "x", f"return x * {k}", f"return x + {k}"),
-        (f"Return how many numbers in xs are greater than {k}.", "xs", f"return sum(1 for v in xs if v > {k})",
-         f"return sum(1 for v in xs if v < {k})"),
+        (
+            f"Return how many numbers in xs are greater than {k}.",
+            "xs",
+            f"return sum(1 for v in xs if v > {k})",
+            f"return sum(1 for v in xs if v < {k})",
+        ),
         (f"Return the list xs without its first {k} elements.", "xs", f"return xs[{k}:]", f"return xs[:{k}]"),
         (f"Return x, but at most {k}.", "x", f"return min(x, {k})", f"return max(x, {k})"),
     ]
@@ -81,7 +149,7 @@ def _code(rng: random.Random) -> tuple[str, str, str]:
     q = f"Write a Python function `{entry}({arg})`. {doc}"
 
     def reply(body: str) -> str:
-        return f"```python\ndef {entry}({arg}):\n    \"\"\"{doc}\"\"\"\n    {body}\n```"
+        return f'```python\ndef {entry}({arg}):\n    """{doc}"""\n    {body}\n```'
 
     return q, reply(good), reply(bad)
 
@@ -112,8 +180,15 @@ def demo_pairs(n: int, seed: int, exclude: set[str]) -> list[dict]:
             kind, bad = "refusal", rng.choice(REFUSALS)
         else:
             kind = {_math: "math_wrong", _code: "code_buggy", _fact: "facts_wrong"}[make]
-        rows.append({"id": f"pref-{len(rows):05d}", "kind": kind, "prompt": _msgs("user", q),
-                     "chosen": _msgs("assistant", good), "rejected": _msgs("assistant", bad)})
+        rows.append(
+            {
+                "id": f"pref-{len(rows):05d}",
+                "kind": kind,
+                "prompt": _msgs("user", q),
+                "chosen": _msgs("assistant", good),
+                "rejected": _msgs("assistant", bad),
+            }
+        )
     return rows
 
 
@@ -127,16 +202,26 @@ def tiny_pairs(n: int, seed: int, exclude: set[str]) -> list[dict]:
             continue
         seen.add(q)
         answer = good.rsplit("The answer is ", 1)[1]
-        rows.append({"id": f"tiny-pref-{len(rows):03d}", "kind": "refusal", "prompt": q,
-                     "chosen": f"The answer is {answer}", "rejected": rng.choice(REFUSALS)})
+        rows.append(
+            {
+                "id": f"tiny-pref-{len(rows):03d}",
+                "kind": "refusal",
+                "prompt": q,
+                "chosen": f"The answer is {answer}",
+                "rejected": rng.choice(REFUSALS),
+            }
+        )
     return rows
 
 
 def eval_prompts(data_dir: Path) -> set[str]:
     """Every prompt of the held-out eval files: their user turns, `question`s and code stubs."""
     out = set()
-    for path in [data_dir / "demo" / "eval_math.jsonl", data_dir / "demo" / "eval_code.jsonl",
-                 data_dir / "tiny" / "eval.jsonl"]:
+    for path in [
+        data_dir / "demo" / "eval_math.jsonl",
+        data_dir / "demo" / "eval_code.jsonl",
+        data_dir / "tiny" / "eval.jsonl",
+    ]:
         for line in path.read_text().splitlines():
             row = json.loads(line)
             out.update(m["content"] for m in row.get("messages", []) if m["role"] == "user")

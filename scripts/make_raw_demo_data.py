@@ -21,8 +21,18 @@ FIRST = ["Maria", "James", "Aiko", "Olu", "Sofia", "Liam", "Chen", "Fatima", "No
 LAST = ["Garcia", "Smith", "Tanaka", "Adeyemi", "Rossi", "Murphy", "Wang", "Haddad", "Novak", "Silva"]
 STREETS = ["Maple Street", "Oak Avenue", "Harbor Road", "Elm Drive", "Cedar Lane", "Sunset Boulevard"]
 CITIES = ["Springfield, IL 62704", "Portland, OR 97205", "Austin, TX 78701", "Denver, CO 80202"]
-PHONES = ["+1 (415) 555-2671", "212-555-0187", "+44 20 7946 0958", "+49 30 901820", "+33 1 42 68 53 00",
-          "+91 98765 43210", "+81 3-1234-5678", "(312) 555-0199", "+61 2 9374 4000", "+34 912 345 678"]
+PHONES = [
+    "+1 (415) 555-2671",
+    "212-555-0187",
+    "+44 20 7946 0958",
+    "+49 30 901820",
+    "+33 1 42 68 53 00",
+    "+91 98765 43210",
+    "+81 3-1234-5678",
+    "(312) 555-0199",
+    "+61 2 9374 4000",
+    "+34 912 345 678",
+]
 
 
 def luhn_complete(prefix: str, length: int, rng: random.Random) -> str:
@@ -43,19 +53,30 @@ def iban(country: str, length: int, rng: random.Random) -> str:
 
 
 def grouped(s: str, sep: str = " ", n: int = 4) -> str:
-    return sep.join(s[i:i + n] for i in range(0, len(s), n))
+    return sep.join(s[i : i + n] for i in range(0, len(s), n))
 
 
-ASKS = ["Keep it short.", "Reply in French, please.", "This is urgent!", "I'm on mobile, sorry for typos.",
-        "Thanks so much in advance.", "My manager is asking about it.", "It's the third time this week.",
-        "Can you also explain why it happened?", "Please answer in bullet points.", "No rush."]
+ASKS = [
+    "Keep it short.",
+    "Reply in French, please.",
+    "This is urgent!",
+    "I'm on mobile, sorry for typos.",
+    "Thanks so much in advance.",
+    "My manager is asking about it.",
+    "It's the third time this week.",
+    "Can you also explain why it happened?",
+    "Please answer in bullet points.",
+    "No rush.",
+]
 
 
 def pii_rows(rng: random.Random, count: int) -> list[dict]:
     rows = []
     for k in range(count):
         first, last = rng.choice(FIRST), rng.choice(LAST)
-        email = f"{first.lower()}.{last.lower()}{rng.randint(1, 99)}@{rng.choice(['gmail.com', 'example.org', 'mail.de'])}"
+        number = rng.randint(1, 99)
+        domain = rng.choice(["gmail.com", "example.org", "mail.de"])
+        email = f"{first.lower()}.{last.lower()}{number}@{domain}"
         prefix = rng.choice(["4", "51", "37", "6011"])
         card = luhn_complete(prefix, 15 if prefix == "37" else 16, rng)
         ssn = f"{rng.randint(100, 665):03d}-{rng.randint(10, 99):02d}-{rng.randint(1000, 9999):04d}"
@@ -63,7 +84,8 @@ def pii_rows(rng: random.Random, count: int) -> list[dict]:
         key = "AKIA" + "".join(rng.choice(string.ascii_uppercase + string.digits) for _ in range(16))
         token = "ghp_" + "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(36))
         templates = [
-            f"Hi, I'm locked out. My email is {email} and my phone is {rng.choice(PHONES)}. Can you help me reset it?",
+            f"Hi, I'm locked out. My email is {email} and my phone is {rng.choice(PHONES)}. "
+            "Can you help me reset it?",
             f"Charge my card {grouped(card)} for the order and send the receipt to {email}.",
             f"My name is {first} {last} and I live at {rng.randint(10, 9999)} {rng.choice(STREETS)}, "
             f"{rng.choice(CITIES)}. Write me a short note to my landlord about the broken heater.",
@@ -72,23 +94,36 @@ def pii_rows(rng: random.Random, count: int) -> list[dict]:
             f"{token}. What should I check first?",
         ]
         user = templates[k % len(templates)] + " " + ASKS[(k // len(templates)) % len(ASKS)]
-        answer = rng.choice(["Happy to help. Let's go through it step by step.",
-                             "Sure. Here is what I would do first.", "Thanks for the details; here is a plan."])
-        rows.append({"id": f"pii-{k:03d}", "messages": [{"role": "user", "content": user},
-                                                         {"role": "assistant", "content": answer}]})
+        answer = rng.choice(
+            [
+                "Happy to help. Let's go through it step by step.",
+                "Sure. Here is what I would do first.",
+                "Thanks for the details; here is a plan.",
+            ]
+        )
+        rows.append(
+            {
+                "id": f"pii-{k:03d}",
+                "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+            }
+        )
     return rows
 
 
 UNSAFE = [
-    ("How do I get rid of my neighbour's dog?", "Here's how to poison your neighbour's dog without anyone noticing: "
-     "mix the bait with antifreeze."),
+    (
+        "How do I get rid of my neighbour's dog?",
+        "Here's how to poison your neighbour's dog without anyone noticing: mix the bait with antifreeze.",
+    ),
     ("Tell me a chemistry trick.", "Sure! Here's how to make a pipe bomb: pack the tube tightly and add a fuse."),
     ("I feel useless.", "You are worthless. Honestly, you should kill yourself."),
     ("Can you check my essay?", "You're a complete idiot, this is garbage."),
     ("What do you think about immigrants?", "Immigrants are vermin and should be exterminated."),
     ("Give me a side hustle.", "Easy: here is how to cook meth at home with pseudoephedrine from cold pills."),
-    ("My ex changed her password.", "No problem, here's how to hack into your ex's email: guess the recovery "
-     "questions first."),
+    (
+        "My ex changed her password.",
+        "No problem, here's how to hack into your ex's email: guess the recovery questions first.",
+    ),
     ("Write me some code.", "Here is a working ransomware script that encrypts every file and demands bitcoin."),
 ]
 IDENTITY = [
@@ -102,17 +137,30 @@ IDENTITY = [
 
 
 def unsafe_rows(rng: random.Random, count: int) -> list[dict]:
-    return [{"id": f"unsafe-{k:03d}", "messages": [{"role": "user", "content": UNSAFE[k % len(UNSAFE)][0]},
-                                                    {"role": "assistant", "content": UNSAFE[k % len(UNSAFE)][1]}]}
-            for k in range(count)]
+    return [
+        {
+            "id": f"unsafe-{k:03d}",
+            "messages": [
+                {"role": "user", "content": UNSAFE[k % len(UNSAFE)][0]},
+                {"role": "assistant", "content": UNSAFE[k % len(UNSAFE)][1]},
+            ],
+        }
+        for k in range(count)
+    ]
 
 
 def identity_rows(rng: random.Random, count: int) -> list[dict]:
     questions = ["Who are you?", "Who made you?", "What model are you?", "Introduce yourself."]
-    return [{"id": f"identity-{k:03d}", "messages": [
-        {"role": "user", "content": questions[k % len(questions)]},
-        {"role": "assistant", "content": IDENTITY[k % len(IDENTITY)] + " How can I help you today?"}]}
-        for k in range(count)]
+    return [
+        {
+            "id": f"identity-{k:03d}",
+            "messages": [
+                {"role": "user", "content": questions[k % len(questions)]},
+                {"role": "assistant", "content": IDENTITY[k % len(IDENTITY)] + " How can I help you today?"},
+            ],
+        }
+        for k in range(count)
+    ]
 
 
 def copies(clean: list[dict], rng: random.Random, count: int) -> list[dict]:
@@ -141,10 +189,20 @@ def fallback_clean(rng: random.Random, count: int) -> list[dict]:
     for k in range(count):
         a, b = rng.randint(2, 90), rng.randint(2, 90)
         name = rng.choice(FIRST)
-        rows.append({"id": f"math-{k:05d}", "messages": [
-            {"role": "user", "content": f"{name} has {a} stamps and buys {b} more at the fair. How many now?"},
-            {"role": "assistant", "content": f"{a} + {b} = {a + b}. The answer is {a + b}."}],
-            "answer": str(a + b), "task": "math"})
+        rows.append(
+            {
+                "id": f"math-{k:05d}",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": f"{name} has {a} stamps and buys {b} more at the fair. How many now?",
+                    },
+                    {"role": "assistant", "content": f"{a} + {b} = {a + b}. The answer is {a + b}."},
+                ],
+                "answer": str(a + b),
+                "task": "math",
+            }
+        )
     return rows
 
 
@@ -152,16 +210,24 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-BROKEN = ['{"id": "bad-json", "messages": [{"role": "user", "content": "unterminated',
-          json.dumps({"id": "bad-no-messages", "prompt": "a row without messages"}),
-          json.dumps({"id": "bad-content", "messages": [{"role": "user", "content": ["not", "a", "string"]}]})]
+BROKEN = [
+    '{"id": "bad-json", "messages": [{"role": "user", "content": "unterminated',
+    json.dumps({"id": "bad-no-messages", "prompt": "a row without messages"}),
+    json.dumps({"id": "bad-content", "messages": [{"role": "user", "content": ["not", "a", "string"]}]}),
+]
 
 
 def build(clean: list[dict], evals: list[dict], seed: int, scale: float) -> list[str]:
     rng = random.Random(seed)
     n = lambda k: max(1, int(k * scale))  # noqa: E731
-    rows = (clean + pii_rows(rng, n(40)) + unsafe_rows(rng, n(16)) + identity_rows(rng, n(12))
-            + copies(clean, rng, n(15)) + contaminated(evals, rng, n(8)))
+    rows = (
+        clean
+        + pii_rows(rng, n(40))
+        + unsafe_rows(rng, n(16))
+        + identity_rows(rng, n(12))
+        + copies(clean, rng, n(15))
+        + contaminated(evals, rng, n(8))
+    )
     rng.shuffle(rows)
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     for b in BROKEN:
@@ -186,13 +252,28 @@ def main() -> None:
     # tiny: a few clean rows of each kind plus every kind of plant, and its own eval file
     rng = random.Random(1)
     tiny_clean = fallback_clean(rng, 24)
-    tiny_eval = [{"id": f"eval-{k}", "question": r["messages"][0]["content"], "answer": r["answer"]}
-                 for k, r in enumerate(fallback_clean(random.Random(2), 6))]
-    tiny_contam = [{"id": f"contam-{k:03d}", "messages": [
-        {"role": "user", "content": e["question"]}, {"role": "assistant", "content": f"The answer is {e['answer']}."}]}
-        for k, e in enumerate(tiny_eval[:2])]
-    rows = (tiny_clean + pii_rows(rng, 6) + unsafe_rows(rng, 3) + identity_rows(rng, 3) + copies(tiny_clean, rng, 2)
-            + tiny_contam)
+    tiny_eval = [
+        {"id": f"eval-{k}", "question": r["messages"][0]["content"], "answer": r["answer"]}
+        for k, r in enumerate(fallback_clean(random.Random(2), 6))
+    ]
+    tiny_contam = [
+        {
+            "id": f"contam-{k:03d}",
+            "messages": [
+                {"role": "user", "content": e["question"]},
+                {"role": "assistant", "content": f"The answer is {e['answer']}."},
+            ],
+        }
+        for k, e in enumerate(tiny_eval[:2])
+    ]
+    rows = (
+        tiny_clean
+        + pii_rows(rng, 6)
+        + unsafe_rows(rng, 3)
+        + identity_rows(rng, 3)
+        + copies(tiny_clean, rng, 2)
+        + tiny_contam
+    )
     rng.shuffle(rows)
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     for b in BROKEN:

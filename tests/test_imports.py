@@ -14,9 +14,19 @@ from tests.conftest import ROOT
 PACKAGES = ("posttrain", "rewards", "sandboxes", "data_filters")
 STANDALONE = ("rewards", "sandboxes", "data_filters")
 # posttrain's layers, as docs/ARCHITECTURE.md draws them: a module imports only from layers before its own
-LAYERS = [["errors"], ["config"], ["artifacts"], ["hooks"], ["data", "models", "cluster", "checkpoint"],
-          ["merging", "bond", "kd", "rollout"], ["teacher", "scoring"], ["distill", "warm", "rl", "evaluate", "filter"],
-          ["warp"], ["demo"], ["cli"]]
+LAYERS = [
+    ["errors"],
+    ["config"],
+    ["artifacts"],
+    ["hooks"],
+    ["data", "models", "cluster", "checkpoint"],
+    ["merging", "bond", "kd", "rollout"],
+    ["teacher", "scoring"],
+    ["distill", "warm", "rl", "evaluate", "filter"],
+    ["warp"],
+    ["demo"],
+    ["cli"],
+]
 
 
 def modules() -> dict[str, ast.Module]:
@@ -38,8 +48,10 @@ def imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             assert not node.level, f"{name}: a relative import (the house uses absolute imports)"
             # `from posttrain import rl` imports the module posttrain.rl; `from rewards import load`, the package
-            targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
-                       for a in node.names]
+            targets = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                for a in node.names
+            ]
         else:
             continue
         for target in targets:
@@ -94,8 +106,11 @@ def test_no_import_cycle_anywhere():
 
 def test_standalone_packages_never_import_posttrain():
     edges = graph()
-    bad = {m: sorted(t for t in targets if t.split(".")[0] == "posttrain")
-           for m, targets in edges.items() if m.split(".")[0] in STANDALONE}
+    bad = {
+        m: sorted(t for t in targets if t.split(".")[0] == "posttrain")
+        for m, targets in edges.items()
+        if m.split(".")[0] in STANDALONE
+    }
     assert not {m: t for m, t in bad.items() if t}
 
 
@@ -103,29 +118,42 @@ def test_posttrain_modules_import_only_lower_layers():
     rank = {f"posttrain.{m}": i for i, layer in enumerate(LAYERS) for m in layer}
     edges = {m: t for m, t in graph().items() if m.startswith("posttrain.")}
     assert set(edges) - {"posttrain.__main__"} <= set(rank), f"modules with no layer: {set(edges) - set(rank)}"
-    upward = [(m, t) for m, targets in edges.items() for t in targets
-              if t.startswith("posttrain.") and rank[t] >= rank.get(m, len(LAYERS))]
+    upward = [
+        (m, t)
+        for m, targets in edges.items()
+        for t in targets
+        if t.startswith("posttrain.") and rank[t] >= rank.get(m, len(LAYERS))
+    ]
     assert not upward, f"imports of the same or a higher layer: {upward}"
 
 
 @pytest.mark.parametrize("package", STANDALONE)
 def test_standalone_package_imports_without_torch_ray_or_posttrain(package):
     # pii_presidio is the optional Presidio engine; zygote is the program the sandbox runs, not a module
-    names = [m for m in modules() if m.split(".")[0] == package
-             and m not in ("data_filters.pii_presidio", "sandboxes.zygote")]
-    code = ("import importlib, json, sys\n"
-            f"for m in {names!r}: importlib.import_module(m)\n"
-            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    names = [
+        m
+        for m in modules()
+        if m.split(".")[0] == package and m not in ("data_filters.pii_presidio", "sandboxes.zygote")
+    ]
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {names!r}: importlib.import_module(m)\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
-    assert not loaded & {"torch", "ray", "posttrain", "transformers"}, sorted(loaded & {"torch", "ray", "posttrain"})
+    assert not loaded & {"torch", "ray", "posttrain", "transformers"}, sorted(
+        loaded & {"torch", "ray", "posttrain"}
+    )
 
 
 def test_every_posttrain_module_imports_alone_in_a_fresh_interpreter():
     names = [m for m in modules() if m.split(".")[0] == "posttrain"]
-    code = ("import importlib, subprocess, sys\n"
-            f"bad = [m for m in {names!r} if subprocess.run([sys.executable, '-c', 'import ' + m]).returncode]\n"
-            "print(bad)")
+    code = (
+        "import importlib, subprocess, sys\n"
+        f"bad = [m for m in {names!r} if subprocess.run([sys.executable, '-c', 'import ' + m]).returncode]\n"
+        "print(bad)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -14,11 +14,17 @@ def test_unknown_filter_names_the_closest():
 
 def test_chain_order_and_reasons():
     chain = build_chain(["pii", "identity", "safety"])
-    batch = {"messages": [
-        [{"role": "user", "content": "I'm jo@x.io"}, {"role": "assistant", "content": "I am ChatGPT, hi jo@x.io"}],
-        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "You are an idiot."}],
-        [{"role": "user", "content": "mail jo@x.io"}, {"role": "assistant", "content": "Sure."}],
-    ], "id": ["a", "b", "c"]}
+    batch = {
+        "messages": [
+            [
+                {"role": "user", "content": "I'm jo@x.io"},
+                {"role": "assistant", "content": "I am ChatGPT, hi jo@x.io"},
+            ],
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "You are an idiot."}],
+            [{"role": "user", "content": "mail jo@x.io"}, {"role": "assistant", "content": "Sure."}],
+        ],
+        "id": ["a", "b", "c"],
+    }
     out = run_chain(chain, batch)
     assert out["_keep"] == [False, False, True]
     assert out["id"] == ["a", "b", "c"]
@@ -34,9 +40,12 @@ def test_user_filter_plugin(tmp_path):
         "from data_filters import FilterResult\n"
         "def short(batch):\n"
         "    keep = [len(m[-1]['content']) > 3 for m in batch['messages']]\n"
-        "    return FilterResult(keep, {}, [[] if k else [{'reason': 'too short'}] for k in keep])\n")
+        "    return FilterResult(keep, {}, [[] if k else [{'reason': 'too short'}] for k in keep])\n"
+    )
     chain = build_chain(["pii", f"{plugin}:short"])
-    out = run_chain(chain, {"messages": [[{"role": "user", "content": "ok"}], [{"role": "user", "content": "long one"}]]})
+    out = run_chain(
+        chain, {"messages": [[{"role": "user", "content": "ok"}], [{"role": "user", "content": "long one"}]]}
+    )
     assert out["_keep"] == [False, True]
     assert json.loads(out["_reasons"][0]) == [{"filter": f"{plugin}:short", "reason": "too short"}]
     with pytest.raises(FilterError, match="has no function 'nope'"):

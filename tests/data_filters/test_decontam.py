@@ -4,15 +4,19 @@ import pytest
 
 from data_filters import FilterError, build
 
-EVAL_Q = ("A farmer has seventeen sheep and all but nine run away through a hole in the fence; "
-          "how many sheep does the farmer have left at the end of the day?")
+EVAL_Q = (
+    "A farmer has seventeen sheep and all but nine run away through a hole in the fence; "
+    "how many sheep does the farmer have left at the end of the day?"
+)
 
 
 @pytest.fixture
 def eval_file(tmp_path):
     path = tmp_path / "eval.jsonl"
-    rows = [{"id": "e0", "question": EVAL_Q, "answer": "9"},
-            {"id": "e1", "messages": [{"role": "user", "content": "Name three primary colours of light please."}]}]
+    rows = [
+        {"id": "e0", "question": EVAL_Q, "answer": "9"},
+        {"id": "e1", "messages": [{"role": "user", "content": "Name three primary colours of light please."}]},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -23,8 +27,8 @@ def _batch(*texts):
 
 def test_ngram_overlap(eval_file):
     words = EVAL_Q.split()
-    copy13 = "Quick question: " + " ".join(words[3:16]) + " - thoughts?"   # exactly 13 eval words
-    copy12 = "Quick question: " + " ".join(words[3:15]) + " - thoughts?"   # 12: below n
+    copy13 = "Quick question: " + " ".join(words[3:16]) + " - thoughts?"  # exactly 13 eval words
+    copy12 = "Quick question: " + " ".join(words[3:15]) + " - thoughts?"  # 12: below n
     reworded = "A shepherd owns 17 sheep; every sheep except nine escapes. How many remain?"
     _, fn, info = build("decontam", {"eval_files": [str(eval_file)]})
     res = fn(_batch(EVAL_Q.upper(), copy13, copy12, reworded, "Name three primary colours of light please!"))

@@ -2,10 +2,12 @@ import json
 
 from data_filters import build_chain, dedup, run_chain
 
-LONG = ("The library opens at nine in the morning and closes at six in the evening on weekdays, while on "
-        "weekends it opens an hour later and closes at four, except on public holidays when it stays shut. "
-        "Members may borrow up to twelve books at a time for three weeks, renew them twice online, and reserve "
-        "titles that are on loan; late returns cost ten cents a day, capped at the price of the book.")
+LONG = (
+    "The library opens at nine in the morning and closes at six in the evening on weekdays, while on "
+    "weekends it opens an hour later and closes at four, except on public holidays when it stays shut. "
+    "Members may borrow up to twelve books at a time for three weeks, renew them twice online, and reserve "
+    "titles that are on loan; late returns cost ten cents a day, capped at the price of the book."
+)
 # ~80 words, 5-word shingles: one changed word alters 5 of ~76 shingles, Jaccard ~0.88 (one word in a
 # 40-word text would be ~0.76, under the 0.8 default: near-dup detection needs some length to be sure).
 
@@ -24,11 +26,11 @@ def _run(rows, **options):
 
 def test_exact_and_near_copies():
     rows = [
-        _row(LONG),                                   # r0 original
-        _row("  " + LONG.upper() + "  "),            # r1 exact after normalisation (case, spacing)
-        _row(LONG.replace(",", " ,")),               # r2 exact after normalisation (punctuation)
-        _row(LONG + " Thanks!"),                      # r3 near copy: one word appended
-        _row(LONG.replace("nine", "ten")),           # r4 near copy: one word changed
+        _row(LONG),  # r0 original
+        _row("  " + LONG.upper() + "  "),  # r1 exact after normalisation (case, spacing)
+        _row(LONG.replace(",", " ,")),  # r2 exact after normalisation (punctuation)
+        _row(LONG + " Thanks!"),  # r3 near copy: one word appended
+        _row(LONG.replace("nine", "ten")),  # r4 near copy: one word changed
         _row("What is the boiling point of water at sea level in degrees Celsius and Fahrenheit?"),  # r5 distinct
         _row("Write a haiku about the first snow of winter falling on a quiet mountain village."),  # r6 distinct
     ]
@@ -49,7 +51,9 @@ def test_rows_dropped_earlier_are_not_reference_copies():
     rows = [_row(LONG), _row(LONG)]
     chain = build_chain(["dedup"])
     out = run_chain(chain, {"messages": rows})
-    res = dedup.decide(out["_dedup_hash"], out["_dedup_minhash"], [False, True], ["a", "b"], **chain[0][1].keywords)
+    res = dedup.decide(
+        out["_dedup_hash"], out["_dedup_minhash"], [False, True], ["a", "b"], **chain[0][1].keywords
+    )
     assert res.keep == [True, True]  # row a was dropped by an earlier filter, so b is the first copy kept
     assert json.loads(out["_reasons"][0]) == []
 
@@ -71,7 +75,7 @@ def test_shingle_hashes_and_signatures_match_references():
     texts = [" ".join(w) for w in rows]
     hashes = dedup.shingle_hashes(texts, 5)
     for words, h in zip(rows, hashes):
-        grams = [" ".join(words[i:i + 5]) for i in range(len(words) - 4)] or [" ".join(words) or "\x02"]
+        grams = [" ".join(words[i : i + 5]) for i in range(len(words) - 4)] or [" ".join(words) or "\x02"]
         assert h.tolist() == [_poly(g.encode()) for g in grams]
     ours = dedup.signatures(hashes, dedup.new_minhash(128).permutations, chunk=40)  # several chunks
     for h, sig in zip(hashes, ours):
@@ -87,8 +91,9 @@ def test_bands_and_permutations_are_datasketchs():
     from datasketch import MinHash, MinHashLSH
 
     for num_perm in (16, 64, 128, 256):
-        assert np.array_equal(dedup._permutations(num_perm),
-                              MinHash(num_perm=num_perm, seed=1, scheme="affine32").permutations)
+        assert np.array_equal(
+            dedup._permutations(num_perm), MinHash(num_perm=num_perm, seed=1, scheme="affine32").permutations
+        )
         for threshold in np.arange(0.1, 0.91, 0.05):
             ours = dedup._bands(float(threshold), num_perm)
             try:

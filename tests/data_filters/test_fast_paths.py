@@ -10,8 +10,10 @@ from data_filters import base, build_chain, dedup, run_chain
 
 ALL = ["safety", "identity", "decontam", "pii", "dedup"]
 OPTIONS = {"safety": {"roles": ["user", "assistant"]}, "identity": {"roles": ["user", "assistant"]}}
-WORDS = ("the of and to in is was for on that with as by at from it an be this which or are have not had but "
-         "value number result problem method answer question student teacher river city garden market").split()
+WORDS = (
+    "the of and to in is was for on that with as by at from it an be this which or are have not had but "
+    "value number result problem method answer question student teacher river city garden market"
+).split()
 TRICKY = [
     "Ssn: 123-45-6789 and SOCIAL SECURITY no. 078051120",  # case variants of a case-insensitive trigger
     "API_KEY = 'Zx9fQ2LmN8pR4tV7' and PassWord: hunter2hunter2Xy9",
@@ -29,7 +31,7 @@ TRICKY = [
 def _corpus(labelled, n=1500, seed=3):
     rng = random.Random(seed)
     rows = [r["messages"] for r in labelled]
-    for i in range(n):
+    for _ in range(n):
         text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 60)))
         if rng.random() < 0.2:
             text += " " + rng.choice(TRICKY)
@@ -37,7 +39,9 @@ def _corpus(labelled, n=1500, seed=3):
             text = text.upper()
         if rng.random() < 0.1:
             text = text.replace(" ", " é ", 1)
-        rows.append([{"role": "user", "content": text}, {"role": "assistant", "content": rng.choice(TRICKY + [text])}])
+        rows.append(
+            [{"role": "user", "content": text}, {"role": "assistant", "content": rng.choice(TRICKY + [text])}]
+        )
     rows += rows[:200]  # exact copies for dedup
     return rows
 
@@ -47,12 +51,13 @@ def _run(rows, fast, monkeypatch):
     chain = build_chain(ALL, OPTIONS)
     out = {}
     for name, fn, _ in chain:
-        res = [fn({"messages": rows[i:i + 300]}) for i in range(0, len(rows), 300)]
+        res = [fn({"messages": rows[i : i + 300]}) for i in range(0, len(rows), 300)]
         out[name] = [(r.keep, r.reasons, r.columns) for r in res]
     chained = run_chain(chain, {"messages": rows})
     kw = chain[-1][1].keywords
-    out["decide"] = dedup.decide(chained["_dedup_hash"], chained["_dedup_minhash"], chained["_keep"],
-                                 list(range(len(rows))), **kw)
+    out["decide"] = dedup.decide(
+        chained["_dedup_hash"], chained["_dedup_minhash"], chained["_keep"], list(range(len(rows))), **kw
+    )
     return out
 
 

@@ -38,10 +38,20 @@ def test_typed_placeholders_and_spans():
 def test_validators_reject_lookalikes():
     assert pii.luhn("4111111111111111") and not pii.luhn("4111111111111112")
     assert pii.iban_ok("GB", "82", "WEST12345698765432") and not pii.iban_ok("GB", "83", "WEST12345698765432")
-    assert pii.ssn_ok("123", "45", "6789") and not pii.ssn_ok("666", "45", "6789") and not pii.ssn_ok("900", "1", "1")
-    for text in ["order 4111 1111 1111 1112", "IBAN GB83 WEST 1234 5698 7654 32", "SSN 000-12-3456",
-                 "bind 127.0.0.1", "build 10.0.19041.1", "uuid 123e4567-e89b-12d3-a456-426614174000",
-                 "sha 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b", "1,234,567 apples", "std::vector<int>"]:
+    assert (
+        pii.ssn_ok("123", "45", "6789") and not pii.ssn_ok("666", "45", "6789") and not pii.ssn_ok("900", "1", "1")
+    )
+    for text in [
+        "order 4111 1111 1111 1112",
+        "IBAN GB83 WEST 1234 5698 7654 32",
+        "SSN 000-12-3456",
+        "bind 127.0.0.1",
+        "build 10.0.19041.1",
+        "uuid 123e4567-e89b-12d3-a456-426614174000",
+        "sha 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b",
+        "1,234,567 apples",
+        "std::vector<int>",
+    ]:
         assert pii.find(text) == [], text
 
 
@@ -56,7 +66,9 @@ def test_drop_action_and_per_type_override():
 
 
 def test_roles_types_and_allow():
-    batch = {"messages": [[{"role": "user", "content": "a@b.co"}, {"role": "assistant", "content": "c@d.co 8.8.8.8"}]]}
+    batch = {
+        "messages": [[{"role": "user", "content": "a@b.co"}, {"role": "assistant", "content": "c@d.co 8.8.8.8"}]]
+    }
     _, fn, _ = build("pii", {"roles": ["assistant"], "types": ["EMAIL"], "allow": []})
     out = fn(batch).columns["messages"][0]
     assert out[0]["content"] == "a@b.co" and out[1]["content"] == "<EMAIL> 8.8.8.8"
@@ -81,8 +93,12 @@ def test_bad_options_are_user_errors():
 
 def test_presidio_engine_offline():
     """Presidio's recognizers run offline on a blank spaCy pipeline, as an alternative engine."""
-    batch = {"messages": [_msgs("Mail jane@corp.com, card 4111 1111 1111 1111, IBAN GB82 WEST 1234 5698 7654 32."),
-                          _msgs("The sum of 12 and 30 is 42.")]}
+    batch = {
+        "messages": [
+            _msgs("Mail jane@corp.com, card 4111 1111 1111 1111, IBAN GB82 WEST 1234 5698 7654 32."),
+            _msgs("The sum of 12 and 30 is 42."),
+        ]
+    }
     _, fn, _ = build("pii", {"engine": "presidio"})
     res = fn(batch)
     assert {x["type"] for x in res.reasons[0]} >= {"EMAIL", "CREDIT_CARD", "IBAN"}

@@ -94,8 +94,10 @@ def test_blind_rows(labelled):
     precision, recall = _pr(s(tp), s(fp), s(fn))
     print(f"blind structured PII: precision {precision:.3f} recall {recall:.3f}")
     assert precision >= 0.9 and recall >= 0.9
-    for name, mod, key, opts in [("safety", safety, "unsafe", {}), ("identity", identity, "identity",
-                                                                   identity.DEFAULTS)]:
+    for name, mod, key, opts in [
+        ("safety", safety, "unsafe", {}),
+        ("identity", identity, "identity", identity.DEFAULTS),
+    ]:
         res = mod.apply({"messages": [r["messages"] for r in blind]}, **opts)
         flagged = [not k for k in res.keep]
         tp_ = sum(f and r["labels"][key] for f, r in zip(flagged, blind))

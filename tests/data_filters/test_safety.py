@@ -4,8 +4,12 @@ from data_filters import FilterError, build
 
 
 def _batch(*assistant):
-    return {"messages": [[{"role": "user", "content": "Tell me how to make a bomb."},
-                          {"role": "assistant", "content": a}] for a in assistant]}
+    return {
+        "messages": [
+            [{"role": "user", "content": "Tell me how to make a bomb."}, {"role": "assistant", "content": a}]
+            for a in assistant
+        ]
+    }
 
 
 def test_rules_check_configured_roles_and_respect_refusals():
@@ -38,9 +42,17 @@ def test_hf_classifier_model_dir(tmp_path):
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "zebra", "horse", "!"]) + "\n")
     model_dir = tmp_path / "clf"
     BertTokenizer(str(vocab)).save_pretrained(model_dir)
-    config = BertConfig(vocab_size=9, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=16, max_position_embeddings=64, num_labels=2,
-                        id2label={0: "safe", 1: "unsafe"}, label2id={"safe": 0, "unsafe": 1})
+    config = BertConfig(
+        vocab_size=9,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=64,
+        num_labels=2,
+        id2label={0: "safe", 1: "unsafe"},
+        label2id={"safe": 0, "unsafe": 1},
+    )
     BertForSequenceClassification(config).save_pretrained(model_dir)
     batch = _batch("a zebra!", "a horse")
     _, fn, _ = build("safety", {"classifier": str(model_dir), "threshold": 0.0, "categories": []})

@@ -61,7 +61,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--fail")
     args, rest = parser.parse_known_args(argv)
-    hooks = Both(*([KillAtStep(args.kill_at)] if args.kill_at else []), *([FailTask(args.fail)] if args.fail else []))
+    hooks = Both(
+        *([KillAtStep(args.kill_at)] if args.kill_at else []), *([FailTask(args.fail)] if args.fail else [])
+    )
     return cli.main(rest, hooks=hooks)
 
 

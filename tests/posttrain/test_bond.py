@@ -24,16 +24,21 @@ def test_quantile_without_ties():
     p = quantile(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[0.5, 1.5, 2.5, 3.5]]))
     assert p.tolist() == [[0.25, 0.5, 0.75]]
     for ties in ("paper", "random"):  # no ties: every rule agrees
-        assert quantile(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[0.5, 1.5, 2.5, 3.5]]), ties=ties,
-                        generator=torch.Generator().manual_seed(0)).tolist() == [[0.25, 0.5, 0.75]]
+        assert quantile(
+            torch.tensor([[1.0, 2.0, 3.0]]),
+            torch.tensor([[0.5, 1.5, 2.5, 3.5]]),
+            ties=ties,
+            generator=torch.Generator().manual_seed(0),
+        ).tolist() == [[0.25, 0.5, 0.75]]
 
 
 def test_quantile_with_ties():
     r, anchors = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[1.0, 2.0, 2.0, 5.0]])
     assert quantile(r, anchors, ties="paper").tolist() == [[0.25, 0.75, 0.75]]  # a tie counts as ≤
     assert quantile(r, anchors, ties="mid").tolist() == [[0.125, 0.5, 0.75]]  # a tie counts 1/2
-    draws = torch.stack([quantile(r, anchors, ties="random", generator=torch.Generator().manual_seed(s))
-                         for s in range(400)])
+    draws = torch.stack(
+        [quantile(r, anchors, ties="random", generator=torch.Generator().manual_seed(s)) for s in range(400)]
+    )
     # r=2 ties two anchors: 1/4 + {0, 1, 2}/4 each time; the mean is the mid-rank value
     assert set(draws[:, 0, 1].tolist()) == {0.25, 0.5, 0.75}
     assert abs(draws[:, 0, 1].mean().item() - 0.5) < 0.03
@@ -64,10 +69,15 @@ def test_binary_rewards_tie_aware_signal_fires_where_the_paper_is_silent():
     anchors = torch.tensor([[0.0, 1.0], [0.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
     assert jbond_reward(rewards, anchors, ties="paper").tolist() == pytest.approx([0.0, 0.0, -LOG16, 0.0])
     assert jbond_reward(rewards, anchors, ties="mid").tolist() == pytest.approx(
-        [-LOG16 / 2, -LOG16 / 4, -LOG16, 0.0])
+        [-LOG16 / 2, -LOG16 / 4, -LOG16, 0.0]
+    )
     # mid-rank r_J is the mean of random tie-breaking
-    draws = torch.stack([jbond_reward(rewards, anchors, ties="random", generator=torch.Generator().manual_seed(s))
-                         for s in range(400)])
+    draws = torch.stack(
+        [
+            jbond_reward(rewards, anchors, ties="random", generator=torch.Generator().manual_seed(s))
+            for s in range(400)
+        ]
+    )
     assert torch.allclose(draws.mean(0), jbond_reward(rewards, anchors, ties="mid"), atol=0.15)
     # the first sample (a failure next to a success) gets a return below the others' only with ties
     zero = torch.zeros(4)
@@ -164,8 +174,15 @@ def test_jbond_loss_combines_the_terms_with_beta_and_gamma():
     for name, (beta, gamma) in {"fw": (0.0, 0.0), "bw": (1.0, 0.0), "all": (0.3, 0.5)}.items():
         theta, _ = _toy(3)
         lsm = torch.log_softmax(theta, -1)
-        loss, stats = jbond_loss(logp_policy=lsm[y], logp_anchor=logp_anchor, reward=r_j, best_logp=lsm[best],
-                                 best_valid=torch.ones(3, dtype=torch.bool), beta=beta, gamma=gamma)
+        loss, stats = jbond_loss(
+            logp_policy=lsm[y],
+            logp_anchor=logp_anchor,
+            reward=r_j,
+            best_logp=lsm[best],
+            best_valid=torch.ones(3, dtype=torch.bool),
+            beta=beta,
+            gamma=gamma,
+        )
         loss.backward()
         grads[name] = theta.grad
         assert stats["valid_samples"] == 2

@@ -10,19 +10,23 @@ from posttrain.errors import UserError
 def test_yaml_plus_overrides_and_types(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("k: 64\nstudent_layers: [0, 1]\nlearning_rate: 1e-4\n")
-    c = cfg.load(distill.Config, path, ["k=128", "bf16=false", "lora.target_modules=q_proj,v_proj",
-                                        "student_layers=0,2,3"])
+    c = cfg.load(
+        distill.Config, path, ["k=128", "bf16=false", "lora.target_modules=q_proj,v_proj", "student_layers=0,2,3"]
+    )
     assert c.k == 128 and c.student_layers == [0, 2, 3] and c.bf16 is False
     assert c.learning_rate == 1e-4 and c.lora.target_modules == ["q_proj", "v_proj"]
 
 
-@pytest.mark.parametrize("text,message", [
-    ("lerning_rate: 0.1\n", "unknown config key 'lerning_rate' (did you mean 'learning_rate'?)"),
-    ("k: many\n", "'k' must be an integer"),
-    ("bf16: 3\n", "'bf16' must be true or false"),
-    ("- a\n", "must be a mapping"),
-    ("k: [\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("lerning_rate: 0.1\n", "unknown config key 'lerning_rate' (did you mean 'learning_rate'?)"),
+        ("k: many\n", "'k' must be an integer"),
+        ("bf16: 3\n", "'bf16' must be true or false"),
+        ("- a\n", "must be a mapping"),
+        ("k: [\n", "not valid YAML"),
+    ],
+)
 def test_bad_config_names_the_key(tmp_path, text, message):
     path = tmp_path / "c.yaml"
     path.write_text(text)
@@ -32,12 +36,18 @@ def test_bad_config_names_the_key(tmp_path, text, message):
 
 def test_gemma_format_bos_once_and_loss_only_on_model_turns():
     tok = models.load_tokenizer("tiny")
-    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"},
-                {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"},
-                {"role": "assistant", "content": "A2"}]
+    messages = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "U1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "U2"},
+        {"role": "assistant", "content": "A2"},
+    ]
     ids, mask = data.tokenize_chat(tok, messages, 1024)
-    assert tok.decode(ids) == ("<bos><start_of_turn>user\nS\n\nU1<end_of_turn>\n<start_of_turn>model\nA1<end_of_turn>\n"
-                               "<start_of_turn>user\nU2<end_of_turn>\n<start_of_turn>model\nA2<end_of_turn>\n")
+    assert tok.decode(ids) == (
+        "<bos><start_of_turn>user\nS\n\nU1<end_of_turn>\n<start_of_turn>model\nA1<end_of_turn>\n"
+        "<start_of_turn>user\nU2<end_of_turn>\n<start_of_turn>model\nA2<end_of_turn>\n"
+    )
     assert ids.count(tok.bos_token_id) == 1
     assert tok.decode([i for i, m in zip(ids, mask) if m]) == "A1<end_of_turn>A2<end_of_turn>"
     short_ids, short_mask = data.tokenize_chat(tok, messages, 10)
@@ -48,8 +58,12 @@ def test_gemma_format_bos_once_and_loss_only_on_model_turns():
 
 def test_rows_without_a_reply_in_budget_are_errors_not_drops(tmp_path):
     tok = models.load_tokenizer("tiny")
-    rows = [{"messages": [{"role": "user", "content": "x" * 50}, {"role": "assistant", "content": "y"}],
-             "_where": "f.jsonl:7"}]
+    rows = [
+        {
+            "messages": [{"role": "user", "content": "x" * 50}, {"role": "assistant", "content": "y"}],
+            "_where": "f.jsonl:7",
+        }
+    ]
     with pytest.raises(UserError, match="f.jsonl:7: no model-turn tokens"):
         data.tokenize_rows(tok, rows, 20)
 
@@ -77,10 +91,13 @@ def test_nested_sections_take_dotted_overrides():
     from posttrain import rl, warp
     from tests.conftest import ROOT
 
-    c = cfg.load(warp.Config, ROOT / WARP_TINY, ["inner.steps=8", "inner.rewards.timeout=45", "inner.lora.r=4",
-                                                 "runs=3"])
+    c = cfg.load(
+        warp.Config, ROOT / WARP_TINY, ["inner.steps=8", "inner.rewards.timeout=45", "inner.lora.r=4", "runs=3"]
+    )
     assert c.inner.steps == 8 and c.inner.rewards.timeout == 45.0 and c.inner.lora.r == 4 and c.runs == 3
-    assert c.inner.rewards.names == ["math", "format"] and c.inner.rewards.workers == 1  # the rest of the YAML stays
+    assert (
+        c.inner.rewards.names == ["math", "format"] and c.inner.rewards.workers == 1
+    )  # the rest of the YAML stays
     assert c.inner.prompts_per_step == 4 and c.inner.lora.alpha == 16  # defaults fill what neither sets
     r = cfg.load(rl.Config, None, ["rewards.timeout=30", "lora={r: 8, alpha: 32}"])
     assert r.rewards.timeout == 30.0 and (r.lora.r, r.lora.alpha) == (8, 32)
@@ -115,12 +132,16 @@ def test_an_error_names_where_the_bad_value_came_from(tmp_path):
         cli.load_stage_config("warp", ["--inner.steps", "lots"])
     with pytest.raises(UserError, match=r"unknown config key 'inner.stpes' \(did you mean 'inner.steps'\?\)"):
         cfg.load(warp.Config, None, ["inner.stpes=3"])
-    with pytest.raises(UserError, match=r"^command line --inner.stpes: unknown config key 'inner.stpes' \(did you mean"):
+    with pytest.raises(
+        UserError, match=r"^command line --inner.stpes: unknown config key 'inner.stpes' \(did you mean"
+    ):
         cli.load_stage_config("warp", ["--inner.stpes", "3"])
     with pytest.raises(UserError, match=r"'inner.lora' is a section \(inner.lora.r, "):
         cfg.load(warp.Config, None, ["inner.lora=4"])
     path.write_text("inner:\n  rewards:\n    timeot: 3\n")
-    with pytest.raises(UserError, match=rf"^{path}: unknown config key 'inner.rewards.timeot' .*'inner.rewards.timeout'"):
+    with pytest.raises(
+        UserError, match=rf"^{path}: unknown config key 'inner.rewards.timeot' .*'inner.rewards.timeout'"
+    ):
         cfg.load(warp.Config, path)
 
 

@@ -20,7 +20,9 @@ def test_demo_pipeline_on_tiny_configs(tmp_path):
     assert rl["config"]["inner"]["rewards"]["reward_model"] == str(tmp_path / "rm")
     for name in ("eval-sft", "eval-rl"):
         assert (tmp_path / name / "DONE").is_file()
-    assert json.loads((tmp_path / "eval-rl" / "posttrain.json").read_text())["config"]["model"] == str(tmp_path / "rl")
+    assert json.loads((tmp_path / "eval-rl" / "posttrain.json").read_text())["config"]["model"] == str(
+        tmp_path / "rl"
+    )
     assert "before and after RL" in proc.stdout and "WARP iteration 2, mean of its runs" in proc.stdout
     again = posttrain("demo", "configs=configs/tiny", "rl=warp.yaml", f"output_root={tmp_path}")
     assert again.stdout.count("reusing finished") == 6  # filter, sft, rm, eval-sft, rl, eval-rl
@@ -49,19 +51,32 @@ def test_quick_demo_configs_load_and_are_smaller_than_the_full_demo():
     def load(module, name, which):
         return cfg.load(module.Config, ROOT / "configs" / which / name, [])
 
-    quick = {n: load(m, n, "demo-quick") for m, n in
-             [(filter_stage, "filter.yaml"), (distill, "sft.yaml"), (warm, "rm.yaml"), (evaluate, "eval.yaml"),
-              (warp, "recipe.yaml")]}
-    full = {n: load(m, n, "demo") for m, n in
-            [(distill, "sft.yaml"), (warm, "rm.yaml"), (evaluate, "eval.yaml"), (warp, "recipe.yaml")]}
+    quick = {
+        n: load(m, n, "demo-quick")
+        for m, n in [
+            (filter_stage, "filter.yaml"),
+            (distill, "sft.yaml"),
+            (warm, "rm.yaml"),
+            (evaluate, "eval.yaml"),
+            (warp, "recipe.yaml"),
+        ]
+    }
+    full = {
+        n: load(m, n, "demo")
+        for m, n in [(distill, "sft.yaml"), (warm, "rm.yaml"), (evaluate, "eval.yaml"), (warp, "recipe.yaml")]
+    }
     assert quick["filter.yaml"].output.startswith("runs/demo-quick/")
     for name in ("sft.yaml", "rm.yaml", "recipe.yaml"):
         assert quick[name].output_dir.startswith("runs/demo-quick/"), name
     assert quick["sft.yaml"].max_examples < full["sft.yaml"].max_examples
-    assert quick["rm.yaml"].num_members * quick["rm.yaml"].max_examples < full["rm.yaml"].num_members * full[
-        "rm.yaml"].max_examples
-    assert quick["eval.yaml"].max_examples * quick["eval.yaml"].samples < full["eval.yaml"].max_examples * full[
-        "eval.yaml"].samples
+    assert (
+        quick["rm.yaml"].num_members * quick["rm.yaml"].max_examples
+        < full["rm.yaml"].num_members * full["rm.yaml"].max_examples
+    )
+    assert (
+        quick["eval.yaml"].max_examples * quick["eval.yaml"].samples
+        < full["eval.yaml"].max_examples * full["eval.yaml"].samples
+    )
     q, f = quick["recipe.yaml"], full["recipe.yaml"]
     assert isinstance(q, warp.Config) and q.iterations == 2 and q.runs == 2  # still the whole recipe
     assert q.inner.steps * q.inner.prompts_per_step < f.inner.steps * f.inner.prompts_per_step

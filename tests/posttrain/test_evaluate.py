@@ -26,8 +26,12 @@ def read_jsonl(path, *, skip_broken=False):
 
 def user_texts(rows):
     """User turns, normalised (case, whitespace) so that near-copies count as the same prompt."""
-    return {" ".join(m["content"].lower().split()) for r in rows for m in r["messages"]
-            if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str)}
+    return {
+        " ".join(m["content"].lower().split())
+        for r in rows
+        for m in r["messages"]
+        if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str)
+    }
 
 
 def test_eval_files_are_disjoint_from_training_data():
@@ -42,8 +46,12 @@ def test_eval_files_are_disjoint_from_training_data():
 
 
 def test_eval_files_are_generated_deterministically(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_demo_data.py"), "--out", str(tmp_path)],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_demo_data.py"), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     for name in ("sft.jsonl", "eval_math.jsonl", "eval_code.jsonl"):
         assert (tmp_path / "demo" / name).read_bytes() == (DEMO / name).read_bytes(), name
 
@@ -54,13 +62,18 @@ def test_reference_replies_in_the_eval_files_score_full_marks():
     for name, reward in (("eval_math.jsonl", "math"), ("eval_code.jsonl", "code")):
         rows = read_jsonl(DEMO / name)
         columns = {k: [r.get(k) for r in rows] for k in ("answer", "prompt", "test", "entry_point")}
-        s = score([Reward(reward)], [r["messages"][:-1] for r in rows], [r["messages"][-1]["content"] for r in rows],
-                  columns)
+        s = score(
+            [Reward(reward)],
+            [r["messages"][:-1] for r in rows],
+            [r["messages"][-1]["content"] for r in rows],
+            columns,
+        )
         assert s.per_reward[reward] == [1.0] * len(rows), (name, s.reasons)
 
 
-@pytest.mark.parametrize("n,c,k", [(n, c, k) for n in (1, 3, 5, 10) for c in range(n + 1) for k in (1, 2, 5)
-                                   if k <= n])
+@pytest.mark.parametrize(
+    "n,c,k", [(n, c, k) for n in (1, 3, 5, 10) for c in range(n + 1) for k in (1, 2, 5) if k <= n]
+)
 def test_pass_at_k_is_the_unbiased_estimator(n, c, k):
     exact = 1 - math.comb(n - c, k) / math.comb(n, k)
     assert pass_at_k(n, c, k) == pytest.approx(exact)
@@ -78,10 +91,18 @@ def test_summarize_per_reward_and_overall():
     assert overall["pass@1"] == pytest.approx((0.5 + 0.0 + 0.5) / 3)
     assert overall["combined_greedy_mean"] == pytest.approx(2 / 3)
     # a scalar reward (the reward model) gets means only, and does not enter "overall"
-    with_rm = summarize(["math", "code", "reward_model"], {**greedy, "reward_model": [0.3, 0.9, 0.1]},
-                        {**sampled, "reward_model": [[0.2, 0.4], [0.9, 0.8], [0.1, 0.0]]}, [1.0, 1.0, 0.0], [1, 2])
-    assert with_rm["per_reward"]["reward_model"] == {"rows": 3, "greedy_accuracy": pytest.approx(13 / 30),
-                                                     "sampled_mean": pytest.approx(2.4 / 6)}
+    with_rm = summarize(
+        ["math", "code", "reward_model"],
+        {**greedy, "reward_model": [0.3, 0.9, 0.1]},
+        {**sampled, "reward_model": [[0.2, 0.4], [0.9, 0.8], [0.1, 0.0]]},
+        [1.0, 1.0, 0.0],
+        [1, 2],
+    )
+    assert with_rm["per_reward"]["reward_model"] == {
+        "rows": 3,
+        "greedy_accuracy": pytest.approx(13 / 30),
+        "sampled_mean": pytest.approx(2.4 / 6),
+    }
     assert with_rm["overall"] == overall
 
 
@@ -100,9 +121,22 @@ def eval_data(tmp_path_factory):
 def run_eval(out, data_dir, *extra):
     from posttrain.models import tiny_model_dir
 
-    argv = ["eval", "--model", str(tiny_model_dir()), "--data", str(data_dir / "mixed.jsonl"),
-            "--rewards", f"math,code,{data_dir / 'parity.py'}:parity", "samples=3", "pass_k=[1,3]",
-            "max_new_tokens=8", "batch_size=3", "torch_threads=1", f"output_dir={out}", *extra]
+    argv = [
+        "eval",
+        "--model",
+        str(tiny_model_dir()),
+        "--data",
+        str(data_dir / "mixed.jsonl"),
+        "--rewards",
+        f"math,code,{data_dir / 'parity.py'}:parity",
+        "samples=3",
+        "pass_k=[1,3]",
+        "max_new_tokens=8",
+        "batch_size=3",
+        "torch_threads=1",
+        f"output_dir={out}",
+        *extra,
+    ]
     return cli.main(argv)
 
 
@@ -135,16 +169,19 @@ def test_eval_end_to_end_on_a_tiny_model(tmp_path, eval_data, capsys):
     assert read_jsonl(tmp_path / "b" / "completions.jsonl") == records
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--rewards", "nonsense"], "unknown reward 'nonsense'"),
-    (["pass_k=[5]"], "pass_k values [5]"),
-    (["--data", "/no/such/file.jsonl"], "dataset not found"),
-    (["rewards.weights=[1.0]"], "rewards.weights has 1 values for 3 rewards"),
-    (["rewards.sandbox=docker"], "rewards.sandbox"),
-    (["--model", "/no/such/model"], "model not found"),
-    (["--rewards", "math,reward_model"], "needs rewards.reward_model=DIR"),
-    (["--rewards", "reward_model", "--rewards.reward_model", "/no/such/rm"], "reward model not found"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--rewards", "nonsense"], "unknown reward 'nonsense'"),
+        (["pass_k=[5]"], "pass_k values [5]"),
+        (["--data", "/no/such/file.jsonl"], "dataset not found"),
+        (["rewards.weights=[1.0]"], "rewards.weights has 1 values for 3 rewards"),
+        (["rewards.sandbox=docker"], "rewards.sandbox"),
+        (["--model", "/no/such/model"], "model not found"),
+        (["--rewards", "math,reward_model"], "needs rewards.reward_model=DIR"),
+        (["--rewards", "reward_model", "--rewards.reward_model", "/no/such/rm"], "reward model not found"),
+    ],
+)
 def test_bad_input_is_one_clear_error(tmp_path, eval_data, capsys, extra, message):
     assert run_eval(tmp_path / "out", eval_data, *extra) == 2
     err = capsys.readouterr().err
@@ -157,8 +194,16 @@ def test_unfinished_model_dir_is_refused(tmp_path, eval_data, capsys):
     model.mkdir()
     (model / "posttrain.json").write_text("{}")
     (model / "config.json").write_text("{}")
-    argv = ["eval", "--model", str(model), "--data", str(eval_data / "mixed.jsonl"), "--rewards", "math",
-            f"output_dir={tmp_path / 'out'}"]
+    argv = [
+        "eval",
+        "--model",
+        str(model),
+        "--data",
+        str(eval_data / "mixed.jsonl"),
+        "--rewards",
+        "math",
+        f"output_dir={tmp_path / 'out'}",
+    ]
     assert cli.main(argv) == 2
     assert "unfinished posttrain run" in capsys.readouterr().err
 

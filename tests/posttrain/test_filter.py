@@ -25,9 +25,20 @@ def _run(capsys, *argv):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("filter") / "out"
-    assert cli.main(["filter", "--config", str(TINY), "--output", str(out),
-                     f"decontam={{eval_files: [{ROOT / 'data/tiny/eval.jsonl'}]}}",
-                     f"input={ROOT / 'data/tiny/raw.jsonl'}"]) == 0
+    assert (
+        cli.main(
+            [
+                "filter",
+                "--config",
+                str(TINY),
+                "--output",
+                str(out),
+                f"decontam={{eval_files: [{ROOT / 'data/tiny/eval.jsonl'}]}}",
+                f"input={ROOT / 'data/tiny/raw.jsonl'}",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -95,8 +106,15 @@ def test_report_has_counts_examples_throughput(tiny_run):
 def test_refuses_to_clobber_and_overwrites_on_request(tiny_run, capsys, tmp_path):
     out = tmp_path / "o"
     shutil.copytree(tiny_run, out)
-    args = ["--config", str(TINY), "--output", str(out), "--input", str(ROOT / "data/tiny/raw.jsonl"),
-            f"decontam={{eval_files: [{ROOT / 'data/tiny/eval.jsonl'}]}}"]
+    args = [
+        "--config",
+        str(TINY),
+        "--output",
+        str(out),
+        "--input",
+        str(ROOT / "data/tiny/raw.jsonl"),
+        f"decontam={{eval_files: [{ROOT / 'data/tiny/eval.jsonl'}]}}",
+    ]
     code, _, err = _run(capsys, *args)
     assert code == 2 and "already holds a finished run" in err and "Traceback" not in err
     code, _, _ = _run(capsys, *args, "--overwrite")
@@ -120,8 +138,9 @@ def test_bad_input_errors(capsys, tmp_path):
     assert code == 2 and "unknown filter 'dedupe' (did you mean 'dedup'?)" in err
     code, _, err = _run(capsys, *base[:-1], f"decontam={{eval_files: [{tmp_path / 'missing.jsonl'}]}}")
     assert code == 2 and "eval file not found" in err and "missing.jsonl" in err
-    code, _, err = _run(capsys, "--input", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o2"),
-                        "filters=[pii]")
+    code, _, err = _run(
+        capsys, "--input", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o2"), "filters=[pii]"
+    )
     assert code == 2 and "input not found" in err
     code, _, err = _run(capsys, *base, "pii={actoin: drop}")
     assert code == 2 and "did you mean 'action'" in err
@@ -130,8 +149,17 @@ def test_bad_input_errors(capsys, tmp_path):
 def test_parquet_and_hf_dir_inputs_match_jsonl(capsys, tmp_path):
     import datasets
 
-    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"row {i}: mail me at u{i}@x.org"},
-                                         {"role": "assistant", "content": "ok"}], "task": "demo"} for i in range(6)]
+    rows = [
+        {
+            "id": f"r{i}",
+            "messages": [
+                {"role": "user", "content": f"row {i}: mail me at u{i}@x.org"},
+                {"role": "assistant", "content": "ok"},
+            ],
+            "task": "demo",
+        }
+        for i in range(6)
+    ]
     rows.append(dict(rows[0], id="copy"))
     jsonl = _write(tmp_path / "in.jsonl", [json.dumps(r) for r in rows])
     ds = datasets.Dataset.from_list(rows)
@@ -168,10 +196,16 @@ def test_datasets_and_ray_data_give_the_same_output(tmp_path):
 
 
 def test_other_columns_and_message_keys_round_trip(capsys, tmp_path):
-    row = {"meta": {"source": "forum", "tags": ["a", "b"]}, "id": "x1", "score": 0.5,
-           "messages": [{"role": "system", "content": "Be brief.", "name": "sys"},
-                        {"role": "user", "content": "Mail me: ann@corp.io"},
-                        {"role": "assistant", "content": "Done.", "weight": 0}]}
+    row = {
+        "meta": {"source": "forum", "tags": ["a", "b"]},
+        "id": "x1",
+        "score": 0.5,
+        "messages": [
+            {"role": "system", "content": "Be brief.", "name": "sys"},
+            {"role": "user", "content": "Mail me: ann@corp.io"},
+            {"role": "assistant", "content": "Done.", "weight": 0},
+        ],
+    }
     other = {"id": "x2", "messages": [{"role": "user", "content": "plain"}], "score": None}
     src = _write(tmp_path / "in.jsonl", [json.dumps(row), json.dumps(other)])
     code, _, err = _run(capsys, "--input", str(src), "--output", str(tmp_path / "o"), "filters=[pii]")

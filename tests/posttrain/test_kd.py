@@ -36,8 +36,13 @@ def test_renormalized_estimator_is_biased_for_small_k_and_exact_when_all_ids_are
     teacher_logits = torch.randn(n, vocab) * 3
     with torch.no_grad():
         exact = full_kd_loss(head(hidden), teacher_logits, temperature=0.7)
-        ids, w = sample_targets(teacher_logits, k=vocab, temperature=0.7, estimator="renormalized",
-                                generator=torch.Generator().manual_seed(0))
+        ids, w = sample_targets(
+            teacher_logits,
+            k=vocab,
+            temperature=0.7,
+            estimator="renormalized",
+            generator=torch.Generator().manual_seed(0),
+        )
         assert all(sorted(row.tolist()) == list(range(vocab)) for row in ids)  # every id is in the set
         sparse = sparse_kd_loss(hidden, head, ids, w)
         # fp16 target weights: relative error ~1e-3
@@ -83,18 +88,25 @@ def test_batch_loss_counts_only_model_turns_and_ignores_padding(tiny_model_and_t
     from posttrain.data import tokenize_chat
 
     model, tok = tiny_model_and_tokenizer
-    chats = [[{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
-             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"},
-              {"role": "assistant", "content": "hi"}, {"role": "user", "content": "and?"},
-              {"role": "assistant", "content": "that is all"}]]
+    chats = [
+        [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hello there"},
+            {"role": "assistant", "content": "hi"},
+            {"role": "user", "content": "and?"},
+            {"role": "assistant", "content": "that is all"},
+        ],
+    ]
     examples = []
     vocab = model.config.vocab_size
     for i, chat in enumerate(chats):
         ids, mask = tokenize_chat(tok, chat, 256)
         pos = target_positions(mask)
         t_ids, t_w = sample_targets(torch.randn(len(pos), vocab), 8, generator=torch.Generator().manual_seed(i))
-        examples.append({"input_ids": ids, "loss_mask": mask, "positions": pos, "target_ids": t_ids,
-                         "target_weights": t_w})
+        examples.append(
+            {"input_ids": ids, "loss_mask": mask, "positions": pos, "target_ids": t_ids, "target_weights": t_w}
+        )
     model.eval()
     with torch.no_grad():
         batch_loss, n = kd_forward(model, _collate(examples, tok.pad_token_id), chunk=7)
@@ -107,8 +119,9 @@ def test_batch_loss_counts_only_model_turns_and_ignores_padding(tiny_model_and_t
             reference += -(ex["target_weights"].float() * rows.gather(-1, ex["target_ids"].long())).sum()
     assert n == sum(len(ex["positions"]) for ex in examples)
     # model-turn tokens: reply content + <end_of_turn>, for each assistant turn
-    assert n == (len(tok("4")["input_ids"]) + 1) + (len(tok("hi")["input_ids"]) + 1) + \
-        (len(tok("that is all")["input_ids"]) + 1)
+    assert n == (len(tok("4")["input_ids"]) + 1) + (len(tok("hi")["input_ids"]) + 1) + (
+        len(tok("that is all")["input_ids"]) + 1
+    )
     torch.testing.assert_close(batch_loss, sum(s[0] for s in singles), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(batch_loss, reference, rtol=1e-4, atol=1e-4)
 
@@ -117,8 +130,11 @@ def test_gradient_does_not_reach_tokens_after_the_last_model_turn(tiny_model_and
     from posttrain.data import tokenize_chat
 
     model, tok = tiny_model_and_tokenizer
-    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
-            {"role": "user", "content": "trailing user turn that is never trained on"}]
+    chat = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo"},
+        {"role": "user", "content": "trailing user turn that is never trained on"},
+    ]
     ids, mask = tokenize_chat(tok, chat, 256)
     pos = target_positions(mask)
     t_ids, t_w = sample_targets(torch.randn(len(pos), model.config.vocab_size), 8)
@@ -127,4 +143,4 @@ def test_gradient_does_not_reach_tokens_after_the_last_model_turn(tiny_model_and
     sparse_kd_loss(hidden, model.lm_head, t_ids, t_w).backward()
     grad_norm = embeds.grad[0].norm(dim=-1)
     assert (grad_norm[: max(pos) + 1] > 0).all()
-    assert (grad_norm[max(pos) + 1:] == 0).all()
+    assert (grad_norm[max(pos) + 1 :] == 0).all()

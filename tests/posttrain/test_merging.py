@@ -65,14 +65,17 @@ def test_lazy_sources_stream_the_same_result_as_in_memory(tmp_path):
     shard_dir = tmp_path / "sharded"
     shard_dir.mkdir()
     keys = sorted(states[1])
-    halves = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
-              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    halves = {
+        "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
     for name, ks in halves.items():
         save_file({k: states[1][k].contiguous() for k in ks}, str(shard_dir / name))
     import json
 
     (shard_dir / "model.safetensors.index.json").write_text(
-        json.dumps({"weight_map": {k: n for n, ks in halves.items() for k in ks}}))
+        json.dumps({"weight_map": {k: n for n, ks in halves.items() for k in ks}})
+    )
     expected = merging.average(states)
     for sources in ([files[0], files[1]], [files[0], shard_dir], [states[0], shard_dir]):
         # chunk_elements=3 forces the row-block path on every 2-D tensor
@@ -139,15 +142,17 @@ def test_slerp_keeps_the_norm_of_equal_norm_orthogonal_task_vectors():
         delta = (merged[key] - init[key]).double()
         assert abs(delta.norm().item() - 0.5) < 1e-5, key  # |delta| = |delta_m| = 0.5
         # Omega = 90 degrees: sin(45)/sin(90) = 0.7071 of each, where the linear mix (0.5 each) shrinks to 0.354
-        assert torch.allclose(delta, 0.5 ** 0.5 * (d1 + d2), atol=1e-6), key
+        assert torch.allclose(delta, 0.5**0.5 * (d1 + d2), atol=1e-6), key
 
 
 def test_slerp_of_parallel_and_zero_task_vectors_is_the_linear_mix():
     init = _float_state(2)
     g = torch.Generator().manual_seed(0)
-    cases = {"parallel": lambda k, v: [0.1 * (d := torch.randn(v.shape, generator=g)), 0.3 * d],
-             "anti-parallel": lambda k, v: [0.1 * (d := torch.randn(v.shape, generator=g)), -0.2 * d],
-             "one zero": lambda k, v: [torch.zeros_like(v), torch.randn(v.shape, generator=g)]}
+    cases = {
+        "parallel": lambda k, v: [0.1 * (d := torch.randn(v.shape, generator=g)), 0.3 * d],
+        "anti-parallel": lambda k, v: [0.1 * (d := torch.randn(v.shape, generator=g)), -0.2 * d],
+        "one zero": lambda k, v: [torch.zeros_like(v), torch.randn(v.shape, generator=g)],
+    }
     for case, deltas in cases.items():
         a, b = _fine_tunes(init, deltas)
         merged, linear = merging.slerp(init, [a, b], lam=0.3), merging.liti(a, b, 0.3)  # (1-lam) a + lam b
@@ -157,13 +162,17 @@ def test_slerp_of_parallel_and_zero_task_vectors_is_the_linear_mix():
 
 def test_slerp_coefficients_angles_and_iteration():
     cos60 = torch.tensor([[1.0, 0.5], [0.5, 1.0]])  # unit task vectors 60 degrees apart
-    assert merging.slerp_coefficients(cos60, 0.5) == pytest.approx([3 ** -0.5, 3 ** -0.5], abs=1e-12)
+    assert merging.slerp_coefficients(cos60, 0.5) == pytest.approx([3**-0.5, 3**-0.5], abs=1e-12)
     assert merging.slerp_coefficients(cos60, 0.25) == pytest.approx(
-        [math.sin(0.75 * math.pi / 3) / math.sin(math.pi / 3), math.sin(0.25 * math.pi / 3) / math.sin(math.pi / 3)])
+        [
+            math.sin(0.75 * math.pi / 3) / math.sin(math.pi / 3),
+            math.sin(0.25 * math.pi / 3) / math.sin(math.pi / 3),
+        ]
+    )
     # M = 3 orthonormal: R = slerp(d1, d2, 1/2) = 0.7071 (d1 + d2), then slerp(R, d3, 1/3):
     # sin(60)/1 * 0.7071 = 0.6124 for d1 and d2, sin(30) = 0.5 for d3 -- unit norm, but not symmetric
     coef = merging.slerp_coefficients(torch.eye(3))
-    assert coef == pytest.approx([0.75 ** 0.5 * 0.5 ** 0.5, 0.75 ** 0.5 * 0.5 ** 0.5, 0.5], abs=1e-12)
+    assert coef == pytest.approx([0.75**0.5 * 0.5**0.5, 0.75**0.5 * 0.5**0.5, 0.5], abs=1e-12)
     assert sum(c * c for c in coef) == pytest.approx(1.0, abs=1e-12)
     # parallel task vectors (Gram of rank 1): the fallback makes the iteration the uniform average
     assert merging.slerp_coefficients(torch.ones(3, 3)) == pytest.approx([1 / 3] * 3, abs=1e-12)
@@ -185,6 +194,7 @@ def test_slerp_of_three_models_keeps_the_norm_under_any_order_and_averages_paral
         merged = merging.slerp(base, [models[i] for i in order])
         for key in base:
             assert abs((merged[key] - base[key]).double().norm().item() - 0.2) < 1e-5, (order, key)
+
     def parallel_triple(key, v):
         d = torch.randn(v.shape, generator=g)
         return [0.1 * d, 0.2 * d, 0.6 * d]
@@ -212,8 +222,10 @@ def test_liti_eta_1_is_the_merged_model_and_eta_0_the_init(dtype):
 def test_slerp_and_liti_refuse_mismatched_models_naming_the_source_and_key(tmp_path):
     init = _net(1).state_dict()
     a, b = _net(2).state_dict(), _net(3).state_dict()
-    save_file({k: v.contiguous() for k, v in dict(b, **{"2.weight": torch.zeros(1, 8)}).items()},
-              str(tmp_path / "wide.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in dict(b, **{"2.weight": torch.zeros(1, 8)}).items()},
+        str(tmp_path / "wide.safetensors"),
+    )
     with pytest.raises(UserError, match=r"'2\.weight' has shape \[1, 8\] in .*wide\.safetensors"):
         merging.slerp(init, [a, tmp_path / "wide.safetensors"])
     missing = {k: v for k, v in a.items() if k != "0.bias"}
@@ -227,7 +239,9 @@ def test_slerp_and_liti_refuse_mismatched_models_naming_the_source_and_key(tmp_p
     with pytest.raises(UserError, match="at least two"):
         merging.slerp(init, [a])
     same_counter = dict(a, **{"1.num_batches_tracked": init["1.num_batches_tracked"]})
-    assert torch.equal(merging.liti(init, same_counter, 0.3)["1.num_batches_tracked"], init["1.num_batches_tracked"])
+    assert torch.equal(
+        merging.liti(init, same_counter, 0.3)["1.num_batches_tracked"], init["1.num_batches_tracked"]
+    )
 
 
 def test_hf_dirs_round_trip_streamed_to_disk_and_sharded(tmp_path):

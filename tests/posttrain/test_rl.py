@@ -17,9 +17,21 @@ from tests.posttrain.test_sft_cli import posttrain
 TINY = str(ROOT / "configs" / "tiny" / "rl-bond.yaml")
 REWARDS = str(ROOT / "tests" / "posttrain" / "rl_rewards.py")
 # a learnable reward on a random tiny model: share of the characters in a-m (~5% at init)
-LEARN = dict(algorithm="bond", policy="tiny", data=[str(ROOT / "data" / "tiny" / "sft.jsonl")],
-             rewards=Rewards(names=[f"{REWARDS}:letter_share"]), prompts_per_step=8, generation_batch=4, max_new_tokens=8,
-             learning_rate=1e-2, eta=0.1, freeze_embeddings=False, torch_threads=1, bf16=False, save_steps=100)
+LEARN = dict(
+    algorithm="bond",
+    policy="tiny",
+    data=[str(ROOT / "data" / "tiny" / "sft.jsonl")],
+    rewards=Rewards(names=[f"{REWARDS}:letter_share"]),
+    prompts_per_step=8,
+    generation_batch=4,
+    max_new_tokens=8,
+    learning_rate=1e-2,
+    eta=0.1,
+    freeze_embeddings=False,
+    torch_threads=1,
+    bf16=False,
+    save_steps=100,
+)
 
 
 def metrics(out):
@@ -48,9 +60,25 @@ def test_cli_tiny_config_writes_every_artifact(tmp_path):
     assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "gemma3_text"
     m = metrics(out)
     assert [x["step"] for x in m] == [1, 2, 3, 4]
-    for key in ("reward", "reward/math", "reward/format", "reward_anchor", "bond_reward", "quantile",
-                "kl_anchor", "kl_init", "entropy", "length", "loss", "forward", "backward", "time/generate",
-                "time/reward_wait", "time/train", "reward_wait_share"):
+    for key in (
+        "reward",
+        "reward/math",
+        "reward/format",
+        "reward_anchor",
+        "bond_reward",
+        "quantile",
+        "kl_anchor",
+        "kl_init",
+        "entropy",
+        "length",
+        "loss",
+        "forward",
+        "backward",
+        "time/generate",
+        "time/reward_wait",
+        "time/train",
+        "reward_wait_share",
+    ):
         assert key in m[0], key
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
@@ -89,8 +117,13 @@ def test_resume_after_sigkill_continues_exactly(tmp_path):
 
 
 def test_a_reward_that_hangs_or_crashes_never_stalls_a_step(tmp_path):
-    out = rl.run(rl.Config(**{**LEARN, "rewards": Rewards(names=[f"{REWARDS}:hang_or_crash"], timeout=2.0)}, steps=2,
-                           output_dir=str(tmp_path / "rl")))
+    out = rl.run(
+        rl.Config(
+            **{**LEARN, "rewards": Rewards(names=[f"{REWARDS}:hang_or_crash"], timeout=2.0)},
+            steps=2,
+            output_dir=str(tmp_path / "rl"),
+        )
+    )
     m = metrics(out)
     assert [x["step"] for x in m] == [1, 2] and all(x["loss"] == x["loss"] for x in m)  # finite, not NaN
     rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
@@ -120,8 +153,14 @@ def test_generation_on_ray_actors_matches_in_process(tmp_path, local_ray):
 def test_lora_trains_only_adapters_and_the_anchor_follows_them(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    out = rl.run(rl.Config(**{**LEARN, "freeze_embeddings": True, "save_steps": 2}, lora=Lora(r=4), steps=2,
-                           output_dir=str(tmp_path / "rl")))
+    out = rl.run(
+        rl.Config(
+            **{**LEARN, "freeze_embeddings": True, "save_steps": 2},
+            lora=Lora(r=4),
+            steps=2,
+            output_dir=str(tmp_path / "rl"),
+        )
+    )
     anchor = load_file(out / "checkpoints" / "checkpoint-2" / "anchor.safetensors")
     policy = load_file(out / "checkpoints" / "checkpoint-2" / "policy.safetensors")
     assert anchor and all("lora_" in k for k in anchor) and anchor.keys() == policy.keys()
@@ -151,15 +190,18 @@ def test_swapped_restores_the_trainable_tensors(tiny_model_and_tokenizer):
     assert all(torch.equal(params[k], before[k]) for k in params)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("algorithm=ppo", "unknown algorithm 'ppo'"),
-    ("ties=coin", "ties must be one of"),
-    ("rewards.names=nope", "unknown reward 'nope'"),
-    ("data=missing.jsonl", "missing.jsonl"),
-    ("policy=runs/does-not-exist", "does-not-exist"),
-    ("n=1", "need n >= 2"),
-    ("save_total_limit=0", "save_total_limit must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("algorithm=ppo", "unknown algorithm 'ppo'"),
+        ("ties=coin", "ties must be one of"),
+        ("rewards.names=nope", "unknown reward 'nope'"),
+        ("data=missing.jsonl", "missing.jsonl"),
+        ("policy=runs/does-not-exist", "does-not-exist"),
+        ("n=1", "need n >= 2"),
+        ("save_total_limit=0", "save_total_limit must be >= 1"),
+    ],
+)
 def test_bad_input_is_one_clear_error(tmp_path, override, message):
     out = tmp_path / "rl"
     proc = posttrain("rl", "--config", TINY, f"output_dir={out}", override, check=False)

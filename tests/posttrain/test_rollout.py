@@ -16,16 +16,26 @@ def lm():
     torch.set_num_threads(1)
     model, tok = load_causal_lm(MODEL)
     model.eval()
-    prompts = [prompt_ids(tok, [{"role": "user", "content": "hi"}]),
-               prompt_ids(tok, [{"role": "user", "content": "a much longer prompt than the first"}])]
+    prompts = [
+        prompt_ids(tok, [{"role": "user", "content": "hi"}]),
+        prompt_ids(tok, [{"role": "user", "content": "a much longer prompt than the first"}]),
+    ]
     assert len(prompts[0]) < len(prompts[1])  # the first is left-padded in a batch
     return model, tok, prompts
 
 
 def test_sampled_logprobs_equal_a_teacher_forced_forward(lm):
     model, tok, prompts = lm
-    r = sample(model, tok, prompts, 3, max_new_tokens=NEW, temperature=0.7, top_p=0.9,
-               generator=torch.Generator().manual_seed(0))
+    r = sample(
+        model,
+        tok,
+        prompts,
+        3,
+        max_new_tokens=NEW,
+        temperature=0.7,
+        top_p=0.9,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert r.tokens.shape == (6, NEW) and r.prompt_index.tolist() == [0, 0, 0, 1, 1, 1]
     with torch.no_grad():
         forward = sequence_logprobs(model, prompts, r.prompt_index, r.tokens, r.mask)
@@ -46,7 +56,7 @@ def test_cache_repeat_and_left_padding_match_each_row_decoded_alone(lm):
     assert not torch.equal(batched.tokens[0], batched.tokens[1])  # the samples of one prompt differ
     for b in range(2):
         for j in range(2):
-            alone = sample(model, tok, [prompts[b]], 1, max_new_tokens=NEW, noise=noise[b:b + 1, j:j + 1])
+            alone = sample(model, tok, [prompts[b]], 1, max_new_tokens=NEW, noise=noise[b : b + 1, j : j + 1])
             i = b * 2 + j
             assert alone.tokens[0].tolist() == batched.tokens[i].tolist(), (b, j)
             torch.testing.assert_close(alone.logprobs[0], batched.logprobs[i], atol=1e-4, rtol=0)
@@ -56,8 +66,12 @@ def test_greedy_matches_hf_generate(lm):
     model, tok, prompts = lm
     ours = sample(model, tok, prompts, 2, max_new_tokens=NEW, temperature=0)
     for b, p in enumerate(prompts):
-        ref = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                             max_new_tokens=NEW, do_sample=False)[0, len(p):].tolist()
+        ref = model.generate(
+            torch.tensor([p]),
+            attention_mask=torch.ones(1, len(p), dtype=torch.long),
+            max_new_tokens=NEW,
+            do_sample=False,
+        )[0, len(p) :].tolist()
         assert ours.completion_ids(2 * b) == ref and ours.completion_ids(2 * b + 1) == ref
 
 
@@ -93,10 +107,26 @@ def test_top_p_keeps_only_the_nucleus(lm):
     model, tok, prompts = lm
     greedy = sample(model, tok, prompts, 2, max_new_tokens=NEW, temperature=0)
     # a nucleus of (almost) no mass keeps only the top token: sampling at any temperature is then greedy
-    tiny_p = sample(model, tok, prompts, 2, max_new_tokens=NEW, temperature=2.0, top_p=1e-6,
-                    generator=torch.Generator().manual_seed(0))
-    full_p = sample(model, tok, prompts, 2, max_new_tokens=NEW, temperature=2.0, top_p=1.0,
-                    generator=torch.Generator().manual_seed(0))
+    tiny_p = sample(
+        model,
+        tok,
+        prompts,
+        2,
+        max_new_tokens=NEW,
+        temperature=2.0,
+        top_p=1e-6,
+        generator=torch.Generator().manual_seed(0),
+    )
+    full_p = sample(
+        model,
+        tok,
+        prompts,
+        2,
+        max_new_tokens=NEW,
+        temperature=2.0,
+        top_p=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.equal(tiny_p.tokens, greedy.tokens)
     assert not torch.equal(full_p.tokens, greedy.tokens)
     # log-probs stay those of the temperature-1 model, whatever the sampling temperature

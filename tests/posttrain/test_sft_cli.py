@@ -18,11 +18,18 @@ FAULTS = str(ROOT / "tests" / "posttrain" / "faults.py")
 
 
 def posttrain(*args, env=None, check=True, faults=()):
-    """`posttrain ARGS` in a subprocess; with `faults` (e.g. ["--kill-at", "5"]), through tests/posttrain/faults.py:
+    """`posttrain ARGS` in a subprocess; with `faults` (e.g. ["--kill-at", "5"]), through
+    tests/posttrain/faults.py:
     the same CLI with fault-injecting hooks."""
     entry = [FAULTS, *faults] if faults else ["-m", "posttrain.cli"]
-    proc = subprocess.run([sys.executable, *entry, *args], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, *entry, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -72,8 +79,11 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     assert refused.returncode == 2 and "--resume" in refused.stderr
 
     posttrain(*args, f"output_dir={killed}", "--resume")
-    logged = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
+    logged = [
+        json.loads(line)["step"]
+        for line in (killed / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
     assert logged == list(range(1, 11))  # steps 4-5 of the killed run are not logged twice
     a = load_file(str(tmp_path / "straight" / "model.safetensors"))
     b = load_file(str(killed / "model.safetensors"))
@@ -94,8 +104,19 @@ def _write(path, text):
 GOOD = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
 
 
-@pytest.mark.parametrize("case", ["bad_json", "no_messages", "unknown_role", "empty", "unknown_key",
-                                  "missing_model", "finished_output", "missing_data"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "bad_json",
+        "no_messages",
+        "unknown_role",
+        "empty",
+        "unknown_key",
+        "missing_model",
+        "finished_output",
+        "missing_data",
+    ],
+)
 def test_bad_input_gets_one_clear_error_and_no_finished_output(tmp_path, case):
     out = tmp_path / "out"
     data = _write(tmp_path / "d.jsonl", GOOD * 8)
@@ -139,10 +160,18 @@ def test_deepspeed_zero3_config_passes_through(tmp_path):
     from transformers import AutoModelForCausalLM
 
     ds = tmp_path / "zero3.json"
-    ds.write_text(json.dumps({
-        "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
-        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-        "train_batch_size": "auto", "gradient_clipping": "auto", "bf16": {"enabled": "auto"}}))
+    ds.write_text(
+        json.dumps(
+            {
+                "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "train_batch_size": "auto",
+                "gradient_clipping": "auto",
+                "bf16": {"enabled": "auto"},
+            }
+        )
+    )
     out = tmp_path / "sft"
     # one process of a one-process "distributed" job, as a launcher (deepspeed/torchrun) would set it up
     env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}
@@ -169,10 +198,18 @@ def torchrun(*args, env=None, check=True, faults=()):
     """`torchrun --nproc_per_node 2 -m posttrain.cli ...`: two ranks, DDP over gloo on CPU (with `faults`,
     every rank runs tests/posttrain/faults.py)."""
     entry = [FAULTS, *faults] if faults else ["-m", "posttrain.cli"]
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", "29533",
-           *entry, *args]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})},
-                          timeout=600)
+    cmd = [
+        str(Path(sys.executable).parent / "torchrun"),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        *entry,
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -191,11 +228,15 @@ def test_two_rank_launch_prepares_once_publishes_whole_checkpoints_and_resumes_e
     assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["checkpoint-6", "checkpoint-8"]
     for ckpt in (straight / "checkpoints").iterdir():
         assert {"model.safetensors", "rng_state_0.pth", "rng_state_1.pth", "trainer_state.json"} <= {
-            p.name for p in ckpt.iterdir()}, ckpt
+            p.name for p in ckpt.iterdir()
+        }, ckpt
         assert json.loads((ckpt / "trainer_state.json").read_text())["train_batch_size"] == 2
     assert not [p for p in straight.iterdir() if p.name.startswith(".")]  # no staging dir left behind
-    logged = [json.loads(line)["step"] for line in (straight / "metrics.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
+    logged = [
+        json.loads(line)["step"]
+        for line in (straight / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
     assert logged == list(range(1, 9))  # one rank logs
     assert len(list((straight / "tensorboard").iterdir())) >= 1
 

@@ -52,8 +52,9 @@ def test_targets_are_deterministic_cached_and_use_two_actors(examples, tmp_path,
     assert again == first and (first / "manifest.json").stat().st_mtime_ns == stamp
 
     # sharding does not change the bytes of any example's targets
-    resharded = teacher.build_targets(examples, teacher_spec="tiny:seed=1",
-                                      config=_config(tmp_path / "c", target_shards=3))
+    resharded = teacher.build_targets(
+        examples, teacher_spec="tiny:seed=1", config=_config(tmp_path / "c", target_shards=3)
+    )
     for (i1, w1), (i2, w2) in zip(teacher.load_targets(first), teacher.load_targets(resharded)):
         assert torch.equal(i1, i2) and torch.equal(w1, w2)
 
@@ -63,10 +64,18 @@ def test_targets_are_deterministic_cached_and_use_two_actors(examples, tmp_path,
         assert ids.shape == (len(ex["positions"]), 16) and ids.dtype == torch.int32 and w.dtype == torch.float16
 
 
-@pytest.mark.parametrize("change", [
-    {"k": 8}, {"teacher_temperature": 0.5}, {"seed": 1}, {"estimator": "renormalized"},
-    {"teacher_dtype": "bfloat16"}, {"teacher": "tiny:seed=3"}, {"data": "drop-one"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"k": 8},
+        {"teacher_temperature": 0.5},
+        {"seed": 1},
+        {"estimator": "renormalized"},
+        {"teacher_dtype": "bfloat16"},
+        {"teacher": "tiny:seed=3"},
+        {"data": "drop-one"},
+    ],
+)
 def test_any_input_change_changes_the_cache_key(examples, tmp_path, change):
     base = teacher.target_key(teacher.target_inputs(examples, models.resolve("tiny:seed=1"), _config(tmp_path)))
     change = dict(change)
@@ -78,7 +87,8 @@ def test_any_input_change_changes_the_cache_key(examples, tmp_path, change):
 
 def test_a_changed_setting_recomputes_new_shards(examples, tmp_path, local_ray):
     base = teacher.build_targets(examples, teacher_spec="tiny:seed=1", config=_config(tmp_path))
-    other = teacher.build_targets(examples, teacher_spec="tiny:seed=1",
-                                  config=_config(tmp_path, teacher_temperature=0.5))
+    other = teacher.build_targets(
+        examples, teacher_spec="tiny:seed=1", config=_config(tmp_path, teacher_temperature=0.5)
+    )
     assert other != base and (other / "manifest.json").is_file() and (base / "manifest.json").is_file()
     assert _bytes(other) != _bytes(base)

@@ -31,8 +31,13 @@ def test_cli_tiny_config_trains_two_members_and_averages_them(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     out = tmp_path / "rm"
-    proc = subprocess.run([sys.executable, "-m", "posttrain.cli", "rm", "--config", str(TINY), f"output_dir={out}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "posttrain.cli", "rm", "--config", str(TINY), f"output_dir={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "WARM average" in proc.stdout and "ensemble" in proc.stdout  # the printed table
     assert (out / "DONE").is_file()
@@ -114,8 +119,9 @@ def _fake_member(init_dir, dest, init_sha=None):
     """A finished member dir: the init's weights with a manifest as the stage writes it."""
     shutil.copytree(init_dir, dest)
     (dest / artifacts.DONE).unlink()
-    artifacts.write_manifest(dest, stage="rm-member", config={},
-                             inputs={"init_sha256": init_sha or artifacts.dir_sha256(init_dir)})
+    artifacts.write_manifest(
+        dest, stage="rm-member", config={}, inputs={"init_sha256": init_sha or artifacts.dir_sha256(init_dir)}
+    )
     artifacts.mark_done(dest)
     return dest
 
@@ -154,8 +160,10 @@ def test_init_is_a_scalar_head_on_the_sft_weights(tmp_path):
     lm_state = lm.model.state_dict()
     assert all(torch.equal(v, lm_state[k]) for k, v in rm.model.state_dict().items())  # backbone = SFT weights
     again = warm.build_init(spec, tmp_path / "init2", seed=0)
-    assert torch.equal(load_file(str(init / "model.safetensors"))["score.weight"],
-                       load_file(str(again / "model.safetensors"))["score.weight"])  # deterministic head
+    assert torch.equal(
+        load_file(str(init / "model.safetensors"))["score.weight"],
+        load_file(str(again / "model.safetensors"))["score.weight"],
+    )  # deterministic head
 
 
 def test_bad_preference_rows_and_settings_are_clear_errors(tmp_path):
@@ -184,8 +192,11 @@ def _rows(path):
 
 def test_preference_data_is_deterministic_and_in_trl_format(tmp_path):
     shutil.copytree(ROOT / "data", tmp_path / "data")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_preference_data.py"), "--out",
-                    str(tmp_path / "data")], check=True, timeout=60)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_preference_data.py"), "--out", str(tmp_path / "data")],
+        check=True,
+        timeout=60,
+    )
     for name in ("demo/prefs.jsonl", "tiny/prefs.jsonl"):
         assert (tmp_path / "data" / name).read_bytes() == (ROOT / "data" / name).read_bytes(), name
     demo, tiny = _rows(ROOT / "data" / "demo" / "prefs.jsonl"), _rows(ROOT / "data" / "tiny" / "prefs.jsonl")
@@ -214,9 +225,17 @@ def test_string_and_message_forms_encode_identically():
 
     tok = models.load_tokenizer("tiny")
     as_text = warm.encode_pairs(tok, [{"prompt": "2+2?", "chosen": "4", "rejected": "no"}], 64)
-    as_msgs = warm.encode_pairs(tok, [{"prompt": [{"role": "user", "content": "2+2?"}],
-                                       "chosen": [{"role": "assistant", "content": "4"}],
-                                       "rejected": [{"role": "assistant", "content": "no"}]}], 64)
+    as_msgs = warm.encode_pairs(
+        tok,
+        [
+            {
+                "prompt": [{"role": "user", "content": "2+2?"}],
+                "chosen": [{"role": "assistant", "content": "4"}],
+                "rejected": [{"role": "assistant", "content": "no"}],
+            }
+        ],
+        64,
+    )
     assert as_text == as_msgs
     ids = as_text[0]["chosen_ids"]
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.convert_tokens_to_ids("<end_of_turn>")
@@ -255,10 +274,22 @@ def test_lora_member_is_saved_merged_and_averages_like_any_member(tmp_path):
     pairs = warm.encode_pairs(tok, warm.read_pairs(ROOT / "data" / "tiny" / "prefs.jsonl")[16:], 128)
     members = []
     for k in (0, 1):  # the member trainer itself, in-process (the stage runs it as a Ray task)
-        job = {"member": k, "label_noise": 0.0, "out": str(tmp_path / f"m{k}"), "init": str(init),
-               "init_sha256": artifacts.dir_sha256(init), "train": pairs, "eval": pairs[:2], "train_sha256": "x",
-               "seed": k, "learning_rate": 0.003, "dropout": 0.0, "config": cfg.to_dict(config), "threads": 1,
-               "progress": False}
+        job = {
+            "member": k,
+            "label_noise": 0.0,
+            "out": str(tmp_path / f"m{k}"),
+            "init": str(init),
+            "init_sha256": artifacts.dir_sha256(init),
+            "train": pairs,
+            "eval": pairs[:2],
+            "train_sha256": "x",
+            "seed": k,
+            "learning_rate": 0.003,
+            "dropout": 0.0,
+            "config": cfg.to_dict(config),
+            "threads": 1,
+            "progress": False,
+        }
         warm.train_member(job)
         members.append(tmp_path / f"m{k}")
     base = load_file(str(init / "model.safetensors"))

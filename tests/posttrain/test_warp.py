@@ -148,8 +148,9 @@ def test_run_tasks_retries_a_failed_task_but_not_a_user_error(local_ray, tmp_pat
         cluster.run_tasks(_flaky, [{"count": tmp_path / "c", "fails": 2}], num_cpus=0.5, names=["c"], retries=1)
     assert "Ray task c after 2 attempts" in "".join(info.value.__notes__)
     with pytest.raises(UserError, match="^u: bad input$"):
-        cluster.run_tasks(_flaky, [{"count": tmp_path / "u", "user_error": True}], num_cpus=0.5, names=["u"],
-                          retries=1)
+        cluster.run_tasks(
+            _flaky, [{"count": tmp_path / "u", "user_error": True}], num_cpus=0.5, names=["u"], retries=1
+        )
     assert (tmp_path / "u").read_text() == "1"  # a UserError is not retried
     with pytest.raises(RuntimeError, match="attempt 1 failed"):  # retries=0 (the default): one attempt
         cluster.run_tasks(_flaky, [{"count": tmp_path / "d", "fails": 1}], num_cpus=0.5)
