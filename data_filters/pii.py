@@ -419,7 +419,7 @@ def find_many(texts: list[str], types=TYPES, phone_region: str = "US") -> list[l
     picks = AsciiTexts(texts).candidates(
         [d[2] for d in detectors], [_trigger(d[1], texts, joined, has_digit) for d in detectors]
     )
-    for (_kinds, _trigger, pattern, accept), idx in zip(detectors, picks):
+    for (_kinds, _trigger_spec, pattern, accept), idx in zip(detectors, picks):
         if not idx:
             continue
         starts, pos = [], 0
