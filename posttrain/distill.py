@@ -1,7 +1,12 @@
 """`posttrain sft`: Gemma 3 sampled-logit distillation, the stage (the maths is in posttrain/kd.py).
 
-Teacher targets come from Ray workers (posttrain/teacher.py, cached); training reuses HF's Trainer (gradient
-accumulation, DeepSpeed/accelerate pass-through, checkpoints, exact resume) with kd's sparse loss;
+Off-policy (the default, `on_policy.fraction=0`): teacher targets for the dataset's completions come from Ray
+workers (posttrain/teacher.py, cached). On-policy (λ > 0, posttrain/on_policy.py): a share λ of each batch's
+completions is sampled from the current student and scored by the teacher's Ray actors during training, with the
+`forward` (Gemma 3 sparse targets) or `reverse` (per-token reverse KL) divergence. Either way the teacher may
+see privileged context the student does not (`teacher_context`, posttrain/teacher_context.py), and
+`label_weight` mixes the dataset's reference tokens into the off-policy rows. Training reuses HF's Trainer
+(gradient accumulation, DeepSpeed/accelerate pass-through, checkpoints, exact resume) with kd's loss;
 checkpoints are published atomically; the output is an HF dir with posttrain.json and DONE last.
 """
 
@@ -15,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from posttrain import artifacts, kd
+from posttrain import artifacts, kd, on_policy, teacher_context
 from posttrain import config as cfg
 from posttrain.config import doc
 from posttrain.errors import UserError
@@ -54,6 +59,25 @@ class Config:
     bf16: bool = doc(True, "bf16 autocast for student forward/backward (fp32 master weights and softmax)")
     freeze_embeddings: bool = doc(False, "freeze the (tied) embedding / LM head matrix")
     lora: Lora = doc(Lora(), "LoRA adapters (lora.r = 0: full fine-tuning; adapters are merged into the output)")
+    on_policy: on_policy.OnPolicy = doc(
+        on_policy.OnPolicy(),
+        "on-policy distillation: the share λ of each "
+        "batch sampled from the student (fraction), and how it samples",
+    )
+    divergence: str = doc(
+        "forward",
+        "'forward' (Gemma 3's sampled-K cross-entropy to the teacher at every "
+        "completion position) or 'reverse' (per-token reverse KL on the student's own samples: "
+        "needs on_policy.fraction=1)",
+    )
+    teacher_context: teacher_context.TeacherContext = doc(
+        teacher_context.TeacherContext(), "privileged context on the teacher's side only: template, exemplars"
+    )
+    label_weight: float = doc(
+        0.0,
+        "α: α·CE on the reference tokens + (1−α)·KD, on off-policy rows (Hinton's "
+        "hard-label mix; 0 = Gemma 3's recipe)",
+    )
     save_steps: int = doc(50, "checkpoint every N optimizer steps (atomic)")
     save_total_limit: int = doc(2, "checkpoints kept")
     logging_steps: int = doc(1, "log metrics every N steps")
@@ -63,7 +87,15 @@ class Config:
     overwrite: bool = doc(False, "replace a finished run in output_dir")
 
 
-def _collate(batch: list[dict], pad_id: int) -> dict:
+def check(config: Config) -> None:
+    on_policy.check(config.on_policy, config.divergence, config.label_weight)
+    if config.teacher_context.exemplars < 0:
+        raise UserError(f"teacher_context.exemplars must be >= 0, got {config.teacher_context.exemplars}")
+
+
+def _collate(batch: list[dict], pad_id: int, label_weight: float = 0.0, divergence: str = "forward") -> dict:
+    """Right-padded ids and the flat target positions with their targets: (ids, weights) for `forward` (the
+    reference token mixed in with `label_weight`), the sampled token and the teacher's log-prob for `reverse`."""
     width = max(len(ex["input_ids"]) for ex in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(batch), width), dtype=torch.long)
@@ -73,8 +105,21 @@ def _collate(batch: list[dict], pad_id: int) -> dict:
         input_ids[b, :n] = torch.tensor(ex["input_ids"])
         attention[b, :n] = 1
         flat_pos += [b * width + p for p in ex["positions"]]
-        ids.append(ex["target_ids"])
-        weights.append(ex["target_weights"])
+        ex_ids, ex_weights = ex["target_ids"], ex["target_weights"]
+        if label_weight > 0:
+            labels = torch.tensor([ex["input_ids"][p + 1] for p in ex["positions"]])
+            alpha = 0.0 if ex.get("on_policy") else label_weight  # on-policy rows have no reference
+            ex_ids, ex_weights = kd.with_labels(ex_ids, ex_weights, labels, alpha)
+        ids.append(ex_ids)
+        weights.append(ex_weights)
+    if divergence == "reverse":
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "target_pos": torch.tensor(flat_pos),
+            "token_ids": torch.cat(ids)[:, 0],
+            "teacher_logp": torch.cat(weights)[:, 0],
+        }
     return {
         "input_ids": input_ids,
         "attention_mask": attention,
@@ -84,11 +129,32 @@ def _collate(batch: list[dict], pad_id: int) -> dict:
     }
 
 
-def _make_trainer(model, train_set, eval_set, config: Config, out: Path, pad_id: int, callbacks: list):
-    from transformers import Trainer, TrainingArguments
+def _training_args(config: Config, out: Path):
+    from transformers import TrainingArguments
+
+    use_bf16 = config.bf16 and (not torch.cuda.is_available() or torch.cuda.is_bf16_supported())
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"), per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size, num_train_epochs=config.epochs, max_steps=config.max_steps,
+        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, bf16=use_bf16,
+        logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit, seed=config.seed, data_seed=config.seed,
+        remove_unused_columns=False, report_to="none", deepspeed=config.deepspeed, dataloader_num_workers=0,
+        disable_tqdm=False, eval_strategy="no", use_cpu=not torch.cuda.is_available(),
+    )  # fmt: skip
+
+
+def _make_trainer(model, train_set, eval_set, config: Config, out: Path, tokenizer, callbacks: list, online=None):
+    """The HF Trainer with kd's loss. With `online` (teacher.OnlineTeacher, on-policy), batches stay lists of
+    examples until the loss, where on_policy.replace_rows re-makes their on-policy share."""
+    from transformers import Trainer
     from trl.models.utils import _ForwardRedirection
 
     from posttrain.checkpoint import atomic_checkpoints
+
+    pad_id = tokenizer.pad_token_id
 
     class KDTrainer(atomic_checkpoints(Trainer)):
         """HF Trainer with the sparse KD loss (checkpoints published atomically)."""
@@ -105,49 +171,46 @@ def _make_trainer(model, train_set, eval_set, config: Config, out: Path, pad_id:
                 )
             return loss / max(n, 1)
 
+        def _on_policy(self, model, examples: list[dict], training: bool) -> dict:
+            divergence = "forward"
+            if training:
+                examples, _ = on_policy.replace_rows(
+                    self.accelerator.unwrap_model(model),
+                    tokenizer,
+                    examples,
+                    config.on_policy,
+                    online.score,
+                    self.state.global_step,
+                    config.seed,
+                )
+                divergence = config.divergence
+            device = next(model.parameters()).device
+            return {
+                k: v.to(device) for k, v in _collate(examples, pad_id, config.label_weight, divergence).items()
+            }
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if "examples" in inputs:
+                inputs = self._on_policy(model, inputs["examples"], training=True)
             loss = self._kd(model, inputs)
             return (loss, None) if return_outputs else loss
 
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             with torch.no_grad(), self.autocast_smart_context_manager():
+                if "examples" in inputs:  # held-out rows: the dataset's completions and their cached targets
+                    inputs = self._on_policy(model, inputs["examples"], training=False)
                 loss = self._kd(model, self._prepare_inputs(inputs))
             return loss.detach(), None, None
 
-    use_bf16 = config.bf16 and (not torch.cuda.is_available() or torch.cuda.is_bf16_supported())
-    args = TrainingArguments(
-        output_dir=str(out / "checkpoints"),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        bf16=use_bf16,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        seed=config.seed,
-        data_seed=config.seed,
-        remove_unused_columns=False,
-        report_to="none",
-        deepspeed=config.deepspeed,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-        eval_strategy="no",
-        use_cpu=not torch.cuda.is_available(),
-    )
+    def collate(batch):
+        return {"examples": batch} if online is not None else _collate(batch, pad_id, config.label_weight)
+
     return KDTrainer(
         model=model,
-        args=args,
+        args=_training_args(config, out),
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=lambda b: _collate(b, pad_id),
+        data_collator=collate,
         callbacks=callbacks,
     )
 
@@ -161,7 +224,7 @@ def _eval_loss(model, examples: list[dict], config: Config, pad_id: int) -> floa
     use_bf16 = config.bf16 and (device.type == "cpu" or torch.cuda.is_bf16_supported())
     for start in range(0, len(examples), config.batch_size):
         chunk = examples[start : start + config.batch_size]
-        batch = {k: v.to(device) for k, v in _collate(chunk, pad_id).items()}
+        batch = {k: v.to(device) for k, v in _collate(chunk, pad_id, config.label_weight).items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss, n = kd.kd_forward(model, batch, config.logit_chunk)
         total += (loss / max(n, 1)).item() * len(chunk)
@@ -188,13 +251,17 @@ def prepare(config: Config) -> dict:
             "sampled-logit KD needs a shared vocabulary"
         )
     examples = data.tokenize_rows(tokenizer, rows, config.max_length)
-    for ex in examples:
-        ex["positions"] = kd.target_positions(ex["loss_mask"])
-    targets = teacher.build_targets(examples, teacher_spec=str(teacher_dir), config=config)
-    for ex, (ids, weights) in zip(examples, teacher.load_targets(targets)):
-        ex["target_ids"], ex["target_weights"] = ids, weights
     if len(examples) <= config.eval_size:
         raise UserError(f"{config.data}: {len(examples)} rows, need more than eval_size={config.eval_size}")
+    for i, ex in enumerate(examples):
+        ex["positions"] = kd.target_positions(ex["loss_mask"])
+        ex["index"] = i
+    add_teacher_inputs(config, rows, examples, tokenizer)
+    # all on-policy: only the held-out rows are scored off-policy (the before/after KD loss)
+    scored = examples[: config.eval_size] if config.on_policy.fraction == 1.0 else examples
+    targets = teacher.build_targets(scored, teacher_spec=str(teacher_dir), config=config)
+    for ex, (ids, weights) in zip(scored, teacher.load_targets(targets)):
+        ex["target_ids"], ex["target_weights"] = ids, weights
     return {
         "teacher_dir": teacher_dir,
         "student_dir": student_dir,
@@ -203,6 +270,32 @@ def prepare(config: Config) -> dict:
         "eval_set": examples[: config.eval_size],
         "train_set": examples[config.eval_size :],
     }
+
+
+def add_teacher_inputs(config: Config, rows: list[dict], examples: list[dict], tokenizer) -> None:
+    """The teacher's own ids and positions when it sees privileged context, and for on-policy rows the student's
+    and the teacher's prompt ids (the row without its last assistant turn), which sampled completions extend."""
+    from posttrain import data
+
+    section = config.teacher_context
+    on = config.on_policy.fraction > 0
+    if not (teacher_context.active(section) or on):
+        return
+    teacher_context.check(section, rows, config.data)
+    others = teacher_context.exemplar_rows(len(rows), section.exemplars, config.seed)
+
+    def teacher_side(i: int, student_ids: list[int]) -> tuple[list[int], int]:
+        if not teacher_context.active(section):
+            return student_ids, 0
+        return teacher_context.teacher_ids(tokenizer, student_ids, rows[i], section, [rows[j] for j in others[i]])
+
+    for i, ex in enumerate(examples):
+        if teacher_context.active(section):
+            ex["teacher_input_ids"], offset = teacher_side(i, ex["input_ids"])
+            ex["teacher_positions"] = [p + offset for p in ex["positions"]]
+        if on:
+            ex["prompt_ids"] = data.prompt_ids(tokenizer, data.prompt_messages(rows[i]))
+            ex["teacher_prompt_ids"], _ = teacher_side(i, ex["prompt_ids"])
 
 
 def save_student(trainer, tokenizer, out: Path, main: bool, merge_lora: bool) -> None:
@@ -233,6 +326,7 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
     from posttrain import hooks as hooks_
     from posttrain.checkpoint import latest_checkpoint, metrics_callbacks, ranks, truncate_metrics
 
+    check(config)
     torch.manual_seed(config.seed)
     # Multi-process launch: the main rank prepares the output dir, the student and the teacher targets; the
     # other ranks wait, then find them in the cache.
@@ -253,20 +347,26 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
         model.get_input_embeddings().weight.requires_grad_(False)
     model = models.apply_lora(model, config.lora)
     pad_id = prep["tokenizer"].pad_token_id
+    online = None
+    if config.on_policy.fraction > 0:
+        from posttrain.teacher import OnlineTeacher
+
+        online = OnlineTeacher(
+            prep["teacher_dir"], config, "logprobs" if config.divergence == "reverse" else "targets"
+        )
+    callbacks = metrics_callbacks(out, main) + [hooks_.trainer_callback(hooks)]
     trainer = _make_trainer(
-        model,
-        prep["train_set"],
-        prep["eval_set"],
-        config,
-        out,
-        pad_id,
-        metrics_callbacks(out, main) + [hooks_.trainer_callback(hooks)],
+        model, prep["train_set"], prep["eval_set"], config, out, prep["tokenizer"], callbacks, online
     )
     resume_from = latest_checkpoint(out) if config.resume else None
     if main:
         truncate_metrics(out / "metrics.jsonl", int(resume_from.rsplit("-", 1)[1]) if resume_from else 0)
     before = _eval_loss(model, prep["eval_set"], config, pad_id)  # before the Trainer wraps the model
-    trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        if online is not None:
+            online.close()
     after = trainer.evaluate()["eval_loss"]
     save_student(trainer, prep["tokenizer"], out, main, config.lora.r > 0)
     if not main:
@@ -278,6 +378,9 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
         "train_examples": len(prep["train_set"]),
         "steps": trainer.state.global_step,
     }
+    if online is not None:  # what the teacher sent for the sampled tokens (ids + weights or log-probs)
+        summary["on_policy_tokens"] = online.tokens
+        summary["teacher_bytes_per_token"] = online.bytes_received / max(1, online.tokens)
     targets = prep["targets"]
     inputs = {
         "data": config.data,

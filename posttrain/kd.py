@@ -1,4 +1,5 @@
-"""Gemma 3 sampled-logit distillation, the maths, top to bottom (Gemma 3 report §2.2; ../shared/ALGORITHMS.md).
+"""Gemma 3 sampled-logit distillation, the maths, top to bottom (Gemma 3 report §2.2; ../shared/ALGORITHMS.md),
+and its on-policy counterpart.
 
   1. per target token t, draw K token ids S_t from the teacher distribution p_T (at a temperature);
   2. the teacher target keeps only those ids:
@@ -12,6 +13,20 @@
 The student's log-softmax is computed over chunks of target positions with activation checkpointing, so
 the B x T x V logits are never materialised (only one chunk x V block at a time, in fwd and in bwd).
 `full_kd_loss` is the exact full-vocabulary reference the sparse loss estimates.
+
+Hard labels (Hinton's mix, `with_labels`): α·CE on the reference token + (1−α)·KD is one more slot in the same
+sparse target: the reference id with weight α, the teacher's K slots scaled by (1−α).
+
+The two divergences (`divergence`), on a completion y = (y_1..y_T) and its positions t:
+  forward  Σ_t CE(p_T(·|y_<t), p_S(·|y_<t)) estimated by the sparse target above: the Gemma 3 loss, at every
+           completion position, whoever wrote y (the dataset off-policy, the student on-policy);
+           E[∇] = ∇ Σ_t KL(p_T‖p_S), so with p_T = p_S its gradient vanishes in expectation.
+  reverse  Σ_t KL(p_S‖p_T) at the student's own sampled tokens (on-policy only), with the per-token estimate
+           k_t = log p_S(y_t) − log p_T(y_t) as a (detached) advantage:
+               loss = Σ_t sg(k_t) · log p_S(y_t),   ∇loss = Σ_t k_t ∇log p_S(y_t),
+           whose expectation over y_t ~ p_S is ∇ KL(p_S‖p_T) per position (E[∇log p_S] = 0 removes the rest):
+           the on-policy distillation recipes' per-token reward −k_t with no discounting. With p_T = p_S, k_t = 0
+           and the loss and its gradient are exactly 0. The teacher sends one log-prob per token (4 bytes).
 """
 
 from __future__ import annotations
@@ -93,6 +108,61 @@ def sparse_kd_loss(
     return total
 
 
+def _chunk_reverse(
+    hidden: torch.Tensor,
+    lm_head: torch.nn.Module,
+    ids: torch.Tensor,
+    teacher_logp: torch.Tensor,
+    softcap: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = lm_head(hidden)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    logits = logits.float()
+    logp = logits.gather(-1, ids.long()[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+    return reverse_kl_loss(logp, teacher_logp.float())
+
+
+def reverse_kl_loss(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ_t sg(k_t)·log p_S(y_t), Σ_t k_t) with k_t = log p_S(y_t) − log p_T(y_t): the surrogate whose gradient
+    is the per-token reverse-KL gradient, and the reverse-KL estimate itself (for the logs)."""
+    k = student_logp.detach() - teacher_logp
+    return (k * student_logp).sum(), k.sum()
+
+
+def sparse_reverse_kl_loss(
+    hidden: torch.Tensor,
+    lm_head: torch.nn.Module,
+    token_ids: torch.Tensor,
+    teacher_logp: torch.Tensor,
+    *,
+    chunk_size: int = 256,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`reverse_kl_loss` at the completion positions in `hidden` (N, D), whose next tokens are `token_ids` (N,) and
+    the teacher's log-probs of them `teacher_logp` (N,); chunked and recomputed in backward like `sparse_kd_loss`."""
+    loss = kl = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_size):
+        sl = slice(start, start + chunk_size)
+        args = (hidden[sl], lm_head, token_ids[sl], teacher_logp[sl], softcap)
+        if torch.is_grad_enabled():
+            part, part_kl = checkpoint(_chunk_reverse, *args, use_reentrant=False)
+        else:
+            part, part_kl = _chunk_reverse(*args)
+        loss, kl = loss + part, kl + part_kl
+    return loss, kl
+
+
+def with_labels(ids: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor, alpha: float):
+    """The sparse target with the hard label mixed in: (N, K+1) ids and weights, slot K the reference token
+    with weight α, the teacher's slots times (1−α)."""
+    ids = torch.cat([ids, labels.to(ids.dtype)[:, None]], dim=-1)
+    weights = torch.cat(
+        [weights.float() * (1.0 - alpha), torch.full_like(weights[:, :1], alpha, dtype=torch.float)], dim=-1
+    )
+    return ids, weights
+
+
 def full_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0):
     """Exact full-vocabulary cross-entropy to the teacher, summed over positions (the reference)."""
     p_t = F.softmax(teacher_logits.float() / temperature, dim=-1)
@@ -105,12 +175,18 @@ def target_positions(loss_mask: list[bool]) -> list[int]:
 
 
 def kd_forward(model, batch: dict, chunk: int) -> tuple[torch.Tensor, int]:
-    """(summed loss, target count) for a collated batch."""
+    """(summed loss, target count) for a collated batch: the forward sparse loss, or with `teacher_logp` in the
+    batch the reverse-KL surrogate at the tokens `token_ids`."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1])[batch["target_pos"]]
     softcap = getattr(base.config, "final_logit_softcapping", None)
-    loss = sparse_kd_loss(
-        hidden, base.lm_head, batch["target_ids"], batch["target_weights"], chunk_size=chunk, softcap=softcap
-    )
+    if "teacher_logp" in batch:
+        loss, _ = sparse_reverse_kl_loss(
+            hidden, base.lm_head, batch["token_ids"], batch["teacher_logp"], chunk_size=chunk, softcap=softcap
+        )
+    else:
+        loss = sparse_kd_loss(
+            hidden, base.lm_head, batch["target_ids"], batch["target_weights"], chunk_size=chunk, softcap=softcap
+        )
     return loss, int(batch["target_pos"].numel())

@@ -28,7 +28,10 @@ FORMAT_VERSION = 1
 
 
 class TeacherWorker:
-    """A Ray actor holding one teacher; `run(shard)` returns that shard's sparse targets as arrays."""
+    """A Ray actor holding one teacher; `run(shard)` returns that shard's sparse targets as arrays (shard["mode"]
+    "logprobs": the teacher's log-prob of each next token instead, for the reverse divergence). An example is
+    read at its `teacher_input_ids` / `teacher_positions` when it has them (privileged context), else at the
+    student's `input_ids` / `positions`."""
 
     def __init__(
         self, teacher_dir: str, dtype: str, k: int, temperature: float, estimator: str, seed: int, threads: int = 1
@@ -39,20 +42,29 @@ class TeacherWorker:
         self.model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=getattr(torch, dtype)).eval()
         self.k, self.temperature, self.estimator, self.seed = k, temperature, estimator, seed
 
+    def _logits(self, input_ids: list[int], positions: list[int]) -> torch.Tensor:
+        # the LM head (262k x 640 for Gemma 3) is most of the cost: apply it at target positions only
+        hidden = self.model.model(torch.tensor([input_ids])).last_hidden_state[0]
+        logits = self.model.lm_head(hidden[torch.tensor(positions, dtype=torch.long)])
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / softcap) * softcap if softcap else logits
+
     @torch.no_grad()
     def run(self, shard: dict) -> dict:
         all_ids, all_weights, offsets = [], [], [0]
         for index, ex in zip(shard["indices"], shard["examples"]):
-            # the LM head (262k x 640 for Gemma 3) is most of the cost: apply it at target positions only
-            hidden = self.model.model(torch.tensor([ex["input_ids"]])).last_hidden_state[0]
-            logits = self.model.lm_head(hidden[torch.tensor(ex["positions"], dtype=torch.long)])
-            softcap = getattr(self.model.config, "final_logit_softcapping", None)
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-            ids, weights = sample_targets(
-                logits, self.k, temperature=self.temperature, estimator=self.estimator, generator=g
-            )
+            input_ids = ex.get("teacher_input_ids", ex["input_ids"])
+            positions = ex.get("teacher_positions", ex["positions"])
+            logits = self._logits(input_ids, positions)
+            if shard.get("mode") == "logprobs":
+                nxt = torch.tensor([input_ids[p + 1] for p in positions], dtype=torch.long)
+                logp = torch.log_softmax(logits.float() / self.temperature, dim=-1)
+                ids, weights = nxt.to(torch.int32)[:, None], logp.gather(-1, nxt[:, None])
+            else:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+                ids, weights = sample_targets(
+                    logits, self.k, temperature=self.temperature, estimator=self.estimator, generator=g
+                )
             all_ids.append(ids)
             all_weights.append(weights)
             offsets.append(offsets[-1] + ids.shape[0])
@@ -65,15 +77,86 @@ class TeacherWorker:
         }
 
 
+def teacher_view(ex: dict) -> dict:
+    """What the teacher needs of an example: its token ids and target positions (the teacher's own, with
+    privileged context)."""
+    keys = ("input_ids", "positions", "teacher_input_ids", "teacher_positions")
+    return {k: ex[k] for k in keys if k in ex}
+
+
+def worker_args(teacher_dir: Path, config) -> tuple:
+    return (
+        str(teacher_dir),
+        config.teacher_dtype,
+        config.k,
+        config.teacher_temperature,
+        config.estimator,
+        config.seed,
+    )
+
+
+class OnlineTeacher:
+    """The teacher for on-policy rows: `teacher_workers` Ray actors (on any node: only token ids go in and only
+    ids + weights come back), started once for the run. `score(examples, step)` -> per example (ids, weights);
+    the draws of example i at step s are seeded by (seed, s, i), so a resumed run redraws them."""
+
+    STEP_KEY = 1_000_000_007  # keeps on-policy seeds apart from the off-policy ones (the example index)
+
+    def __init__(self, teacher_dir: Path, config, mode: str):
+        from posttrain import cluster
+
+        ray = cluster.init(config.ray_address)
+        n = max(1, config.teacher_workers)
+        self.mode = mode
+        self.actors = cluster.start_actors(
+            TeacherWorker,
+            num_actors=n,
+            actor_args=worker_args(teacher_dir, config),
+            num_cpus=1,
+            num_gpus=1 if ray.cluster_resources().get("GPU", 0) >= n else 0,
+        )
+        self.bytes_received = 0
+        self.tokens = 0
+
+    def score(self, examples: list[dict], step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        from posttrain import cluster
+
+        keys = [self.STEP_KEY * (step + 1) + ex["index"] for ex in examples]
+        shards = [
+            {"shard": i, "indices": [k], "examples": [teacher_view(ex)], "mode": self.mode}
+            for i, (k, ex) in enumerate(zip(keys, examples))
+        ]
+        out = [None] * len(examples)
+        for i, res in cluster.as_completed(self.actors, "run", shards):
+            out[i] = (torch.from_numpy(res["ids"]), torch.from_numpy(res["weights"]))
+            self.bytes_received += res["ids"].nbytes + res["weights"].nbytes
+            self.tokens += res["ids"].shape[0]
+        return out
+
+    def close(self) -> None:
+        from posttrain import cluster
+
+        cluster.kill(self.actors)
+
+
 def target_key(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def target_inputs(examples: list[dict], teacher_dir: Path, config) -> dict:
-    """Everything the targets depend on; its hash is the cache key."""
+    """Everything the targets depend on; its hash is the cache key (the teacher's own inputs only when they
+    differ from the student's: without privileged context the key is what it always was)."""
     from posttrain import data
 
+    teacher_side = {}
+    if any("teacher_input_ids" in ex for ex in examples):
+        teacher_side = {
+            "teacher_data_sha256": data.examples_hash(
+                [{"input_ids": ex["teacher_input_ids"], "loss_mask": ex["teacher_positions"]} for ex in examples]
+            )
+        }
     return {
+        **teacher_side,
         "format": FORMAT_VERSION,
         "teacher_sha256": artifacts.dir_sha256(teacher_dir),
         "teacher_dtype": config.teacher_dtype,
@@ -105,10 +188,7 @@ def build_targets(examples: list[dict], *, teacher_spec: str, config) -> Path:
         {
             "shard": s,
             "indices": list(range(bounds[s], bounds[s + 1])),
-            "examples": [
-                {"input_ids": ex["input_ids"], "positions": ex["positions"]}
-                for ex in examples[bounds[s] : bounds[s + 1]]
-            ],
+            "examples": [teacher_view(ex) for ex in examples[bounds[s] : bounds[s + 1]]],
         }
         for s in range(n_shards)
     ]
@@ -124,14 +204,7 @@ def build_targets(examples: list[dict], *, teacher_spec: str, config) -> Path:
         num_actors=n_workers,
         num_cpus=1,
         num_gpus=1 if ray.cluster_resources().get("GPU", 0) >= n_workers else 0,
-        actor_args=(
-            str(teacher_dir),
-            config.teacher_dtype,
-            config.k,
-            config.teacher_temperature,
-            config.estimator,
-            config.seed,
-        ),
+        actor_args=worker_args(teacher_dir, config),
         progress="teacher targets",
     )
 

@@ -1,0 +1,132 @@
+"""On-policy distillation inside `posttrain sft` (GKD's `lmbda`, Agarwal et al. 2024): a fraction λ of every
+training batch gets completions sampled from the current student; the teacher scores exactly those tokens (its
+Gemma 3 sparse targets for `divergence: forward`, its log-prob of each sampled token for `reverse`), and the
+student is trained on them. The other rows keep the dataset's completions and their cached targets.
+
+    on_policy:
+      fraction: 1.0          # λ; 0 = the off-policy path, unchanged
+      max_new_tokens: 128
+      temperature: 1.0       # the student samples from its own distribution at this temperature
+      top_p: 1.0
+
+Per batch (`replace_rows`):
+  1. the first round(λ·B) rows of the batch (the Trainer's order is already a seeded shuffle) are re-made:
+     prompt = the row's messages without its last assistant turn;
+  2. the student (eval mode, no grad) samples one completion per prompt; the noise of row i at optimizer step s
+     comes from a generator seeded by (seed, s, i), so `--resume` redraws the same completions;
+  3. the teacher scores them on its Ray actors (teacher.TeacherWorker: the same code as the off-policy targets,
+     with the teacher's privileged context spliced in front, posttrain.teacher_context): K ids + fp16 weights per
+     token (1.5 KB at K = 256) or one fp32 log-prob (4 B); only ids and these travel, never logits;
+  4. the rows become ordinary examples (input ids, target positions over the completion, targets) for kd.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from posttrain.config import doc
+from posttrain.errors import UserError
+
+
+@dataclasses.dataclass
+class OnPolicy:
+    fraction: float = doc(
+        0.0,
+        "λ: the share of each batch's completions sampled from the current student "
+        "(0 = off-policy, the dataset's completions; 1 = all on-policy)",
+    )
+    max_new_tokens: int = doc(128, "tokens per sampled completion")
+    temperature: float = doc(1.0, "the student's sampling temperature")
+    top_p: float = doc(1.0, "the student's nucleus threshold")
+
+
+def check(section: OnPolicy, divergence: str, label_weight: float) -> None:
+    if not 0.0 <= section.fraction <= 1.0:
+        raise UserError(f"on_policy.fraction must be in [0, 1] (λ), got {section.fraction}")
+    if section.max_new_tokens < 1 or section.temperature <= 0 or not 0.0 < section.top_p <= 1.0:
+        raise UserError(
+            "on_policy.max_new_tokens must be >= 1, on_policy.temperature > 0, on_policy.top_p in (0, 1]"
+        )
+    if divergence not in ("forward", "reverse"):
+        raise UserError(f"divergence must be 'forward' or 'reverse', got '{divergence}'")
+    if divergence == "reverse" and section.fraction != 1.0:
+        raise UserError(
+            "divergence=reverse is estimated on the student's own samples: set on_policy.fraction=1 "
+            f"(got {section.fraction})"
+        )
+    if not 0.0 <= label_weight <= 1.0:
+        raise UserError(f"label_weight must be in [0, 1], got {label_weight}")
+    if label_weight > 0 and section.fraction == 1.0:
+        raise UserError(
+            "label_weight mixes the dataset's reference tokens into off-policy rows; with "
+            "on_policy.fraction=1 there are none"
+        )
+
+
+def rows_on_policy(batch_size: int, fraction: float) -> int:
+    return int(round(fraction * batch_size))
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[list[int]], section: OnPolicy, noise: torch.Tensor) -> list[list[int]]:
+    """One completion per prompt (its token ids, the stop token included when it stopped)."""
+    from posttrain import rollout
+
+    was_training = model.training
+    model.eval()
+    try:
+        r = rollout.sample(
+            model,
+            tokenizer,
+            prompts,
+            1,
+            max_new_tokens=section.max_new_tokens,
+            temperature=section.temperature,
+            top_p=section.top_p,
+            noise=noise,
+        )
+    finally:
+        model.train(was_training)
+    return [r.completion_ids(i) for i in range(len(prompts))]
+
+
+def step_noise(seed: int, step: int, indices: list[int], max_new_tokens: int) -> torch.Tensor:
+    """(rows, 1, T) uniforms, row i's from a generator seeded by (seed, optimizer step, example index)."""
+    rows = []
+    for i in indices:
+        g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_000_003 + i)
+        rows.append(torch.rand((1, max_new_tokens), generator=g))
+    return torch.stack(rows)
+
+
+def completion_example(ex: dict, completion: list[int]) -> dict:
+    """The row re-made around a sampled completion: the student's and the teacher's ids, the positions whose
+    next token is a completion token (in both), and the example index (which seeds the teacher's draws)."""
+    prompt, teacher_prompt = ex["prompt_ids"], ex["teacher_prompt_ids"]
+    positions = list(range(len(prompt) - 1, len(prompt) + len(completion) - 1))
+    offset = len(teacher_prompt) - len(prompt)
+    return {
+        "input_ids": prompt + completion,
+        "positions": positions,
+        "teacher_input_ids": teacher_prompt + completion,
+        "teacher_positions": [p + offset for p in positions],
+        "index": ex["index"],
+        "on_policy": True,
+    }
+
+
+def replace_rows(model, tokenizer, examples: list[dict], section: OnPolicy, score, step: int, seed: int):
+    """The batch with its first round(λ·B) rows re-made on-policy; `score(examples, step)` returns the teacher's
+    (ids, weights) per example. Returns (the new batch, the sampled completions)."""
+    n = rows_on_policy(len(examples), section.fraction)
+    if n == 0:
+        return examples, []
+    chosen = examples[:n]
+    noise = step_noise(seed, step, [ex["index"] for ex in chosen], section.max_new_tokens)
+    completions = sample(model, tokenizer, [ex["prompt_ids"] for ex in chosen], section, noise)
+    made = [completion_example(ex, c) for ex, c in zip(chosen, completions)]
+    for ex, (ids, weights) in zip(made, score(made, step)):
+        ex["target_ids"], ex["target_weights"] = ids, weights
+    return made + examples[n:], completions
