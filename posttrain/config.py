@@ -169,6 +169,26 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _leaf_type(cls, dotted: str) -> Any:
+    """The annotated type of a dotted key, or None where the key names nothing (its error comes later)."""
+    tp: Any = cls
+    for part in dotted.split("."):
+        section = _section(tp)
+        if section is None or part not in _field_types(section):
+            return None
+        tp = _field_types(section)[part]
+    return tp
+
+
+def _as_text(raw: str, tp: Any) -> bool:
+    """A string field takes the command line's text as it is (`template=Hint: {x}` is no YAML mapping)."""
+    return tp is str or (
+        typing.get_origin(tp) in (typing.Union, types.UnionType)
+        and str in typing.get_args(tp)
+        and raw not in ("null", "None", "~", "")
+    )
+
+
 def _nest(dotted: str, value: Any) -> dict:
     """`inner.steps`, 8 -> {"inner": {"steps": 8}}."""
     out: Any = value
@@ -201,6 +221,9 @@ def load(cls, path: str | Path | None, overrides: list = ()):
     for item in overrides:
         text, where = item if isinstance(item, tuple) else (item, f"command line '{item}'")
         key, value = parse_override(text)
+        raw = text.split("=", 1)[1]
+        if _as_text(raw, _leaf_type(cls, key)):
+            value = raw
         _merge(cls, tree, _nest(key, value), where)
     return _build(cls, tree)
 

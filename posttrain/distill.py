@@ -88,9 +88,13 @@ class Config:
 
 
 def check(config: Config) -> None:
+    """The fields, and what the teacher context needs of the data, before anything is written."""
+    from posttrain import data
+
     on_policy.check(config.on_policy, config.divergence, config.label_weight)
-    if config.teacher_context.exemplars < 0:
-        raise UserError(f"teacher_context.exemplars must be >= 0, got {config.teacher_context.exemplars}")
+    if teacher_context.active(config.teacher_context):
+        rows = data.read_rows(config.data)[: config.max_examples]
+        teacher_context.check(config.teacher_context, rows, config.data)
 
 
 def _collate(batch: list[dict], pad_id: int, label_weight: float = 0.0, divergence: str = "forward") -> dict:
@@ -136,7 +140,8 @@ def _training_args(config: Config, out: Path):
     return TrainingArguments(
         output_dir=str(out / "checkpoints"), per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size, num_train_epochs=config.epochs, max_steps=config.max_steps,
-        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup_steps,
+        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
         gradient_accumulation_steps=config.gradient_accumulation_steps, bf16=use_bf16,
         logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
@@ -281,7 +286,6 @@ def add_teacher_inputs(config: Config, rows: list[dict], examples: list[dict], t
     on = config.on_policy.fraction > 0
     if not (teacher_context.active(section) or on):
         return
-    teacher_context.check(section, rows, config.data)
     others = teacher_context.exemplar_rows(len(rows), section.exemplars, config.seed)
 
     def teacher_side(i: int, student_ids: list[int]) -> tuple[list[int], int]:

@@ -140,7 +140,8 @@ def sparse_reverse_kl_loss(
     softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`reverse_kl_loss` at the completion positions in `hidden` (N, D), whose next tokens are `token_ids` (N,) and
-    the teacher's log-probs of them `teacher_logp` (N,); chunked and recomputed in backward like `sparse_kd_loss`."""
+    the teacher's log-probs of them `teacher_logp` (N,); chunked and recomputed in backward like
+    `sparse_kd_loss`."""
     loss = kl = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_size):
         sl = slice(start, start + chunk_size)

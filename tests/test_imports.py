@@ -21,7 +21,7 @@ LAYERS = [
     ["hooks"],
     ["data", "models", "cluster", "checkpoint"],
     ["merging", "bond", "kd", "rollout"],
-    ["teacher", "scoring"],
+    ["teacher", "scoring", "on_policy", "teacher_context"],
     ["distill", "warm", "rl", "evaluate", "filter"],
     ["warp"],
     ["demo"],
