@@ -187,6 +187,18 @@ def as_completed(actors: list, method: str, items: list):
         yield refs[done[0]], ray.get(done[0])
 
 
+def submit(actors: list, method: str, items: list) -> list:
+    """`actor.method(item)` for every item (item i on actor i mod len(actors)), without waiting: the refs."""
+    return [getattr(actors[i % len(actors)], method).remote(item) for i, item in enumerate(items)]
+
+
+def gather(refs: list) -> list:
+    """The results of `submit`'s calls, in order (an actor's error is raised here)."""
+    import ray
+
+    return ray.get(refs)
+
+
 def kill(actors: list) -> None:
     import ray
 

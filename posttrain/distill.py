@@ -164,6 +164,8 @@ def _make_trainer(model, train_set, eval_set, config: Config, out: Path, tokeniz
     class KDTrainer(atomic_checkpoints(Trainer)):
         """HF Trainer with the sparse KD loss (checkpoints published atomically)."""
 
+        sampler = None  # on-policy: the student's sampling copy, made at the first on-policy batch
+
         def _kd(self, model, inputs):
             # Run the loss inside the wrapper's forward (DeepSpeed engine, DDP) so its hooks fire: ZeRO-3
             # gathers the partitioned weights of every submodule we call, the chunked LM head included.
@@ -179,12 +181,14 @@ def _make_trainer(model, train_set, eval_set, config: Config, out: Path, tokeniz
         def _on_policy(self, model, examples: list[dict], training: bool) -> dict:
             divergence = "forward"
             if training:
+                if self.sampler is None:
+                    self.sampler = on_policy.StudentSampler(self.accelerator.unwrap_model(model), config.bf16)
                 examples, _ = on_policy.replace_rows(
-                    self.accelerator.unwrap_model(model),
+                    self.sampler,
                     tokenizer,
                     examples,
                     config.on_policy,
-                    online.score,
+                    online,
                     self.state.global_step,
                     config.seed,
                 )

@@ -12,16 +12,19 @@ student is trained on them. The other rows keep the dataset's completions and th
 Per batch (`replace_rows`):
   1. the first round(λ·B) rows of the batch (the Trainer's order is already a seeded shuffle) are re-made:
      prompt = the row's messages without its last assistant turn;
-  2. the student (eval mode, no grad) samples one completion per prompt; the noise of row i at optimizer step s
-     comes from a generator seeded by (seed, s, i), so `--resume` redraws the same completions;
-  3. the teacher scores them on its Ray actors (teacher.TeacherWorker: the same code as the off-policy targets,
-     with the teacher's privileged context spliced in front, posttrain.teacher_context): K ids + fp16 weights per
-     token (1.5 KB at K = 256) or one fp32 log-prob (4 B); only ids and these travel, never logits;
+  2. the student (eval mode, no grad; a bf16 copy with bf16) samples one completion per prompt, `generation_batch`
+     prompts at a time; the noise of row i at optimizer step s comes from a generator seeded by (seed, s, i), so
+     `--resume` redraws the same completions;
+  3. each chunk goes to the teacher's Ray actors as soon as it is sampled, and they score it while the student
+     samples the next chunk (teacher.TeacherWorker: the same code as the off-policy targets, with the teacher's
+     privileged context spliced in front, posttrain.teacher_context): K ids + fp16 weights per token (1.5 KB at
+     K = 256) or one fp32 log-prob (4 B); only ids and these travel, never logits;
   4. the rows become ordinary examples (input ids, target positions over the completion, targets) for kd.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
@@ -40,12 +43,20 @@ class OnPolicy:
     max_new_tokens: int = doc(128, "tokens per sampled completion")
     temperature: float = doc(1.0, "the student's sampling temperature")
     top_p: float = doc(1.0, "the student's nucleus threshold")
+    generation_batch: int = doc(
+        8, "prompts sampled together; each chunk is scored by the teacher's actors while the next one is sampled"
+    )
 
 
 def check(section: OnPolicy, divergence: str, label_weight: float) -> None:
     if not 0.0 <= section.fraction <= 1.0:
         raise UserError(f"on_policy.fraction must be in [0, 1] (λ), got {section.fraction}")
-    if section.max_new_tokens < 1 or section.temperature <= 0 or not 0.0 < section.top_p <= 1.0:
+    if (
+        section.max_new_tokens < 1
+        or section.generation_batch < 1
+        or section.temperature <= 0
+        or not 0.0 < section.top_p <= 1.0
+    ):
         raise UserError(
             "on_policy.max_new_tokens must be >= 1, on_policy.temperature > 0, on_policy.top_p in (0, 1]"
         )
@@ -69,27 +80,47 @@ def rows_on_policy(batch_size: int, fraction: float) -> int:
     return int(round(fraction * batch_size))
 
 
-@torch.no_grad()
-def sample(model, tokenizer, prompts: list[list[int]], section: OnPolicy, noise: torch.Tensor) -> list[list[int]]:
-    """One completion per prompt (its token ids, the stop token included when it stopped)."""
-    from posttrain import rollout
+class StudentSampler:
+    """The student as it samples: the trained model itself, or with `bf16` a bf16 copy refreshed from the trained
+    weights before every batch's sampling (decoding an fp32 model under autocast re-casts every weight at every
+    token: ~6x slower on CPU, as rl measured). Under DeepSpeed ZeRO-3 (partitioned weights) it samples from the
+    model itself."""
 
-    was_training = model.training
-    model.eval()
-    try:
-        r = rollout.sample(
-            model,
-            tokenizer,
-            prompts,
-            1,
-            max_new_tokens=section.max_new_tokens,
-            temperature=section.temperature,
-            top_p=section.top_p,
-            noise=noise,
-        )
-    finally:
-        model.train(was_training)
-    return [r.completion_ids(i) for i in range(len(prompts))]
+    def __init__(self, model, bf16: bool):
+        self.model, self.copy = model, None
+        if bf16 and not getattr(model, "is_deepspeed_enabled", False):
+            self.copy = copy.deepcopy(model).to(torch.bfloat16).eval()
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        if self.copy is not None:
+            for source, target in zip(self.model.parameters(), self.copy.parameters()):
+                target.copy_(source)
+
+    @torch.no_grad()
+    def sample(
+        self, tokenizer, prompts: list[list[int]], section: OnPolicy, noise: torch.Tensor
+    ) -> list[list[int]]:
+        """One completion per prompt (its token ids, the stop token included when it stopped)."""
+        from posttrain import rollout
+
+        model = self.copy if self.copy is not None else self.model
+        was_training = model.training
+        model.eval()
+        try:
+            r = rollout.sample(
+                model,
+                tokenizer,
+                prompts,
+                1,
+                max_new_tokens=section.max_new_tokens,
+                temperature=section.temperature,
+                top_p=section.top_p,
+                noise=noise,
+            )
+        finally:
+            model.train(was_training)
+        return [r.completion_ids(i) for i in range(len(prompts))]
 
 
 def step_noise(seed: int, step: int, indices: list[int], max_new_tokens: int) -> torch.Tensor:
@@ -117,16 +148,28 @@ def completion_example(ex: dict, completion: list[int]) -> dict:
     }
 
 
-def replace_rows(model, tokenizer, examples: list[dict], section: OnPolicy, score, step: int, seed: int):
-    """The batch with its first round(λ·B) rows re-made on-policy; `score(examples, step)` returns the teacher's
-    (ids, weights) per example. Returns (the new batch, the sampled completions)."""
+def replace_rows(
+    sampler: StudentSampler, tokenizer, examples: list[dict], section: OnPolicy, teacher, step: int, seed: int
+):
+    """The batch with its first round(λ·B) rows re-made on-policy, and the sampled completions. The rows are
+    sampled `generation_batch` at a time; each chunk goes to the teacher (`teacher.submit`, its Ray actors) as soon
+    as it exists, so the teacher scores it while the student samples the next one."""
     n = rows_on_policy(len(examples), section.fraction)
     if n == 0:
         return examples, []
     chosen = examples[:n]
     noise = step_noise(seed, step, [ex["index"] for ex in chosen], section.max_new_tokens)
-    completions = sample(model, tokenizer, [ex["prompt_ids"] for ex in chosen], section, noise)
-    made = [completion_example(ex, c) for ex, c in zip(chosen, completions)]
-    for ex, (ids, weights) in zip(made, score(made, step)):
+    sampler.refresh()
+    made, completions, pending = [], [], []
+    for start in range(0, n, section.generation_batch):
+        part = chosen[start : start + section.generation_batch]
+        sampled = sampler.sample(
+            tokenizer, [ex["prompt_ids"] for ex in part], section, noise[start : start + len(part)]
+        )
+        rows = [completion_example(ex, c) for ex, c in zip(part, sampled)]
+        pending.append(teacher.submit(rows, step))
+        made, completions = made + rows, completions + sampled
+    scores = [t for handle in pending for t in teacher.collect(handle)]
+    for ex, (ids, weights) in zip(made, scores):
         ex["target_ids"], ex["target_weights"] = ids, weights
     return made + examples[n:], completions

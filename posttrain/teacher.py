@@ -118,7 +118,8 @@ class OnlineTeacher:
         self.bytes_received = 0
         self.tokens = 0
 
-    def score(self, examples: list[dict], step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def submit(self, examples: list[dict], step: int) -> list:
+        """Start scoring `examples` on the actors (one call per example, spread over them); returns at once."""
         from posttrain import cluster
 
         keys = [self.STEP_KEY * (step + 1) + ex["index"] for ex in examples]
@@ -126,9 +127,15 @@ class OnlineTeacher:
             {"shard": i, "indices": [k], "examples": [teacher_view(ex)], "mode": self.mode}
             for i, (k, ex) in enumerate(zip(keys, examples))
         ]
-        out = [None] * len(examples)
-        for i, res in cluster.as_completed(self.actors, "run", shards):
-            out[i] = (torch.from_numpy(res["ids"]), torch.from_numpy(res["weights"]))
+        return cluster.submit(self.actors, "run", shards)
+
+    def collect(self, handle: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The (ids, weights) per example of a `submit`, waiting for them."""
+        from posttrain import cluster
+
+        out = []
+        for res in cluster.gather(handle):
+            out.append((torch.from_numpy(res["ids"]), torch.from_numpy(res["weights"])))
             self.bytes_received += res["ids"].nbytes + res["weights"].nbytes
             self.tokens += res["ids"].shape[0]
         return out

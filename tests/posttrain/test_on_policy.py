@@ -144,15 +144,18 @@ def test_on_policy_rows_are_the_students_own_samples_and_the_teacher_scores_exac
         )
     seen = []
 
-    def score(made, step):
-        seen.extend(made)
-        return [
-            (torch.zeros((len(m["positions"]), 1), dtype=torch.int32), torch.ones((len(m["positions"]), 1)))
-            for m in made
-        ]
+    class Teacher:  # records what it is asked to score
+        def submit(self, made, step):
+            seen.extend(made)
+            return made
 
-    section = on_policy.OnPolicy(fraction=0.5, max_new_tokens=10)
-    batch, completions = on_policy.replace_rows(model, tokenizer, examples, section, score, step=3, seed=0)
+        def collect(self, made):
+            n = [len(m["positions"]) for m in made]
+            return [(torch.zeros((k, 1), dtype=torch.int32), torch.ones((k, 1))) for k in n]
+
+    section = on_policy.OnPolicy(fraction=0.5, max_new_tokens=10, generation_batch=1)  # two chunks
+    sampler = on_policy.StudentSampler(model, bf16=False)
+    batch, completions = on_policy.replace_rows(sampler, tokenizer, examples, section, Teacher(), step=3, seed=0)
     assert len(completions) == 2 and batch[2:] == examples[2:] and all(b["on_policy"] for b in batch[:2])
     noise = on_policy.step_noise(0, 3, [0, 1], 10)
     r = rollout.sample(
