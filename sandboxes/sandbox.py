@@ -9,6 +9,11 @@ from RLIMIT_NPROC even inside a user namespace). Inside, `zygote.py` runs each p
 under rlimits (CPU, address space, file size, processes, open files), with a wall-clock timeout and
 capped stdout/stderr, and destroys whatever it left before the next one.
 
+A judged run (`Sandbox.run(code, judge=...)`) runs a second, trusted program beside the untrusted one: the
+judge, which talks to the program over two pipes (fds 3 and 4 on both sides) and whose stdout, which
+nothing else can write, comes back as `Result.verdict`. The judge's code reaches it from the host without
+passing through anything the program can read (see `zygote.py`).
+
 `Sandbox` keeps one sandbox up for many programs (what `Pool` uses); `run` is a one-shot sandbox.
 """
 
@@ -20,6 +25,7 @@ import json
 import os
 import select
 import shutil
+import socket
 import stat
 import struct
 import subprocess
@@ -87,7 +93,8 @@ class Result:
     stdout: str
     stderr: str
     duration: float  # wall-clock seconds of the program
-    returncode: int | None = None  # negative: killed by that signal
+    returncode: int | None = None  # negative: killed by that signal (in a judged run: the judge's)
+    verdict: str | None = None  # a judged run: the judge's stdout (the program's output is stdout/stderr)
 
 
 def _world_readable(path: str) -> bool:
@@ -167,6 +174,7 @@ class Sandbox:
     def __init__(self, limits: Limits = Limits()):
         self.limits = limits
         self._proc: subprocess.Popen | None = None
+        self._control: socket.socket | None = None  # the host's end of the judges' code channel
         self._hostdir: str | None = None
         self._lock = threading.Lock()
 
@@ -179,7 +187,8 @@ class Sandbox:
     def _start(self) -> None:
         limits = self.limits
         python, binds = _interpreter(limits.python)
-        pass_fds: tuple[int, ...] = ()
+        self._control, control = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pass_fds: tuple[int, ...] = (control.fileno(),)
         if limits.isolation == "bwrap":
             if shutil.which("bwrap") is None:
                 raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed. {INSTALL_HINT}")
@@ -190,15 +199,15 @@ class Sandbox:
                 os.write(filter_w, program)
                 os.close(filter_w)
                 argv += ["--seccomp", str(filter_r)]
-                pass_fds = (filter_r,)
-            argv += ["--", python, "-I", "-S", "-c", _ZYGOTE, "pid1", WORKDIR]
+                pass_fds += (filter_r,)
+            argv += ["--", python, "-I", "-S", "-c", _ZYGOTE, "pid1", WORKDIR, str(control.fileno())]
             cwd, env = None, _ENV
         else:
             _warn_unisolated()
             self._hostdir = tempfile.mkdtemp(prefix="sandbox-")
             if os.geteuid() == 0:
                 os.chown(self._hostdir, SANDBOX_UID, SANDBOX_UID)
-            argv = [python, "-I", "-S", "-c", _ZYGOTE, "group", self._hostdir]
+            argv = [python, "-I", "-S", "-c", _ZYGOTE, "group", self._hostdir, str(control.fileno())]
             cwd, env = self._hostdir, dict(_ENV, HOME=self._hostdir, TMPDIR=self._hostdir)
         self._stderr = tempfile.TemporaryFile()
         try:
@@ -209,8 +218,9 @@ class Sandbox:
             self.close()
             raise SandboxUnavailable(f"cannot start the sandbox ({argv[0]}): {e}. {INSTALL_HINT}") from None
         finally:
-            for fd in pass_fds:
+            for fd in pass_fds[1:]:
                 os.close(fd)
+            control.close()
         reply = self._receive(time.monotonic() + 30)
         if not (isinstance(reply, dict) and reply.get("ready")):
             err = self._zygote_stderr()
@@ -240,8 +250,8 @@ class Sandbox:
                 need = 4 + struct.unpack(">I", buf[:4])[0]
         return json.loads(buf[4:need])
 
-    def run(self, code: str, stdin: str | None = None) -> Result:
-        """Run one program; never raises for anything the program does."""
+    def run(self, code: str, stdin: str | None = None, judge: str | None = None) -> Result:
+        """Run one program (with `judge` beside it, if given); never raises for anything the programs do."""
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self.close()
@@ -249,10 +259,12 @@ class Sandbox:
             limits = self.limits
             req = {"code": code, "stdin": stdin, **{k: getattr(limits, k) for k in (
                 "timeout", "cpu_seconds", "memory_mb", "file_size_mb", "processes", "open_files",
-                "output_bytes")}}
+                "output_bytes")}, "judged": judge is not None}
             data = json.dumps(req).encode()
             t0 = time.monotonic()
             try:
+                if judge is not None:
+                    self._send_judge(judge)
                 self._proc.stdin.write(struct.pack(">I", len(data)) + data)
                 self._proc.stdin.flush()
                 reply = self._receive(t0 + limits.timeout + GRACE)
@@ -263,9 +275,23 @@ class Sandbox:
                 self.close()
                 return Result("sandbox_error", "", f"sandbox failed: {err}", time.monotonic() - t0)
             return Result(reply["status"], reply["stdout"], reply["stderr"], reply["duration"],
-                          reply["returncode"])
+                          reply["returncode"], reply["verdict"])
+
+    def _send_judge(self, code: str) -> None:
+        """The judge's code, as a memfd over the control socket: it never passes through the zygote's memory."""
+        fd = os.memfd_create("judge", os.MFD_CLOEXEC)
+        try:
+            data = memoryview(code.encode())
+            while data:
+                data = data[os.write(fd, data):]
+            socket.send_fds(self._control, [b"j"], [fd])
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         if self._proc is None and getattr(self, "_stderr", None) is not None:
             self._stderr.close()
         if self._proc is not None:
@@ -295,7 +321,8 @@ def check(limits: Limits = Limits()) -> None:
         sandbox._start()
 
 
-def run(code: str, *, stdin: str | None = None, limits: Limits = Limits()) -> Result:
-    """Run `code` (a Python program) in a fresh sandbox. Raises only SandboxUnavailable."""
+def run(code: str, *, stdin: str | None = None, judge: str | None = None, limits: Limits = Limits()) -> Result:
+    """Run `code` (a Python program; beside `judge`, if given) in a fresh sandbox. Raises only
+    SandboxUnavailable."""
     with Sandbox(limits) as sandbox:
-        return sandbox.run(code, stdin)
+        return sandbox.run(code, stdin, judge)

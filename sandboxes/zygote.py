@@ -1,5 +1,5 @@
-# The in-sandbox server: `python -I -S -c <this file's text> MODE WORKDIR`, one per sandbox; MODE is "pid1"
-# (inside bubblewrap, as PID 1 of the sandbox) or "group" (rlimits-only mode, on the host).
+# The in-sandbox server: `python -I -S -c <this file's text> MODE WORKDIR CONTROL_FD`, one per sandbox; MODE is
+# "pid1" (inside bubblewrap, as PID 1 of the sandbox) or "group" (rlimits-only mode, on the host).
 #
 # Starting a fresh bubblewrap sandbox plus a Python interpreter costs tens of ms; forking this warm
 # process costs about one. So a sandbox stays up and runs programs one at a time, each in a fresh fork
@@ -9,14 +9,24 @@
 # every file in the writable dirs, every SysV IPC object. The zygote is non-dumpable, so a program running
 # as the same uid can neither ptrace it nor open its /proc files; as PID 1 it cannot be killed from inside.
 #
+# A judged run adds a second process, the judge: forked after the request, fed its code by the host through
+# a memfd passed over the control socket (so neither that code nor anything it holds ever passes through
+# this process's memory, which every later program inherits), joined to the program by two pipes (fd 3
+# reads from the other side, fd 4 writes to it), and the only writer of its stdout, the verdict. The run
+# lasts as long as the judge. The program cannot reach the judge: another process of the same uid, but
+# non-dumpable like this one (no ptrace, no /proc/<pid>/fd or mem), and the seccomp filter refuses ptrace
+# and process_vm_* besides.
+#
 # Protocol on fds 0/1: requests and replies are 4-byte big-endian lengths followed by JSON.
 # Standalone on purpose: imports only the standard library (the project is not visible in the sandbox).
 import ctypes
+import fcntl
 import json
 import os
 import resource
 import selectors
 import signal
+import socket
 import struct
 import sys
 import time
@@ -49,31 +59,28 @@ def send_raw(fd, data):
         view = view[os.write(fd, view):]
 
 
-def child(req, path, workdir, fds):
-    """In the forked child: wire stdio, apply rlimits, run the program, exit like `python main.py` would."""
-    stdin_r, out_w, err_w = fds
-    os.setsid()
-    os.dup2(stdin_r, 0)
-    os.dup2(out_w, 1)
-    os.dup2(err_w, 2)
-    os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    os.chdir(workdir)
+def place(fds):
+    """Make fds[i] the process's fd i, for every i (safe when the numbers overlap), and close all others."""
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds]
+    for i, fd in enumerate(high):
+        os.dup2(fd, i)
+    os.closerange(len(fds), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def apply_limits(req):
     mb = 1 << 20
     resource.setrlimit(resource.RLIMIT_CPU, (req["cpu_seconds"], req["cpu_seconds"] + 1))
     for res, value in ((resource.RLIMIT_AS, req["memory_mb"] * mb), (resource.RLIMIT_FSIZE, req["file_size_mb"] * mb),
                        (resource.RLIMIT_NPROC, req["processes"]), (resource.RLIMIT_NOFILE, req["open_files"]),
                        (resource.RLIMIT_CORE, 0)):
         resource.setrlimit(res, (value, value))
-    if "random" in sys.modules:
-        sys.modules["random"].seed()
-    sys.argv = [path]
+
+
+def execute(code, filename, namespace):
+    """Run `code` like `python main.py` would, exit code included; never returns."""
     rc = 0
     try:
-        with open(path, "w") as f:
-            f.write(req["code"])
-        code = compile(req["code"], path, "exec")
-        exec(code, {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
+        exec(compile(code, filename, "exec"), namespace)
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             rc = e.code or 0
@@ -99,30 +106,116 @@ def child(req, path, workdir, fds):
     os._exit(rc & 0xFF)
 
 
+def child(req, path, workdir, fds, channel):
+    """In the forked child: wire stdio (and, in a judged run, the channel to the judge as fds 3 and 4), apply
+    rlimits, run the program."""
+    os.setsid()
+    place([*fds, *channel] if req.get("judged") else fds)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.chdir(workdir)
+    apply_limits(req)
+    if "random" in sys.modules:
+        sys.modules["random"].seed()
+    sys.argv = [path]
+    with open(path, "w") as f:
+        f.write(req["code"])
+    execute(req["code"], path, {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
+
+
+def read_fd(fd):
+    chunks, offset = [], 0
+    while True:
+        chunk = os.pread(fd, READ, offset)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        offset += len(chunk)
+
+
+def judge_child(req, code_fd, channel, verdict_w):
+    """In the forked judge: code from the host's memfd (never written to a file the program could read),
+    stdout the verdict pipe, stdin and stderr /dev/null, the channel to the program as fds 3 and 4."""
+    os.setsid()
+    code = read_fd(code_fd).decode()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    place([devnull, verdict_w, devnull, *channel])
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.chdir("/")
+    apply_limits(req)
+    sys.argv = ["<judge>"]
+    execute(code, "<judge>", {"__name__": "__judge__", "__builtins__": __builtins__})
+
+
 def spawn(workdir):
     """Fork the next program's process ahead of its request (it waits for it on a pipe), so that the fork
-    overlaps the host's turn-around instead of adding to every run."""
+    overlaps the host's turn-around instead of adding to every run. Its channel to a judge is made now too;
+    a run without one closes it."""
     req_r, req_w = os.pipe()
     stdin_r, stdin_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
+    calls_r, calls_w = os.pipe()  # judge -> program
+    replies_r, replies_w = os.pipe()  # program -> judge
     pid = os.fork()
     if pid == 0:
         try:
-            for fd in (req_w, stdin_w, out_r, err_r):
+            for fd in (req_w, stdin_w, out_r, err_r, calls_w, replies_r):
                 os.close(fd)
             (n,) = struct.unpack(">I", read_exact(req_r, 4))
             req = json.loads(read_exact(req_r, n))
-            child(req, os.path.join(workdir, "main.py"), workdir, (stdin_r, out_w, err_w))
+            child(req, os.path.join(workdir, "main.py"), workdir, (stdin_r, out_w, err_w), (calls_r, replies_w))
         finally:
             os._exit(70)
-    for fd in (req_r, stdin_r, out_w, err_w):
+    for fd in (req_r, stdin_r, out_w, err_w, calls_r, replies_w):
         os.close(fd)
-    return pid, req_w, stdin_w, out_r, err_r
+    return pid, req_w, stdin_w, out_r, err_r, (replies_r, calls_w)
 
 
-def run_one(req, raw, spare, mode, workdir):
-    pid, req_w, stdin_w, out_r, err_r = spare
+def start_judge(req, control, channel):
+    """Fork the judge of a judged run: (pid, verdict pipe), or None when the host sent no code for it."""
+    try:
+        _, fds, _, _ = socket.recv_fds(control, 16, 1)
+    except OSError:
+        fds = []
+    if not fds:
+        return None
+    verdict_r, verdict_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            judge_child(req, fds[0], channel, verdict_w)
+        finally:
+            os._exit(70)
+    for fd in (fds[0], verdict_w):
+        os.close(fd)
+    return pid, verdict_r
+
+
+def exit_status(rc):
+    if rc == 0:
+        return "ok"
+    if rc == MEMORY_EXIT:
+        return "memory"
+    if rc == -signal.SIGXCPU:
+        return "timeout"
+    if rc < 0:
+        return "killed"
+    return "failed"
+
+
+def run_one(req, raw, spare, mode, workdir, control):
+    pid, req_w, stdin_w, out_r, err_r, channel = spare
+    judge = start_judge(req, control, channel) if req.get("judged") else None
+    for fd in channel:
+        os.close(fd)
+    if req.get("judged") and judge is None:
+        os.close(req_w)  # the waiting child reads EOF and exits
+        os.close(stdin_w)
+        os.waitpid(pid, 0)
+        for fd in (out_r, err_r):
+            os.close(fd)
+        return {"status": "sandbox_error", "returncode": None, "duration": 0.0, "stdout": "",
+                "stderr": "a judged run without the judge's code", "verdict": None}
     t0 = time.monotonic()
     try:
         send_raw(req_w, raw)
@@ -132,6 +225,8 @@ def run_one(req, raw, spare, mode, workdir):
     deadline = t0 + req["timeout"]
     cap = req["output_bytes"]
     bufs = {out_r: bytearray(), err_r: bytearray()}
+    if judge is not None:
+        bufs[judge[1]] = bytearray()
     pending = (req.get("stdin") or "").encode()
     sel = selectors.DefaultSelector()
     for fd in bufs:
@@ -142,7 +237,8 @@ def run_one(req, raw, spare, mode, workdir):
         sel.register(stdin_w, selectors.EVENT_WRITE)
     else:
         os.close(stdin_w)
-    pidfd = os.pidfd_open(pid)
+    main_pid = judge[0] if judge is not None else pid  # the run lasts as long as the judge, when it has one
+    pidfd = os.pidfd_open(main_pid)
     sel.register(pidfd, selectors.EVENT_READ)
     status, exited = None, False
     while status is None and not exited:
@@ -173,7 +269,7 @@ def run_one(req, raw, spare, mode, workdir):
                 bufs[fd] += chunk
                 if len(bufs[fd]) > cap:
                     status = "output_limit"
-    if exited and status is None:  # drain what the program wrote before exiting
+    if exited and status is None:  # drain what was written before the exit
         for fd, buf in bufs.items():
             while len(buf) <= cap:
                 try:
@@ -186,35 +282,30 @@ def run_one(req, raw, spare, mode, workdir):
             if len(buf) > cap:
                 status = "output_limit"
     duration = time.monotonic() - t0
-    if not exited:
-        os.kill(pid, signal.SIGKILL)
-    _, wstatus = os.waitpid(pid, 0)
-    cleanup(mode, pid, workdir)
+    pids = [pid] if judge is None else [judge[0], pid]
+    for p in pids:
+        if p != main_pid or not exited:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    wstatus = {p: os.waitpid(p, 0)[1] for p in pids}
+    cleanup(mode, pids, workdir)
     sel.close()
-    for fd in (out_r, err_r, pidfd, stdin_w):
+    for fd in (*bufs, pidfd, stdin_w):
         try:
             os.close(fd)
         except OSError:
             pass
-    rc = os.waitstatus_to_exitcode(wstatus)
-    if status is None:
-        if rc == 0:
-            status = "ok"
-        elif rc == MEMORY_EXIT:
-            status = "memory"
-        elif rc == -signal.SIGXCPU:
-            status = "timeout"
-        elif rc < 0:
-            status = "killed"
-        else:
-            status = "failed"
-    return {"status": status, "returncode": rc, "duration": duration,
+    rc = os.waitstatus_to_exitcode(wstatus[main_pid])
+    return {"status": status or exit_status(rc), "returncode": rc, "duration": duration,
             "stdout": bytes(bufs[out_r][:cap]).decode(errors="replace"),
-            "stderr": bytes(bufs[err_r][:cap]).decode(errors="replace")}
+            "stderr": bytes(bufs[err_r][:cap]).decode(errors="replace"),
+            "verdict": None if judge is None else bytes(bufs[judge[1]][:cap]).decode(errors="replace")}
 
 
-def cleanup(mode, pid, workdir):
-    """Destroy everything the program left: processes, files, IPC objects."""
+def cleanup(mode, pids, workdir):
+    """Destroy everything the run left: processes, files, IPC objects."""
     if mode == "pid1":
         while True:  # repeat: a fork bomb may fork between kill() and wait()
             try:
@@ -237,10 +328,11 @@ def cleanup(mode, pid, workdir):
                 getattr(LIBC, rmid)(i, 0, 0)  # IPC_RMID
         dirs = (workdir, "/tmp", "/dev/shm")
     else:  # rlimits-only: the process group is all we can reach
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         dirs = (workdir,)
     for d in dirs:
         wipe(d)
@@ -280,6 +372,7 @@ LIBC = ctypes.CDLL(None, use_errno=True)
 
 def main():
     mode, workdir = sys.argv[1], sys.argv[2]
+    control = socket.socket(fileno=int(sys.argv[3]))  # the judges' code arrives here, as memfds
     LIBC.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no ptrace or /proc/<pid>/mem from the programs
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The first compile() in a process pays one-time set-up (~1 ms here); pay it once, before any fork.
@@ -293,7 +386,7 @@ def main():
             raw = read_exact(0, n)
         except EOFError:
             return
-        reply = run_one(json.loads(raw), raw, spare, mode, workdir)
+        reply = run_one(json.loads(raw), raw, spare, mode, workdir, control)
         send(1, reply)
         spare = spawn(workdir)
 
