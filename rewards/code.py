@@ -79,7 +79,7 @@ def function_task(code: str, row: dict, *, fraction: bool) -> tuple[str, str] | 
     elif row.get("tests") or row.get("test_list"):
         tests = _strings(row.get("tests") or row.get("test_list"), "tests")
         setup = row.get("test_setup_code") or ""
-        source = code
+        source = f"{code}\n{setup}"  # MBPP's setup (imports, classes) is the solution's context too, as it was
         call = f"judge_asserts({setup!r}, {tests!r}, {fraction!r})"
     else:
         return None
