@@ -1,4 +1,4 @@
-# The code reward's candidate process (program text, run in the sandbox after plain_data.py): the
+# The code reward's candidate process (part of the harness preloaded into the sandbox with plain_data.py): the
 # completion's code, loaded once, then a loop that answers the judge's calls on fd 3 with plain data on fd 4.
 #
 # Nothing here is trusted: the completion controls this whole process and may rewrite any of it. It exists

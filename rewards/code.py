@@ -33,8 +33,9 @@ from rewards import Scored, completion_text
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _POOLS: dict[tuple, sandboxes.Pool] = {}
 _HERE = Path(__file__).parent
-_PLAIN_DATA, _CANDIDATE, _JUDGE = ((_HERE / name).read_text()
-                                   for name in ("plain_data.py", "candidate_process.py", "judge_process.py"))
+# The harness of both processes, compiled and imported once per sandbox (its zygote's `sandbox_preload`).
+HARNESS = "\n".join((_HERE / name).read_text() for name in ("plain_data.py", "candidate_process.py",
+                                                            "judge_process.py"))
 COLUMNS = ("prompt", "test", "entry_point", "tests", "test_list", "test_setup_code", "input", "output")
 _STATUS_REASONS = {"timeout": "timeout", "memory": "out of memory", "output_limit": "output limit exceeded",
                    "killed": "killed by a signal"}
@@ -63,8 +64,8 @@ def _strings(value, column: str) -> list[str]:
 
 
 def candidate_program(source: str) -> str:
-    """The candidate process's program: the plain-data codec, the call server, the completion's code."""
-    return f"{_PLAIN_DATA}\n{_CANDIDATE}\nserve({source!r})\n"
+    """The candidate process's program: the call server (`candidate_process.py`) on the completion's code."""
+    return f"from sandbox_preload import serve\nserve({source!r})\n"
 
 
 def function_task(code: str, row: dict, *, fraction: bool) -> tuple[str, str] | None:
@@ -83,7 +84,7 @@ def function_task(code: str, row: dict, *, fraction: bool) -> tuple[str, str] | 
         call = f"judge_asserts({setup!r}, {tests!r}, {fraction!r})"
     else:
         return None
-    return candidate_program(source), f"{_PLAIN_DATA}\n{_JUDGE}\n{call}\n"
+    return candidate_program(source), f"from sandbox_preload import {call.split('(')[0]}\n{call}\n"
 
 
 def stdio_cases(row: dict) -> list[tuple[str, str]] | None:
@@ -154,7 +155,7 @@ def stdio_score(results: list[sandboxes.Result], expected: list[str],
 def _pool(limits: sandboxes.Limits, workers: int | None) -> sandboxes.Pool:
     key = (limits, workers)
     if key not in _POOLS:
-        _POOLS[key] = sandboxes.Pool(limits, workers)
+        _POOLS[key] = sandboxes.Pool(limits, workers, preload=HARNESS)
     return _POOLS[key]
 
 

@@ -1,5 +1,5 @@
-# The code reward's judge process (program text, run in the sandbox after plain_data.py, as a judged run's
-# judge): the dataset's tests, with the helpers its prompt defines, run here against a stand-in for the
+# The code reward's judge process (part of the harness preloaded into the sandbox with plain_data.py; a
+# judged run's judge calls `judge_check` or `judge_asserts`): the dataset's tests, with the helpers its prompt defines, run here against a stand-in for the
 # candidate's function whose every call goes over the pipe to the candidate process (fd 4 out, fd 3 in) and
 # comes back as fresh plain data or as an exception raised here. This process counts and reports; its
 # stdout, the verdict, is a pipe only it holds. Nothing of the tests is ever sent to the candidate.
@@ -143,6 +143,14 @@ def _proxies(tree, namespace, channel):
             namespace[name] = Candidate(name, channel)
 
 
+def _compile_prompt(prompt):
+    """The prompt's code; a stub that ends in a bare `def` line gets a body (the completion's, elsewhere)."""
+    try:
+        return compile(prompt, "<prompt>", "exec")
+    except SyntaxError:
+        return compile(prompt + "    pass\n", "<prompt>", "exec")
+
+
 def judge_check(prompt, test, entry_point, fraction):
     """HumanEval: the prompt's helpers, the test's `check(candidate)`; with `fraction`, every asserting
     statement of `check` is a test, else `check` is one."""
@@ -156,7 +164,7 @@ def judge_check(prompt, test, entry_point, fraction):
             for node in tree.body:
                 if isinstance(node, _ast.FunctionDef) and node.name == "check":
                     node.body, total = _counted(node.body)
-        exec(compile(prompt or "", "<prompt>", "exec"), namespace)
+        exec(_compile_prompt(prompt or ""), namespace)
         exec(compile(_ast.fix_missing_locations(tree), "<test>", "exec"), namespace)
         check = namespace["check"]
     except BaseException as e:

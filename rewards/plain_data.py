@@ -8,8 +8,8 @@
 # `decode` builds fresh built-ins from JSON (which yields only exact built-ins itself) and refuses anything
 # else: that is the judge's defence, whatever the candidate's side of this file was made to do.
 #
-# Standalone on purpose (standard library only): its text is prepended to the programs that run in the
-# sandbox, and the host imports it for tests.
+# Standalone on purpose (standard library only): with candidate_process.py and judge_process.py, its text
+# is the harness preloaded into the sandbox (`sandboxes.Pool(preload=...)`); the host imports it for tests.
 import json as _json
 import os as _os
 import struct as _struct

@@ -22,8 +22,9 @@ def available_cores() -> int:
 
 
 class Pool:
-    def __init__(self, limits: Limits = Limits(), workers: int | None = None):
+    def __init__(self, limits: Limits = Limits(), workers: int | None = None, preload: str = ""):
         self.limits = limits
+        self.preload = preload  # trusted code every sandbox runs once, as the module `sandbox_preload`
         self.workers = max(1, workers or available_cores())
         self._idle: queue.SimpleQueue[Sandbox] = queue.SimpleQueue()
         self._all: list[Sandbox] = []
@@ -43,7 +44,7 @@ class Pool:
             pass
         with self._lock:
             if len(self._all) < self.workers:
-                sandbox = Sandbox(self.limits)
+                sandbox = Sandbox(self.limits, self.preload)
                 self._all.append(sandbox)
                 return sandbox
         return self._idle.get()

@@ -14,7 +14,9 @@ judge, which talks to the program over two pipes (fds 3 and 4 on both sides) and
 nothing else can write, comes back as `Result.verdict`. The judge's code reaches it from the host without
 passing through anything the program can read (see `zygote.py`).
 
-`Sandbox` keeps one sandbox up for many programs (what `Pool` uses); `run` is a one-shot sandbox.
+`Sandbox` keeps one sandbox up for many programs (what `Pool` uses); `run` is a one-shot sandbox. A
+sandbox's `preload` (trusted code, e.g. a harness that every program imports) runs once in the zygote, as
+the module `sandbox_preload` that every program and judge inherits already imported and compiled.
 """
 
 from __future__ import annotations
@@ -171,8 +173,9 @@ def _warn_unisolated() -> None:
 class Sandbox:
     """One sandbox kept up for many programs, run one at a time. Restarts itself after a failure."""
 
-    def __init__(self, limits: Limits = Limits()):
+    def __init__(self, limits: Limits = Limits(), preload: str = ""):
         self.limits = limits
+        self.preload = preload
         self._proc: subprocess.Popen | None = None
         self._control: socket.socket | None = None  # the host's end of the judges' code channel
         self._hostdir: str | None = None
@@ -200,14 +203,14 @@ class Sandbox:
                 os.close(filter_w)
                 argv += ["--seccomp", str(filter_r)]
                 pass_fds += (filter_r,)
-            argv += ["--", python, "-I", "-S", "-c", _ZYGOTE, "pid1", WORKDIR, str(control.fileno())]
+            argv += ["--", python, "-I", "-S", "-c", _ZYGOTE, "pid1", WORKDIR, str(control.fileno()), self.preload]
             cwd, env = None, _ENV
         else:
             _warn_unisolated()
             self._hostdir = tempfile.mkdtemp(prefix="sandbox-")
             if os.geteuid() == 0:
                 os.chown(self._hostdir, SANDBOX_UID, SANDBOX_UID)
-            argv = [python, "-I", "-S", "-c", _ZYGOTE, "group", self._hostdir, str(control.fileno())]
+            argv = [python, "-I", "-S", "-c", _ZYGOTE, "group", self._hostdir, str(control.fileno()), self.preload]
             cwd, env = self._hostdir, dict(_ENV, HOME=self._hostdir, TMPDIR=self._hostdir)
         self._stderr = tempfile.TemporaryFile()
         try:
