@@ -1,18 +1,19 @@
-# The code reward's judge process (part of the harness preloaded into the sandbox with plain_data.py; a
-# judged run's judge calls `judge_check` or `judge_asserts`): the dataset's tests, with the helpers its prompt defines, run here against a stand-in for the
-# candidate's function whose every call goes over the pipe to the candidate process (fd 4 out, fd 3 in) and
-# comes back as fresh plain data or as an exception raised here. This process counts and reports; its
-# stdout, the verdict, is a pipe only it holds. Nothing of the tests is ever sent to the candidate.
+# The code reward's judge (part of the harness preloaded into the sandboxes with plain_data.py; each judged
+# run's judge calls `judge_check` or `judge_asserts`, in the judge server's sandbox): the dataset's tests,
+# with the helpers its prompt defines, run against a stand-in for the candidate's function whose every call
+# goes over the pipe to the candidate process (fd 4 out, fd 3 in) and comes back as fresh plain data or as
+# an exception raised here. The judge counts, and reports on fd 5, which only it holds. Nothing of the tests
+# is ever sent to the candidate.
 #
 # Verdict: JSON lines {"total": n}, then {"passed": i} / {"failed": i, "reason": ...} per test, then
 # {"done": true}; or {"error": ...} when the row's own tests do not run (before the candidate is called).
-# Reasons never quote the tests (the verdict passes through the zygote, whose memory later programs inherit).
+# Only `Exception`s are caught: the judge server's timeout (a BaseException) ends the judge where it is.
 import ast as _ast
 import builtins as _builtins
 import json as _json
 import os as _os
 
-_FROM_CANDIDATE, _TO_CANDIDATE = 3, 4
+_FROM_CANDIDATE, _TO_CANDIDATE, _VERDICT = 3, 4, 5
 
 
 class CandidateFailed(Exception):
@@ -94,14 +95,12 @@ class Candidate:
 
 class Verdict:
     def __init__(self, channel):
-        self._fd = _os.dup(1)
-        _os.dup2(2, 1)  # whatever the tests print goes to /dev/null, never into the verdict
         self._channel = channel
 
     def write(self, **fields):
         data = (_json.dumps(fields) + "\n").encode()
         while data:
-            data = data[_os.write(self._fd, data):]
+            data = data[_os.write(_VERDICT, data):]
 
     def passed(self, i):
         self.write(passed=i)
@@ -159,21 +158,22 @@ def judge_check(prompt, test, entry_point, fraction):
     namespace = {"__name__": "__judge__", "__builtins__": _builtins, "__verdict__": verdict}
     total = 0
     try:
-        tree = _ast.parse(test)
         if fraction:
+            tree = _ast.parse(test)
             for node in tree.body:
                 if isinstance(node, _ast.FunctionDef) and node.name == "check":
                     node.body, total = _counted(node.body)
+            test = _ast.fix_missing_locations(tree)
         exec(_compile_prompt(prompt or ""), namespace)
-        exec(compile(_ast.fix_missing_locations(tree), "<test>", "exec"), namespace)
+        exec(compile(test, "<test>", "exec"), namespace)
         check = namespace["check"]
-    except BaseException as e:
+    except Exception as e:
         return _tests_do_not_run(verdict, e)
     namespace[entry_point] = Candidate(entry_point, channel)  # also where the tests name it
     verdict.write(total=total or 1)
     try:
         check(Candidate(entry_point, channel))
-    except BaseException as e:
+    except Exception as e:
         verdict.failed(total, e)  # outside any counted statement: what was not reported did not pass
     else:
         if not total:
@@ -190,7 +190,7 @@ def judge_asserts(setup, tests, fraction):
     try:
         tree = _ast.parse("\n".join(tests))
         exec(compile(setup or "", "<setup>", "exec"), namespace)
-    except BaseException as e:
+    except Exception as e:
         return _tests_do_not_run(verdict, e)
     _proxies(tree, namespace, channel)
     statements = tree.body
@@ -201,7 +201,7 @@ def judge_asserts(setup, tests, fraction):
         counted = bool(total) and _asserts(statement)
         try:
             exec(compile(_ast.Module(body=[statement], type_ignores=[]), "<tests>", "exec"), namespace)
-        except BaseException as e:
+        except Exception as e:
             if counted or not total:
                 verdict.failed(i if counted else 0, e)
             if not total:

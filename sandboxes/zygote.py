@@ -1,5 +1,6 @@
-# The in-sandbox server: `python -I -S -c <this file's text> MODE WORKDIR CONTROL_FD`, one per sandbox; MODE is
-# "pid1" (inside bubblewrap, as PID 1 of the sandbox) or "group" (rlimits-only mode, on the host).
+# The in-sandbox server: `python -I -S -c <this file's text> MODE WORKDIR CONTROL_FD PRELOAD`, one per
+# sandbox; MODE is "pid1" (inside bubblewrap, as PID 1 of the sandbox) or "group" (rlimits-only mode, on the
+# host).
 #
 # Starting a fresh bubblewrap sandbox plus a Python interpreter costs tens of ms; forking this warm
 # process costs about one. So a sandbox stays up and runs programs one at a time, each in a fresh fork
@@ -9,16 +10,14 @@
 # every file in the writable dirs, every SysV IPC object. The zygote is non-dumpable, so a program running
 # as the same uid can neither ptrace it nor open its /proc files; as PID 1 it cannot be killed from inside.
 #
-# A judged run adds a second process, the judge: forked after the request, fed its code by the host through
-# a memfd passed over the control socket (so neither that code nor anything it holds ever passes through
-# this process's memory, which every later program inherits), joined to the program by two pipes (fd 3
-# reads from the other side, fd 4 writes to it), and the only writer of its stdout, the verdict. The run
-# lasts as long as the judge. The program cannot reach the judge: another process of the same uid, but
-# non-dumpable like this one (no ptrace, no /proc/<pid>/fd or mem), and the seccomp filter refuses ptrace
-# and process_vm_* besides.
+# Judged runs: every pre-forked program also gets two pipes as fds 3 (reads) and 4 (writes), whose other
+# ends, with the write end of an "end" pipe, go to the host over the control socket as soon as the fork is
+# made, and from there to a judge in another sandbox (`judge_server.py`); this process never holds them
+# again. A run without a judge closes them; a judged run lasts until the host closes the end pipe (the
+# judge is done) or the timeout.
 #
-# A sandbox's preload (argv[4], trusted code such as a harness) runs here once, as the module
-# `sandbox_preload`, so that every program and judge inherits it compiled and imported.
+# A sandbox's preload (PRELOAD, trusted code such as a harness) runs here once, as the module
+# `sandbox_preload`, so that every program inherits it compiled and imported.
 #
 # Protocol on fds 0/1: requests and replies are 4-byte big-endian lengths followed by JSON.
 # Standalone on purpose: imports only the standard library (the project is not visible in the sandbox).
@@ -127,73 +126,31 @@ def child(req, path, workdir, fds, channel):
     execute(req["code"], path, {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
 
 
-def read_fd(fd):
-    chunks, offset = [], 0
-    while True:
-        chunk = os.pread(fd, READ, offset)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        offset += len(chunk)
-
-
-def judge_child(req, code_fd, channel, verdict_w):
-    """In the forked judge: code from the host's memfd (never written to a file the program could read),
-    stdout the verdict pipe, stdin and stderr /dev/null, the channel to the program as fds 3 and 4."""
-    os.setsid()
-    code = read_fd(code_fd).decode()
-    devnull = os.open(os.devnull, os.O_RDWR)
-    place([devnull, verdict_w, devnull, *channel])
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    os.chdir("/")
-    apply_limits(req)
-    sys.argv = ["<judge>"]
-    execute(code, "<judge>", {"__name__": "__judge__", "__builtins__": __builtins__})
-
-
-def spawn(workdir):
+def spawn(workdir, control):
     """Fork the next program's process ahead of its request (it waits for it on a pipe), so that the fork
-    overlaps the host's turn-around instead of adding to every run. Its channel to a judge is made now too;
-    a run without one closes it."""
+    overlaps the host's turn-around instead of adding to every run. The judge's ends of its channel, and the
+    end pipe's write end, go to the host now."""
     req_r, req_w = os.pipe()
     stdin_r, stdin_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     calls_r, calls_w = os.pipe()  # judge -> program
     replies_r, replies_w = os.pipe()  # program -> judge
+    end_r, end_w = os.pipe()  # the host closes it when the judge is done
     pid = os.fork()
     if pid == 0:
         try:
-            for fd in (req_w, stdin_w, out_r, err_r, calls_w, replies_r):
+            for fd in (req_w, stdin_w, out_r, err_r, calls_w, replies_r, end_r, end_w):
                 os.close(fd)
             (n,) = struct.unpack(">I", read_exact(req_r, 4))
             req = json.loads(read_exact(req_r, n))
             child(req, os.path.join(workdir, "main.py"), workdir, (stdin_r, out_w, err_w), (calls_r, replies_w))
         finally:
             os._exit(70)
-    for fd in (req_r, stdin_r, out_w, err_w, calls_r, replies_w):
+    socket.send_fds(control, [b"c"], [replies_r, calls_w, end_w])
+    for fd in (req_r, stdin_r, out_w, err_w, calls_r, replies_w, replies_r, calls_w, end_w):
         os.close(fd)
-    return pid, req_w, stdin_w, out_r, err_r, (replies_r, calls_w)
-
-
-def start_judge(req, control, channel):
-    """Fork the judge of a judged run: (pid, verdict pipe), or None when the host sent no code for it."""
-    try:
-        _, fds, _, _ = socket.recv_fds(control, 16, 1)
-    except OSError:
-        fds = []
-    if not fds:
-        return None
-    verdict_r, verdict_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            judge_child(req, fds[0], channel, verdict_w)
-        finally:
-            os._exit(70)
-    for fd in (fds[0], verdict_w):
-        os.close(fd)
-    return pid, verdict_r
+    return pid, req_w, stdin_w, out_r, err_r, end_r
 
 
 def exit_status(rc):
@@ -208,19 +165,9 @@ def exit_status(rc):
     return "failed"
 
 
-def run_one(req, raw, spare, mode, workdir, control):
-    pid, req_w, stdin_w, out_r, err_r, channel = spare
-    judge = start_judge(req, control, channel) if req.get("judged") else None
-    for fd in channel:
-        os.close(fd)
-    if req.get("judged") and judge is None:
-        os.close(req_w)  # the waiting child reads EOF and exits
-        os.close(stdin_w)
-        os.waitpid(pid, 0)
-        for fd in (out_r, err_r):
-            os.close(fd)
-        return {"status": "sandbox_error", "returncode": None, "duration": 0.0, "stdout": "",
-                "stderr": "a judged run without the judge's code", "verdict": None}
+def run_one(req, raw, spare, mode, workdir):
+    pid, req_w, stdin_w, out_r, err_r, end_r = spare
+    judged = bool(req.get("judged"))
     t0 = time.monotonic()
     try:
         send_raw(req_w, raw)
@@ -230,8 +177,6 @@ def run_one(req, raw, spare, mode, workdir, control):
     deadline = t0 + req["timeout"]
     cap = req["output_bytes"]
     bufs = {out_r: bytearray(), err_r: bytearray()}
-    if judge is not None:
-        bufs[judge[1]] = bytearray()
     pending = (req.get("stdin") or "").encode()
     sel = selectors.DefaultSelector()
     for fd in bufs:
@@ -242,11 +187,12 @@ def run_one(req, raw, spare, mode, workdir, control):
         sel.register(stdin_w, selectors.EVENT_WRITE)
     else:
         os.close(stdin_w)
-    main_pid = judge[0] if judge is not None else pid  # the run lasts as long as the judge, when it has one
-    pidfd = os.pidfd_open(main_pid)
+    pidfd = os.pidfd_open(pid)
     sel.register(pidfd, selectors.EVENT_READ)
-    status, exited = None, False
-    while status is None and not exited:
+    if judged:  # the run lasts as long as the judge, whether the program has exited or not
+        sel.register(end_r, selectors.EVENT_READ)
+    status, exited, ended = None, False, False
+    while status is None and not ended and not (exited and not judged):
         left = deadline - time.monotonic()
         if left <= 0:
             status = "timeout"
@@ -255,6 +201,9 @@ def run_one(req, raw, spare, mode, workdir, control):
             fd = key.fd
             if fd == pidfd:
                 exited = True
+                sel.unregister(fd)
+            elif fd == end_r:
+                ended = True
             elif fd == stdin_w:
                 try:
                     pending = pending[os.write(fd, pending[:READ]):]
@@ -274,7 +223,7 @@ def run_one(req, raw, spare, mode, workdir, control):
                 bufs[fd] += chunk
                 if len(bufs[fd]) > cap:
                     status = "output_limit"
-    if exited and status is None:  # drain what was written before the exit
+    if (exited or ended) and status is None:  # drain what was written
         for fd, buf in bufs.items():
             while len(buf) <= cap:
                 try:
@@ -287,30 +236,26 @@ def run_one(req, raw, spare, mode, workdir, control):
             if len(buf) > cap:
                 status = "output_limit"
     duration = time.monotonic() - t0
-    pids = [pid] if judge is None else [judge[0], pid]
-    for p in pids:
-        if p != main_pid or not exited:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    wstatus = {p: os.waitpid(p, 0)[1] for p in pids}
-    cleanup(mode, pids, workdir)
+    if not exited:
+        os.kill(pid, signal.SIGKILL)
+    _, wstatus = os.waitpid(pid, 0)
+    cleanup(mode, pid, workdir)
     sel.close()
-    for fd in (*bufs, pidfd, stdin_w):
+    for fd in (*bufs, pidfd, stdin_w, end_r):
         try:
             os.close(fd)
         except OSError:
             pass
-    rc = os.waitstatus_to_exitcode(wstatus[main_pid])
-    return {"status": status or exit_status(rc), "returncode": rc, "duration": duration,
+    rc = os.waitstatus_to_exitcode(wstatus)
+    if status is None and ended and not exited:
+        status = "ended"  # by the host, the judge being done: not the program's doing
+    return {"status": status or exit_status(rc), "returncode": rc if exited else None, "duration": duration,
             "stdout": bytes(bufs[out_r][:cap]).decode(errors="replace"),
-            "stderr": bytes(bufs[err_r][:cap]).decode(errors="replace"),
-            "verdict": None if judge is None else bytes(bufs[judge[1]][:cap]).decode(errors="replace")}
+            "stderr": bytes(bufs[err_r][:cap]).decode(errors="replace")}
 
 
-def cleanup(mode, pids, workdir):
-    """Destroy everything the run left: processes, files, IPC objects."""
+def cleanup(mode, pid, workdir):
+    """Destroy everything the program left: processes, files, IPC objects."""
     if mode == "pid1":
         while True:  # repeat: a fork bomb may fork between kill() and wait()
             try:
@@ -333,11 +278,10 @@ def cleanup(mode, pids, workdir):
                 getattr(LIBC, rmid)(i, 0, 0)  # IPC_RMID
         dirs = (workdir, "/tmp", "/dev/shm")
     else:  # rlimits-only: the process group is all we can reach
-        for pid in pids:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         dirs = (workdir,)
     for d in dirs:
         wipe(d)
@@ -377,7 +321,7 @@ LIBC = ctypes.CDLL(None, use_errno=True)
 
 def main():
     mode, workdir = sys.argv[1], sys.argv[2]
-    control = socket.socket(fileno=int(sys.argv[3]))  # the judges' code arrives here, as memfds
+    control = socket.socket(fileno=int(sys.argv[3]))  # to the host: each program's channel to a judge
     preload = types.ModuleType("sandbox_preload")
     exec(compile(sys.argv[4], "<preload>", "exec"), preload.__dict__)
     sys.modules["sandbox_preload"] = preload
@@ -389,7 +333,7 @@ def main():
     # Out of the collector's reach, the zygote's objects stay shared with its forks instead of being copied
     # page by page when a fork's first collections walk them.
     gc.freeze()
-    spare = spawn(workdir)
+    spare = spawn(workdir, control)
     send(1, {"ready": True})
     while True:
         try:
@@ -397,9 +341,9 @@ def main():
             raw = read_exact(0, n)
         except EOFError:
             return
-        reply = run_one(json.loads(raw), raw, spare, mode, workdir, control)
+        reply = run_one(json.loads(raw), raw, spare, mode, workdir)
         send(1, reply)
-        spare = spawn(workdir)
+        spare = spawn(workdir, control)
 
 
 main()
