@@ -46,7 +46,8 @@ def clean(sandbox):
 
 def test_the_judge_talks_to_the_program_and_only_it_writes_the_verdict(sandbox):
     r = sandbox.run(ECHO_PROGRAM, judge=ECHO_JUDGE)
-    assert r.status == "ok" and r.verdict == "verdict: PING\n" and r.program_status == "ok"
+    # ("ended" when the judge is done while the program is still on its way out)
+    assert r.status == "ok" and r.verdict == "verdict: PING\n" and r.program_status in ("ok", "ended")
     assert r.stdout == "program output\n" and r.stderr == "program errors\n"
     clean(sandbox)
     plain = sandbox.run("print(1)")
@@ -57,7 +58,7 @@ def test_the_run_lasts_as_long_as_the_judge(sandbox):
     # the program exits at once: the judge reads EOF and carries on
     early = sandbox.run("import os\nos._exit(0)\n", judge="import os, time\ntime.sleep(0.2)\n"
                                                           "os.write(5, str(os.read(3, 10) == b'').encode())\n")
-    assert early.status == "ok" and early.verdict == "True" and early.program_status == "ok"
+    assert early.status == "ok" and early.verdict == "True" and early.program_status == "ok"  # (long gone)
     # the program would run forever: it ends with the judge
     t0 = time.monotonic()
     hang = sandbox.run("import os, time\nif os.fork() == 0:\n    time.sleep(60)\ntime.sleep(60)\n",
