@@ -44,9 +44,10 @@ def _answer(namespace, load_error, message):
 
 def serve(source, filename="candidate.py"):
     namespace, load_error = _load(source, filename)
+    buffer = bytearray()
     while True:
         try:
-            message = read_frame(_CALLS)
+            message = read_frame(_CALLS, buffer)
         except EOFError:
             break
         reply = _answer(namespace, load_error, message)

@@ -38,6 +38,7 @@ class Channel:
     def __init__(self):
         self.gone = None  # why the candidate can no longer answer
         self.failure = (None, None)  # (the exception raised for the last failed call, its reason)
+        self._buffer = bytearray()  # this conversation's only: nothing of an earlier one is read
 
     def _raise(self, error, reason):
         self.failure = (error, reason)
@@ -49,7 +50,7 @@ class Channel:
         request = ["call", name, encode(args), encode(kwargs)]  # the tests' arguments: theirs to get right
         try:
             write_frame(_TO_CANDIDATE, request)
-            reply = read_frame(_FROM_CANDIDATE)
+            reply = read_frame(_FROM_CANDIDATE, self._buffer)
         except (EOFError, OSError):
             self.gone = "the candidate process exited"
             self._raise(CandidateFailed(self.gone), self.gone)

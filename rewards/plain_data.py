@@ -66,22 +66,26 @@ def write_frame(fd, message):
         view = view[_os.write(fd, view):]
 
 
-def _read_exact(fd, n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = _os.read(fd, min(n - len(buf), 1 << 20))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return bytes(buf)
-
-
-def read_frame(fd):
-    """The next message (as JSON gives it), EOFError when the other side is gone, NotPlainData if malformed."""
-    (n,) = _struct.unpack(">I", _read_exact(fd, 4))
+def read_frame(fd, buffer):
+    """The next message (as JSON gives it), EOFError when the other side is gone, NotPlainData if malformed.
+    `buffer` (a bytearray, one per fd and conversation) keeps what was read past the message."""
+    while len(buffer) < 4:
+        _fill(fd, buffer, 4)
+    (n,) = _struct.unpack(">I", buffer[:4])
     if n > MAX_FRAME:
         raise NotPlainData(f"a {n}-byte frame (limit {MAX_FRAME})")
+    while len(buffer) < 4 + n:
+        _fill(fd, buffer, 4 + n)
+    data = bytes(buffer[4:4 + n])
+    del buffer[:4 + n]
     try:
-        return _json.loads(_read_exact(fd, n))
+        return _json.loads(data)
     except (ValueError, RecursionError):
         raise NotPlainData("malformed frame") from None
+
+
+def _fill(fd, buffer, need):
+    chunk = _os.read(fd, max(need - len(buffer), 1 << 16))
+    if not chunk:
+        raise EOFError
+    buffer += chunk

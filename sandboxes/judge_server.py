@@ -77,12 +77,14 @@ def on_alarm(signum, frame):
         raise JudgeTimeout
 
 
-def judge(req, channel, devnull):
-    """Run one judge with `channel` (its two pipe ends) as fds 3 and 4: (status, error)."""
-    verdict = os.memfd_create("verdict")
+def judge(req, channel, devnull, verdict):
+    """Run one judge with `channel` (its two pipe ends) as fds 3 and 4 and `verdict` (emptied) as fd 5:
+    (status, error)."""
+    os.ftruncate(verdict, 0)
+    os.lseek(verdict, 0, os.SEEK_SET)
     for i, fd in enumerate([devnull, devnull, devnull, *channel, verdict]):
         os.dup2(fd, i)
-    for fd in (*channel, verdict):
+    for fd in channel:
         os.close(fd)
     status, error = "ok", None
     try:
@@ -106,8 +108,10 @@ def main():
     control = socket.socket(fileno=high(int(sys.argv[1])))
     requests, replies = high(os.dup(0)), high(os.dup(1))
     devnull = high(os.open(os.devnull, os.O_RDWR))
-    for i in range(6):  # fds 0-5 stay taken, so what arrives for a judge never lands on them
+    verdict_file = high(os.memfd_create("verdict"))
+    for i in (0, 1, 3, 4, 5):  # fds 0-5 stay taken, so what arrives for a judge never lands on them
         os.dup2(devnull, i)
+    stderr = high(os.dup(2))  # this server's own errors; a judge's stderr is /dev/null
     ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
     memory_mb = int(sys.argv[3])
     resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
@@ -126,11 +130,12 @@ def main():
             return
         _, fds, _, _ = socket.recv_fds(control, 16, 3)
         t0 = time.monotonic()
-        status, error = judge(req, fds[:2], devnull)
+        status, error = judge(req, fds[:2], devnull, verdict_file)
         duration = time.monotonic() - t0
         verdict = read_verdict(VERDICT_FD)
-        for i in range(6):  # the program sees its judge gone; no judge's fd outlives it
+        for i in (0, 1, 3, 4, 5):  # the program sees its judge gone; no judge's fd outlives it
             os.dup2(devnull, i)
+        os.dup2(stderr, 2)
         os.close(fds[2])  # the end of the program's run
         send(replies, {"status": status, "verdict": verdict, "error": error, "duration": duration})
         if status == "memory":

@@ -57,17 +57,20 @@ def test_frames():
     r, w = os.pipe()
     try:
         write_frame(w, ["return", encode((1, "x"))])
-        assert decode(read_frame(r)[1]) == (1, "x")
+        write_frame(w, ["return", encode([b"y"])])  # both at once: the second waits in the buffer
+        buffer = bytearray()
+        assert decode(read_frame(r, buffer)[1]) == (1, "x")
+        assert decode(read_frame(r, buffer)[1]) == [b"y"] and buffer == b""
         os.write(w, (MAX_FRAME + 1).to_bytes(4, "big"))
         with pytest.raises(NotPlainData):
-            read_frame(r)
+            read_frame(r, bytearray())
         os.write(w, (3).to_bytes(4, "big") + b"{x}")
         with pytest.raises(NotPlainData):
-            read_frame(r)
+            read_frame(r, bytearray())
         os.close(w)
         w = None
         with pytest.raises(EOFError):
-            read_frame(r)
+            read_frame(r, bytearray())
     finally:
         os.close(r)
         if w is not None:
