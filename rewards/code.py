@@ -128,12 +128,23 @@ def judged_score(result: sandboxes.Result, fraction: bool) -> tuple[float | None
         elif "failed" in entry and reason is None:
             reason = str(entry.get("reason"))
         done = done or entry.get("done") is True
+    if reason == "the candidate process exited":
+        reason += f" ({_exit_reason(result)})"
     if total is None:
         return 0.0, reason or _status_reason(result)
     score = len(passed) / total if fraction else float(done and len(passed) == total)
     if score == 1.0:
         return score, None
     return score, reason or ("timeout" if result.status == "timeout" else _status_reason(result))
+
+
+def _exit_reason(result: sandboxes.Result) -> str:
+    """How a judged run's candidate process ended, in words."""
+    if result.program_status in _STATUS_REASONS:
+        return _STATUS_REASONS[result.program_status]
+    if result.returncode is not None and result.returncode < 0:
+        return f"signal {-result.returncode}"
+    return f"exit code {result.returncode}"
 
 
 def stdio_score(results: list[sandboxes.Result], expected: list[str],

@@ -326,19 +326,23 @@ def test_the_tests_never_reach_the_candidate():
     assert list(stdio) == [0.0] * 3 and stdio.reasons == ["case 1 of 1: wrong output"] * 3
 
 
-def test_a_candidate_that_stops_the_judge_times_out():
+def test_a_candidate_cannot_stop_or_kill_its_judge():
+    """The judge runs in a sandbox of its own: signalling everything in sight changes nothing, so a correct
+    solution that tries still passes (and a wrong one still fails)."""
     p = PROBLEMS[0]
-    stop = textwrap.dedent("""
+    signal_all = textwrap.dedent("""
         import os, signal
         for pid in os.listdir("/proc"):
             if pid.isdigit() and int(pid) != os.getpid():
-                try:
-                    os.kill(int(pid), signal.SIGSTOP)
-                except OSError:
-                    pass
-    """) + p["prompt"] + p["canonical_solution"]
-    out = code_reward(["p"], [stop], timeout=1.0, **{k: [p[k]] for k in ("prompt", "test", "entry_point")})
-    assert list(out) == [0.0] and out.reasons == ["timeout"]
+                for sig in (signal.SIGSTOP, signal.SIGKILL):
+                    try:
+                        os.kill(int(pid), sig)
+                    except OSError:
+                        pass
+    """)
+    completions = [signal_all + p["prompt"] + p["canonical_solution"], signal_all + HONEST_WRONG.replace("{f}", p["entry_point"])]
+    out = code_reward(["p"] * 2, completions, timeout=5.0, **{k: [p[k]] * 2 for k in ("prompt", "test", "entry_point")})
+    assert list(out) == [1.0, 0.0] and out.reasons == [None, "wrong value"]
 
 
 def test_sandbox_is_bubblewrap():
