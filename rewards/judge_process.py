@@ -13,6 +13,9 @@ import builtins as _builtins
 import json as _json
 import os as _os
 
+if "encode" not in globals():  # imported on the host (tests, tools), not run as part of the preloaded harness
+    from rewards.plain_data import NotPlainData, decode, encode, read_frame, write_frame
+
 _FROM_CANDIDATE, _TO_CANDIDATE, _VERDICT = 3, 4, 5
 
 

@@ -59,8 +59,11 @@ def decode(wire, depth=0):
     raise NotPlainData("malformed plain data")
 
 
+_JSON = _json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps(separators=...) makes one per call
+
+
 def write_frame(fd, message):
-    data = _json.dumps(message, separators=(",", ":")).encode()
+    data = _JSON.encode(message).encode()
     view = memoryview(_struct.pack(">I", len(data)) + data)
     while view:
         view = view[_os.write(fd, view):]

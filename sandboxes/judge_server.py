@@ -8,9 +8,9 @@
 # the write end of the program's end pipe (SCM_RIGHTS on the control socket). The judge gets the pipes as
 # fds 3 (reads) and 4 (writes); fd 5 is its verdict (a memfd read back when it is done); 0, 1 and 2 are
 # /dev/null. A judge still running at the timeout is interrupted (SIGALRM raises JudgeTimeout, which no
-# `except Exception` catches). Afterwards fds 3-5 and the end pipe are closed: the program's run is over. Reply on fd 1: {"status": "ok" | "timeout" | "failed" |
-# "memory", "verdict": ..., "error": ..., "duration": ...}; after a MemoryError this process exits (the host
-# starts another).
+# `except Exception` catches). Afterwards fds 3-5 and the end pipe are closed: the program's run is over.
+# Reply on fd 1: {"status": "ok" | "timeout" | "failed" | "memory", "verdict": ..., "error": ..., "duration":
+# ...}; after a MemoryError this process exits (the host starts another).
 #
 # Protocol: 4-byte big-endian lengths followed by JSON. Standalone: imports only the standard library.
 import builtins

@@ -62,8 +62,8 @@ CHATS = [
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
     [{"role": "system", "content": "Only a system prompt."}],
     [{"role": "system", "content": "S"}, {"role": "assistant", "content": "A first"}],
-    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! "}, {"role": "user", "content": " 2+2?"},
-     {"role": "model", "content": "4\n"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! "},
+     {"role": "user", "content": " 2+2?"}, {"role": "model", "content": "4\n"}],
     [{"role": "user", "content": "a"}, {"role": "system", "content": "later system"}, {"role": "user", "content": "b"}],
 ]
 

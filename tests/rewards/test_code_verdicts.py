@@ -340,8 +340,10 @@ def test_a_candidate_cannot_stop_or_kill_its_judge():
                     except OSError:
                         pass
     """)
-    completions = [signal_all + p["prompt"] + p["canonical_solution"], signal_all + HONEST_WRONG.replace("{f}", p["entry_point"])]
-    out = code_reward(["p"] * 2, completions, timeout=5.0, **{k: [p[k]] * 2 for k in ("prompt", "test", "entry_point")})
+    completions = [signal_all + p["prompt"] + p["canonical_solution"],
+                   signal_all + HONEST_WRONG.replace("{f}", p["entry_point"])]
+    out = code_reward(["p"] * 2, completions, timeout=5.0,
+                      **{k: [p[k]] * 2 for k in ("prompt", "test", "entry_point")})
     assert list(out) == [1.0, 0.0] and out.reasons == [None, "wrong value"]
 
 

@@ -199,6 +199,7 @@ def test_a_pool_runs_judged_and_plain_programs():
 
 
 def test_judged_runs_without_bubblewrap():
-    with pytest.warns(RuntimeWarning, match="ISOLATION IS OFF"), Sandbox(Limits(timeout=3.0, isolation="rlimits")) as sb:
+    unisolated = Limits(timeout=3.0, isolation="rlimits")
+    with pytest.warns(RuntimeWarning, match="ISOLATION IS OFF"), Sandbox(unisolated) as sb:
         r = sb.run(ECHO_PROGRAM, judge=ECHO_JUDGE)
     assert r.status == "ok" and r.verdict == "verdict: PING\n"
