@@ -4,6 +4,7 @@
     run("print(1 + 1)", limits=Limits(timeout=5))    # Result(status="ok", stdout="2\\n", ...)
     with Pool(Limits(timeout=5)) as pool:             # one warm sandbox per core
         results = pool.map(programs)
+        judged = pool.map(programs, judges=judges)     # each beside a trusted judge: Result.verdict
 
 Imports neither torch nor Ray at module level.
 """
