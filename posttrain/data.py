@@ -9,7 +9,15 @@ import json
 from pathlib import Path
 
 from posttrain.errors import UserError
-from rewards.chat_format import END_OF_TURN, ROLE_NAMES, START_OF_TURN, encode_text, gemma_turns, tokenize_chat  # noqa: F401 (gemma_turns, tokenize_chat: the format's names, here too)
+from rewards.chat_format import (  # noqa: F401 (the format's names, here too)
+    CHAT_TEMPLATE,
+    END_OF_TURN,
+    ROLE_NAMES,
+    START_OF_TURN,
+    encode_text,
+    gemma_turns,
+    tokenize_chat,
+)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -68,8 +76,9 @@ def validate_messages(messages, where: str) -> None:
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise UserError(f"{where}: messages[{i}] must have 'role' and 'content'")
         if m["role"] not in ROLE_NAMES:
-            raise UserError(f"{where}: messages[{i}] has unknown role '{m['role']}' "
-                            f"(expected one of {sorted(ROLE_NAMES)})")
+            raise UserError(
+                f"{where}: messages[{i}] has unknown role '{m['role']}' (expected one of {sorted(ROLE_NAMES)})"
+            )
         if not isinstance(m["content"], str):
             raise UserError(f"{where}: messages[{i}].content must be a string")
 
@@ -96,8 +105,10 @@ def tokenize_rows(tokenizer, rows: list[dict], max_length: int) -> list[dict]:
     for row in rows:
         ids, mask = tokenize_chat(tokenizer, row["messages"], max_length)
         if not any(mask[1:]):
-            raise UserError(f"{row.get('_where', '?')}: no model-turn tokens within max_length={max_length} "
-                            "(a row needs an assistant reply)")
+            raise UserError(
+                f"{row.get('_where', '?')}: no model-turn tokens within max_length={max_length} "
+                "(a row needs an assistant reply)"
+            )
         out.append({"input_ids": ids, "loss_mask": mask})
     return out
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from posttrain.artifacts import atomic_dir, dir_sha256, file_sha256, publish_dir
 from posttrain.config import doc
+from posttrain.data import CHAT_TEMPLATE
 from posttrain.errors import UserError
 
 EMBEDDED = "gemma3-270m"
@@ -53,6 +54,23 @@ def resolve(spec: str) -> Path:
     return path
 
 
+def with_chat_template(tokenizer):
+    """`tokenizer` with posttrain's chat format (Gemma 3 turns) as its chat template: every tokenizer
+    posttrain loads gets it, so every HF dir it writes carries it."""
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def _with_chat_template_file(hf_dir: Path) -> Path:
+    """A dir that posttrain built and cached, given the chat template if it was built before it had one."""
+    path = hf_dir / "chat_template.jinja"
+    if not path.is_file() or path.read_text() != CHAT_TEMPLATE:
+        tmp = hf_dir / f".chat_template.jinja.{os.getpid()}"
+        tmp.write_text(CHAT_TEMPLATE)
+        os.replace(tmp, path)
+    return hf_dir
+
+
 def gguf_to_hf(gguf_path: str | Path) -> Path:
     """Dequantise a GGUF file into a cached HF dir (once: ~1 min for 270M), keyed by the file's hash."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -60,10 +78,12 @@ def gguf_to_hf(gguf_path: str | Path) -> Path:
     gguf_path = Path(gguf_path)
     out = cache_root() / "models" / f"gguf-{file_sha256(gguf_path)[:16]}"
     if (out / "config.json").is_file():
-        return out
+        return _with_chat_template_file(out)
     print(f"[posttrain] converting {gguf_path.name} to an HF dir (once) -> {out}", flush=True)
     with _one_gguf_reader():
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        tokenizer = with_chat_template(
+            AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        )
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     # The weights are already dequantised to float; drop the quantiser so save_pretrained accepts it.
     model.hf_quantizer = None
@@ -110,7 +130,7 @@ def derive_student(parent_dir: str | Path, layers: list[int]) -> Path:
         raise UserError(f"student_layers must be distinct layer indices in [0, {n}), got {layers}")
     out = cache_root() / "models" / f"student-{dir_sha256(parent_dir)[:12]}-{'-'.join(map(str, layers))}"
     if (out / "config.json").is_file():
-        return out
+        return _with_chat_template_file(out)
     parent = AutoModelForCausalLM.from_pretrained(parent_dir, dtype=torch.float32)
     config.num_hidden_layers = len(layers)
     if getattr(config, "layer_types", None):
@@ -128,7 +148,7 @@ def derive_student(parent_dir: str | Path, layers: list[int]) -> Path:
     student.load_state_dict(state, strict=True)
     staging = atomic_dir(out)
     student.save_pretrained(staging)
-    AutoTokenizer.from_pretrained(parent_dir).save_pretrained(staging)
+    with_chat_template(AutoTokenizer.from_pretrained(parent_dir)).save_pretrained(staging)
     return publish_dir(staging, out)
 
 
@@ -146,14 +166,29 @@ def byte_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(specials)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>",
-                                   additional_special_tokens=["<start_of_turn>", "<end_of_turn>"])
+    return with_chat_template(
+        PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token="<bos>",
+            eos_token="<eos>",
+            pad_token="<pad>",
+            unk_token="<unk>",
+            additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
+        )
+    )
 
 
-TINY_DEFAULTS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=2,
-                     num_key_value_heads=1, head_dim=32, sliding_window=64, max_position_embeddings=1024,
-                     seed=0)
+TINY_DEFAULTS = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=6,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=32,
+    sliding_window=64,
+    max_position_embeddings=1024,
+    seed=0,
+)
 
 
 def tiny_model_dir(**overrides) -> Path:
@@ -168,15 +203,18 @@ def tiny_model_dir(**overrides) -> Path:
     name = "tiny-" + "-".join(f"{k}{v}" for k, v in sorted(settings.items()))
     out = cache_root() / "models" / name
     if (out / "config.json").is_file():
-        return out
+        return _with_chat_template_file(out)
     tokenizer = byte_tokenizer()
     seed = settings.pop("seed")
     n = settings["num_hidden_layers"]
     config = Gemma3TextConfig(
-        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")],
         layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n)],
-        **settings)
+        **settings,
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     staging = atomic_dir(out)
@@ -188,7 +226,7 @@ def tiny_model_dir(**overrides) -> Path:
 def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve(spec))
+    return with_chat_template(AutoTokenizer.from_pretrained(resolve(spec)))
 
 
 def load_causal_lm(spec: str, dtype=None, *, layers: list[int] | None = None):
@@ -200,7 +238,7 @@ def load_causal_lm(spec: str, dtype=None, *, layers: list[int] | None = None):
     if layers:
         path = derive_student(path, layers)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
-    return model, AutoTokenizer.from_pretrained(path)
+    return model, with_chat_template(AutoTokenizer.from_pretrained(path))
 
 
 @dataclasses.dataclass
@@ -219,5 +257,13 @@ def apply_lora(model, lora: Lora):
         return model
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                            target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+    return get_peft_model(
+        model,
+        LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            task_type="CAUSAL_LM",
+        ),
+    )

@@ -627,8 +627,14 @@ def step_metrics(
         "reward": _mean(rewards[:, 0].tolist()),
         "reward_anchor": _mean(rewards[:, 1:].flatten().tolist()),
         **{f"reward/{name}": _mean([v[0] for v in vals]) for name, vals in scores["per_reward"].items()},
-        # scores that failed (timeout, crash); a reward that does not apply to a row is None too
-        "reward_failed": sum(v is not None for vals in scores["reasons"].values() for row in vals for v in row),
+        # scores that failed (timeout, crash): None with a reason; a reward that does not apply to a row is None
+        # without one, and a wrong answer has a score and a reason
+        "reward_failed": sum(
+            score is None and reason is not None
+            for name, vals in scores["per_reward"].items()
+            for row, why in zip(vals, scores["reasons"][name])
+            for score, reason in zip(row, why)
+        ),
         "bond_reward": _mean(out.bond_reward.tolist()),
         "quantile": _mean(out.quantile.tolist()),
         "kl_anchor": (logp - batch.logp_anchor).mean().item(),

@@ -41,3 +41,29 @@ def tokenize_chat(tokenizer, messages: list[dict], max_length: int) -> tuple[lis
         ids += head + body + tail
         mask += [False] * len(head) + [role == "model"] * len(body) + [False] * len(tail)
     return ids[:max_length], mask[:max_length]
+
+
+# `gemma_turns` + `tokenize_chat` + posttrain.data.prompt_ids as a Jinja chat template, for every tokenizer
+# posttrain writes
+# (so that `apply_chat_template`, TRL, transformers' pipelines and vLLM format chats as posttrain trained them).
+# Gemma 3's own template, except that contents are not stripped and a system turn with no user turn after it
+# becomes a user turn of its own, as `gemma_turns` does.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- set ns = namespace(prefix='') -%}"
+    "{%- set turns = messages -%}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set turns = messages[1:] -%}"
+    "{%- if turns and turns[0]['role'] == 'user' -%}"
+    "{%- set ns.prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- else -%}"
+    "{{ '<start_of_turn>user\n' + messages[0]['content'] + '<end_of_turn>\n' }}"
+    "{%- endif -%}"
+    "{%- endif -%}"
+    "{%- for message in turns -%}"
+    "{%- set role = 'model' if message['role'] in ('assistant', 'model') else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (ns.prefix if loop.first else '') + message['content']"
+    " + '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)

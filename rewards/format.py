@@ -7,8 +7,8 @@ that still contains a chat-turn marker (it ran past its own turn) scores 0.
 
 from __future__ import annotations
 
-from rewards import completion_text
 from rewards.code import _FENCE
+from rewards.contract import completion_text
 from rewards.math import extract_answer
 
 TURN_MARKERS = ("<start_of_turn>", "<end_of_turn>")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import threading
 
-from rewards import completion_text
+from rewards.contract import completion_text
 
 EXTRACTORS = ("boxed", "answer_is", "last_number")
 _ANSWER_IS = re.compile(r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|:|=)\s*:?\s*([^\n]+)", re.IGNORECASE)
@@ -32,7 +32,7 @@ def _last_boxed(text: str) -> str | None:
         elif text[j] == "}":
             depth -= 1
             if depth == 0:
-                return text[i + 1:j].strip()
+                return text[i + 1 : j].strip()
     return None
 
 
@@ -44,8 +44,11 @@ def extract_answer(text: str, extractors: tuple[str, ...] | list[str] = EXTRACTO
         elif how == "answer_is":
             matches = _ANSWER_IS.findall(text)
             # up to the end of its sentence: "is 3.5. So ..." -> "3.5"
-            found = re.split(r"\.\s", matches[-1])[0].strip().rstrip(".").strip().strip("$").strip() \
-                if matches else None
+            found = (
+                re.split(r"\.\s", matches[-1])[0].strip().rstrip(".").strip().strip("$").strip()
+                if matches
+                else None
+            )
         elif how == "last_number":
             matches = _NUMBER.findall(text)
             found = matches[-1].replace(" ", "") if matches else None
@@ -76,8 +79,14 @@ def is_equivalent(gold: str, prediction: str) -> bool:
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
 
 
-def math_reward(prompts: list, completions: list, *, answer_column: str = "answer",
-                extractors: tuple[str, ...] | list[str] = EXTRACTORS, **columns) -> list[float | None]:
+def math_reward(
+    prompts: list,
+    completions: list,
+    *,
+    answer_column: str = "answer",
+    extractors: tuple[str, ...] | list[str] = EXTRACTORS,
+    **columns,
+) -> list[float | None]:
     """1.0 if the completion's final answer equals the row's answer, else 0.0; None where a row has none."""
     answers = columns.get(answer_column)
     if answers is None:

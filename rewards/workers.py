@@ -1,4 +1,4 @@
-"""Reward calls in worker processes, each under a hard wall-clock timeout.
+"""Reward calls in worker processes, each under a hard wall-clock timeout, each called as TRL calls it.
 
 A reward that hangs, loops, segfaults, leaks memory or calls `os._exit` must cost only its own samples.
 Threads cannot give that (nothing can stop a thread; math-verify's own timeout is `signal.alarm`, which
@@ -23,6 +23,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from rewards.contract import trl_completions
+
 log = logging.getLogger("rewards")
 
 
@@ -42,10 +44,19 @@ def _readable(fd: int, timeout: float) -> bool:
 
 class _Worker:
     def __init__(self, memory_mb: int | None):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
-                   POSTTRAIN_REWARD_MEMORY_MB=str(memory_mb or 0), PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "rewards.workers"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=env, start_new_session=True)
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+            POSTTRAIN_REWARD_MEMORY_MB=str(memory_mb or 0),
+            PYTHONUNBUFFERED="1",
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rewards.workers"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
 
     def call(self, request: tuple, timeout: float) -> tuple[str, object]:
         """('ok', scores) | ('error' | 'memory' | 'timeout' | 'died', reason)."""
@@ -133,55 +144,66 @@ class Workers:
         worker.kill()
         self._idle.put(_Worker(self.memory_mb))
 
-    def call(self, reward, prompts: list, completions: list, columns: dict) -> tuple[list | None, str | None]:
-        """One reward call in a worker: (scores, None) or (None, reason)."""
+    def call(self, reward, prompts: list, completions: list, columns: dict, extras: dict | None = None):
+        """One reward call in a worker: ((scores, reasons, logs), None) or (None, why the call failed)."""
         worker = self._acquire()
         status = "died"
         try:
-            status, payload = worker.call((reward.spec, reward.options, prompts, completions, columns),
-                                          reward.timeout)
+            status, payload = worker.call(
+                (reward.spec, reward.options, prompts, completions, columns, extras or {}), reward.timeout
+            )
         finally:
             self._release(worker, status)
         if status == "ok":
             return payload, None
         return None, f"{status}: {payload}"
 
-    def score(self, rewards: list, prompts: list, completions: list, columns: dict):
-        """Every reward on every sample, in calls of `reward.batch_size` samples spread over the workers;
-        a failed call is retried one sample at a time."""
+    def score(self, rewards: list, prompts: list, completions: list, columns: dict, extras: dict | None = None):
+        """Every reward on every sample, in calls of `reward.batch_size` samples spread over the workers, each
+        called as TRL calls it (`rewards.trl_completions`; `extras`: keyword arguments that are not
+        per-sample); a failed call is retried one sample at a time. -> (scores, reasons, logs) per reward."""
         n = len(completions)
-        if len(prompts) != n or any(len(v) != n for v in columns.values()):
-            raise ValueError(f"prompts, completions and every column must have the same length ({n})")
+        if len(prompts) != n or any(not isinstance(v, list) or len(v) != n for v in columns.values()):
+            raise ValueError(f"prompts, completions and every column must be lists of the same length ({n})")
+        clash = sorted({"prompts", "completions", "log_extra", "log_metric"} & (set(columns) | set(extras or {})))
+        if clash:
+            raise ValueError(f"columns named {clash} would clash with the reward's own arguments of those names")
+        completions = trl_completions(prompts, completions)
         per = {r.name: [None] * n for r in rewards}
         reasons = {r.name: [None] * n for r in rewards}
+        logs = {r.name: {} for r in rewards}  # by first sample of the call, so that they come out in order
 
         def submit(r, lo, hi):
             cols = {k: v[lo:hi] for k, v in columns.items()}
-            return self._executor.submit(self.call, r, prompts[lo:hi], completions[lo:hi], cols)
+            return self._executor.submit(self.call, r, prompts[lo:hi], completions[lo:hi], cols, extras)
 
-        calls = {(r.name, lo): (r, lo, min(lo + r.batch_size, n), submit(r, lo, min(lo + r.batch_size, n)))
-                 for r in rewards for lo in range(0, n, max(1, r.batch_size))}
+        calls = {
+            (r.name, lo): (r, lo, min(lo + r.batch_size, n), submit(r, lo, min(lo + r.batch_size, n)))
+            for r in rewards
+            for lo in range(0, n, max(1, r.batch_size))
+        }
         retries = {}
         for (name, lo), (r, lo, hi, future) in calls.items():
-            scores, reason = future.result()
-            if scores is not None:
-                per[name][lo:hi] = scores
+            result, reason = future.result()
+            if result is not None:
+                per[name][lo:hi], reasons[name][lo:hi], logs[name][lo] = result
             elif hi - lo == 1:
                 reasons[name][lo] = reason
                 log.warning("reward %s scored None for sample %d: %s", name, lo, reason)
             else:
-                log.warning("reward %s failed on samples %d..%d (%s); retrying them one by one", name, lo,
-                            hi - 1, reason)
+                log.warning(
+                    "reward %s failed on samples %d..%d (%s); retrying them one by one", name, lo, hi - 1, reason
+                )
                 for i in range(lo, hi):
                     retries[name, i] = submit(r, i, i + 1)
         for (name, i), future in retries.items():
-            scores, reason = future.result()
-            if scores is not None:
-                per[name][i] = scores[0]
+            result, reason = future.result()
+            if result is not None:
+                (per[name][i],), (reasons[name][i],), logs[name][i] = result
             else:
                 reasons[name][i] = reason
                 log.warning("reward %s scored None for sample %d: %s", name, i, reason)
-        return per, reasons
+        return per, reasons, {name: [e for lo in sorted(by) for e in by[lo]] for name, by in logs.items()}
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -192,11 +214,19 @@ class Workers:
                 break
 
 
+def _picklable(value) -> bool:
+    try:
+        pickle.dumps(value)
+    except Exception:  # noqa: BLE001 - a log entry that cannot cross is dropped, not the scores
+        return False
+    return True
+
+
 def _serve() -> None:
     """Worker main loop: length-prefixed pickles in on stdin, out on a private copy of stdout."""
     import resource
 
-    import rewards
+    from rewards import contract
 
     proto_in = os.fdopen(os.dup(0), "rb")
     proto_out = os.fdopen(os.dup(1), "wb")
@@ -218,13 +248,29 @@ def _serve() -> None:
         header = proto_in.read(8)
         if len(header) < 8:
             return
-        spec, options, prompts, completions, columns = pickle.loads(proto_in.read(struct.unpack(">Q", header)[0]))
+        spec, options, prompts, completions, columns, extras = pickle.loads(
+            proto_in.read(struct.unpack(">Q", header)[0])
+        )
         try:
             key = (spec, repr(sorted(options.items())))
             if key not in loaded:
-                loaded[key] = rewards.load(spec, **options)
-            scores = rewards.check_scores(loaded[key](prompts, completions, **columns), len(completions), spec)
-            reply(("ok", scores))
+                loaded[key] = contract.load(spec, **options)
+            logs = []
+            out = loaded[key](
+                prompts=prompts,
+                completions=completions,
+                **columns,
+                **extras,
+                log_extra=lambda column, values, logs=logs: logs.append(("extra", column, list(values))),
+                log_metric=lambda name, value, logs=logs: logs.append(("metric", name, value)),
+            )
+            n = len(completions)
+            result = (
+                contract.check_scores(out, n, spec),
+                contract.check_reasons(out, n, spec),
+                [e for e in logs if _picklable(e)],
+            )
+            reply(("ok", result))
         except MemoryError:
             reply(("memory", "MemoryError (worker replaced)"))
             os._exit(1)

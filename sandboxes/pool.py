@@ -22,8 +22,9 @@ def available_cores() -> int:
 
 
 class Pool:
-    def __init__(self, limits: Limits = Limits(), workers: int | None = None):
+    def __init__(self, limits: Limits = Limits(), workers: int | None = None, preload: str = ""):
         self.limits = limits
+        self.preload = preload  # trusted code every sandbox runs once, as the module `sandbox_preload`
         self.workers = max(1, workers or available_cores())
         self._idle: queue.SimpleQueue[Sandbox] = queue.SimpleQueue()
         self._all: list[Sandbox] = []
@@ -43,24 +44,29 @@ class Pool:
             pass
         with self._lock:
             if len(self._all) < self.workers:
-                sandbox = Sandbox(self.limits)
+                sandbox = Sandbox(self.limits, self.preload)
                 self._all.append(sandbox)
                 return sandbox
         return self._idle.get()
 
-    def run(self, code: str, stdin: str | None = None) -> Result:
+    def run(self, code: str, stdin: str | None = None, judge: str | None = None) -> Result:
         sandbox = self._acquire()
         try:
-            return sandbox.run(code, stdin)
+            return sandbox.run(code, stdin, judge)
         finally:
             self._idle.put(sandbox)
 
-    def map(self, codes: list[str], stdins: list[str | None] | None = None) -> list[Result]:
-        """Run every program, `workers` at a time; results in order."""
-        if stdins is not None and len(stdins) != len(codes):
-            raise ValueError(f"got {len(codes)} programs but {len(stdins)} stdins")
+    def map(
+        self, codes: list[str], stdins: list[str | None] | None = None, judges: list[str | None] | None = None
+    ) -> list[Result]:
+        """Run every program (each beside its judge, where `judges` gives one), `workers` at a time; results
+        in order."""
+        for name, values in (("stdins", stdins), ("judges", judges)):
+            if values is not None and len(values) != len(codes):
+                raise ValueError(f"got {len(codes)} programs but {len(values)} {name}")
         stdins = stdins if stdins is not None else [None] * len(codes)
-        return list(self._executor.map(self.run, codes, stdins))
+        judges = judges if judges is not None else [None] * len(codes)
+        return list(self._executor.map(self.run, codes, stdins, judges))
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -70,8 +76,14 @@ class Pool:
             self._all.clear()
 
 
-def run_many(codes: list[str], *, stdins: list[str | None] | None = None, limits: Limits = Limits(),
-             workers: int | None = None) -> list[Result]:
-    """One-off `Pool(limits, workers).map(codes, stdins)`."""
+def run_many(
+    codes: list[str],
+    *,
+    stdins: list[str | None] | None = None,
+    judges: list[str | None] | None = None,
+    limits: Limits = Limits(),
+    workers: int | None = None,
+) -> list[Result]:
+    """One-off `Pool(limits, workers).map(codes, stdins, judges)`."""
     with Pool(limits, workers) as pool:
-        return pool.map(codes, stdins)
+        return pool.map(codes, stdins, judges)

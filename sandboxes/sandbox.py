@@ -9,7 +9,15 @@ from RLIMIT_NPROC even inside a user namespace). Inside, `zygote.py` runs each p
 under rlimits (CPU, address space, file size, processes, open files), with a wall-clock timeout and
 capped stdout/stderr, and destroys whatever it left before the next one.
 
-`Sandbox` keeps one sandbox up for many programs (what `Pool` uses); `run` is a one-shot sandbox.
+A judged run (`Sandbox.run(code, judge=...)`) runs a second, trusted program beside the untrusted one: the
+judge, in a sandbox of its own (`judge_server.py`: same confinement, its own PID namespace, a warm process
+that runs one judge after another), joined to the program by two pipes (fds 3 and 4 on both sides: read,
+write) and nothing else. What the judge writes to its fd 5 comes back as `Result.verdict`: the program can
+neither see nor signal its judge, read the judge's code or write its verdict.
+
+`Sandbox` keeps one sandbox up for many programs (what `Pool` uses); `run` is a one-shot sandbox. A
+sandbox's `preload` (trusted code, e.g. a harness that every program imports) runs once in the zygote and
+in the judge server, as the module `sandbox_preload` that every program and judge finds already imported.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import json
 import os
 import select
 import shutil
+import socket
 import stat
 import struct
 import subprocess
@@ -41,10 +50,11 @@ INSTALL_HINT = (
     "Install bubblewrap: `sudo apt-get install bubblewrap` (Debian/Ubuntu), `sudo dnf install bubblewrap` "
     "(Fedora), or run `make setup`. In a container, user namespaces must be allowed (e.g. docker "
     "--security-opt seccomp=unconfined, or sysctl kernel.unprivileged_userns_clone=1). To run untrusted "
-    "code without isolation anyway (unsafe), set the sandbox isolation to 'rlimits'.")
+    "code without isolation anyway (unsafe), set the sandbox isolation to 'rlimits'."
+)
 _ZYGOTE = Path(__file__).with_name("zygote.py").read_text()
-_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": WORKDIR,
-        "PYTHONDONTWRITEBYTECODE": "1"}
+_JUDGE_SERVER = Path(__file__).with_name("judge_server.py").read_text()
+_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": WORKDIR, "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def _readable(fd: int, timeout: float) -> bool:
@@ -76,8 +86,19 @@ class Limits:
     def __post_init__(self):
         if self.isolation not in ISOLATIONS:
             raise ValueError(f"sandbox isolation must be one of {ISOLATIONS}, got {self.isolation!r}")
-        if min(self.timeout, self.cpu_seconds, self.memory_mb, self.file_size_mb, self.disk_mb,
-               self.processes, self.open_files, self.output_bytes) <= 0:
+        if (
+            min(
+                self.timeout,
+                self.cpu_seconds,
+                self.memory_mb,
+                self.file_size_mb,
+                self.disk_mb,
+                self.processes,
+                self.open_files,
+                self.output_bytes,
+            )
+            <= 0
+        ):
             raise ValueError(f"sandbox limits must be positive: {self}")
 
 
@@ -87,7 +108,11 @@ class Result:
     stdout: str
     stderr: str
     duration: float  # wall-clock seconds of the program
-    returncode: int | None = None  # negative: killed by that signal
+    returncode: int | None = None  # negative: killed by that signal (in a judged run: the judge's)
+    # A judged run: status and verdict are the judge's (what it wrote to its fd 5); stdout, stderr and
+    # returncode the program's, and how the program ended ("ended": still running when the judge was done)
+    verdict: str | None = None
+    program_status: str | None = None
 
 
 def _world_readable(path: str) -> bool:
@@ -116,13 +141,18 @@ def _interpreter(python: str | None) -> tuple[str, tuple[str, ...]]:
     if python:
         candidates = [os.path.realpath(python)]
     else:
-        candidates = [os.path.realpath(os.path.join(sys.base_prefix, "bin", "python3")),
-                      os.path.realpath(sys.executable), "/usr/bin/python3", "/usr/local/bin/python3"]
+        candidates = [
+            os.path.realpath(os.path.join(sys.base_prefix, "bin", "python3")),
+            os.path.realpath(sys.executable),
+            "/usr/bin/python3",
+            "/usr/local/bin/python3",
+        ]
     usable = [c for c in candidates if os.path.isfile(c) and (os.geteuid() != 0 or _world_readable(c))]
     if not usable:
         raise SandboxUnavailable(
             f"no Python interpreter the sandbox user can read among {candidates} (as root, programs run as "
-            f"uid {SANDBOX_UID}); install python3 under /usr or set the sandbox python to one others can read")
+            f"uid {SANDBOX_UID}); install python3 under /usr or set the sandbox python to one others can read"
+        )
     exe = os.path.realpath(usable[0])
     dirs = sorted({"/usr", os.path.dirname(os.path.dirname(exe))} - {"/", ""})
     return exe, tuple(d for d in dirs if not any(d.startswith(o + "/") for o in dirs))
@@ -135,10 +165,27 @@ def _as_nobody() -> dict:
 
 
 def _bwrap_argv(binds: tuple[str, ...], disk_bytes: int) -> list[str]:
-    argv = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--unshare-user", "--disable-userns",
-            "--die-with-parent", "--new-session", "--as-pid-1", "--cap-drop", "ALL",
-            "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
-            "--proc", "/proc", "--dev", "/dev"]
+    argv = [
+        shutil.which("bwrap") or "bwrap",
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--as-pid-1",
+        "--cap-drop",
+        "ALL",
+        "--uid",
+        str(SANDBOX_UID),
+        "--gid",
+        str(SANDBOX_UID),
+        "--hostname",
+        "sandbox",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+    ]
     for d in binds:
         argv += ["--ro-bind", d, d]
     for link in ("bin", "lib", "lib64", "sbin"):  # merged-/usr layouts
@@ -155,31 +202,33 @@ def _bwrap_argv(binds: tuple[str, ...], disk_bytes: int) -> list[str]:
 
 @functools.cache
 def _warn_unisolated() -> None:
-    msg = ("SANDBOX ISOLATION IS OFF (isolation='rlimits'): untrusted code runs with only rlimits and "
-           "timeouts, with a full view of this machine's files, network and processes. Install bubblewrap.")
+    msg = (
+        "SANDBOX ISOLATION IS OFF (isolation='rlimits'): untrusted code runs with only rlimits and "
+        "timeouts, with a full view of this machine's files, network and processes. Install bubblewrap."
+    )
     warnings.warn(msg, RuntimeWarning, stacklevel=4)
     print(f"WARNING: {msg}", file=sys.stderr, flush=True)
 
 
-class Sandbox:
-    """One sandbox kept up for many programs, run one at a time. Restarts itself after a failure."""
+class _Server:
+    """One sandboxed server process (the zygote, or the judge server) with its control socket and stderr."""
 
-    def __init__(self, limits: Limits = Limits()):
-        self.limits = limits
-        self._proc: subprocess.Popen | None = None
+    def __init__(self, limits: Limits, script: str, args):
+        self.limits, self.script, self.args = limits, script, args  # args(mode, workdir, control fd)
+        self.proc: subprocess.Popen | None = None
+        self.control: socket.socket | None = None  # the host's end
+        self._stderr = None
         self._hostdir: str | None = None
-        self._lock = threading.Lock()
 
-    def __enter__(self):
-        return self
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
-    def __exit__(self, *exc):
-        self.close()
-
-    def _start(self) -> None:
+    def start(self) -> None:
         limits = self.limits
         python, binds = _interpreter(limits.python)
-        pass_fds: tuple[int, ...] = ()
+        self.control, control = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pass_fds: tuple[int, ...] = (control.fileno(),)
         if limits.isolation == "bwrap":
             if shutil.which("bwrap") is None:
                 raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed. {INSTALL_HINT}")
@@ -190,47 +239,65 @@ class Sandbox:
                 os.write(filter_w, program)
                 os.close(filter_w)
                 argv += ["--seccomp", str(filter_r)]
-                pass_fds = (filter_r,)
-            argv += ["--", python, "-I", "-S", "-c", _ZYGOTE, "pid1", WORKDIR]
+                pass_fds += (filter_r,)
+            argv += ["--", python, "-I", "-S", "-c", self.script, *self.args("pid1", WORKDIR, control.fileno())]
             cwd, env = None, _ENV
         else:
             _warn_unisolated()
             self._hostdir = tempfile.mkdtemp(prefix="sandbox-")
             if os.geteuid() == 0:
                 os.chown(self._hostdir, SANDBOX_UID, SANDBOX_UID)
-            argv = [python, "-I", "-S", "-c", _ZYGOTE, "group", self._hostdir]
+            argv = [python, "-I", "-S", "-c", self.script, *self.args("group", self._hostdir, control.fileno())]
             cwd, env = self._hostdir, dict(_ENV, HOME=self._hostdir, TMPDIR=self._hostdir)
         self._stderr = tempfile.TemporaryFile()
         try:
-            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=self._stderr, cwd=cwd, env=env, start_new_session=True,
-                                          pass_fds=pass_fds, **_as_nobody())
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                pass_fds=pass_fds,
+                **_as_nobody(),
+            )
         except OSError as e:
             self.close()
             raise SandboxUnavailable(f"cannot start the sandbox ({argv[0]}): {e}. {INSTALL_HINT}") from None
         finally:
-            for fd in pass_fds:
+            for fd in pass_fds[1:]:
                 os.close(fd)
-        reply = self._receive(time.monotonic() + 30)
+            control.close()
+        reply = self.receive(time.monotonic() + 30)
         if not (isinstance(reply, dict) and reply.get("ready")):
-            err = self._zygote_stderr()
+            err = self.stderr_tail()
             self.close()
             if limits.isolation == "bwrap":
                 raise SandboxUnavailable(f"bubblewrap cannot create a sandbox here: {err}. {INSTALL_HINT}")
             raise SandboxUnavailable(f"the sandbox interpreter {python} did not start: {err}")
 
-    def _zygote_stderr(self) -> str:
+    def stderr_tail(self) -> str:
+        if self._stderr is None:
+            return ""
         self._stderr.seek(0)
         return self._stderr.read()[-2000:].decode(errors="replace").strip()
 
-    def _receive(self, deadline: float):
-        """One reply from the zygote, or None if it died or missed the deadline."""
-        fd = self._proc.stdout.fileno()
+    def send(self, obj, fds: list[int] = ()) -> None:
+        """A request (fds first, over the control socket). Raises OSError if the server is gone."""
+        if fds:
+            socket.send_fds(self.control, [b"f"], list(fds))
+        data = json.dumps(obj).encode()
+        self.proc.stdin.write(struct.pack(">I", len(data)) + data)
+        self.proc.stdin.flush()
+
+    def receive(self, deadline: float):
+        """One reply, or None if the server died or missed the deadline."""
+        fd = self.proc.stdout.fileno()
         buf = bytearray()
         need = 4
         while len(buf) < need:
-            left = deadline - time.monotonic()
-            if left <= 0 or not _readable(fd, left):
+            if not _readable(fd, max(deadline - time.monotonic(), 0)):
                 return None
             chunk = os.read(fd, max(need - len(buf), 1 << 16))
             if not chunk:
@@ -240,53 +307,172 @@ class Sandbox:
                 need = 4 + struct.unpack(">I", buf[:4])[0]
         return json.loads(buf[4:need])
 
-    def run(self, code: str, stdin: str | None = None) -> Result:
-        """Run one program; never raises for anything the program does."""
-        with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                self.close()
-                self._start()
-            limits = self.limits
-            req = {"code": code, "stdin": stdin, **{k: getattr(limits, k) for k in (
-                "timeout", "cpu_seconds", "memory_mb", "file_size_mb", "processes", "open_files",
-                "output_bytes")}}
-            data = json.dumps(req).encode()
-            t0 = time.monotonic()
-            try:
-                self._proc.stdin.write(struct.pack(">I", len(data)) + data)
-                self._proc.stdin.flush()
-                reply = self._receive(t0 + limits.timeout + GRACE)
-            except (OSError, ValueError):
-                reply = None
-            if reply is None:  # the zygote died or hung: discard this sandbox, start afresh next time
-                err = self._zygote_stderr()
-                self.close()
-                return Result("sandbox_error", "", f"sandbox failed: {err}", time.monotonic() - t0)
-            return Result(reply["status"], reply["stdout"], reply["stderr"], reply["duration"],
-                          reply["returncode"])
+    def receive_fds(self, n: int, deadline: float) -> list[int] | None:
+        """The next `n` fds the server sent over the control socket, or None."""
+        if not _readable(self.control.fileno(), max(deadline - time.monotonic(), 0)):
+            return None
+        try:
+            _, fds, _, _ = socket.recv_fds(self.control, 16, n)
+        except OSError:
+            return None
+        if len(fds) != n:
+            for fd in fds:
+                os.close(fd)
+            return None
+        return fds
 
     def close(self) -> None:
-        if self._proc is None and getattr(self, "_stderr", None) is not None:
-            self._stderr.close()
-        if self._proc is not None:
-            # bwrap runs the zygote as PID 1 of the sandbox; killing it makes the kernel kill everything
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.proc is not None:
+            # bwrap runs the server as PID 1 of its sandbox; killing it makes the kernel kill everything
             # in that PID namespace, and waiting for bwrap waits for that teardown.
-            for f in (self._proc.stdin, self._proc.stdout):
+            for f in (self.proc.stdin, self.proc.stdout):
                 try:
                     f.close()
                 except OSError:
                     pass
             try:
-                os.killpg(self._proc.pid, 9)
+                os.killpg(self.proc.pid, 9)
             except (ProcessLookupError, PermissionError):
                 pass
-            self._proc.kill()
-            self._proc.wait()
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        if self._stderr is not None:
             self._stderr.close()
-            self._proc = None
+            self._stderr = None
         if self._hostdir:
             shutil.rmtree(self._hostdir, ignore_errors=True)
             self._hostdir = None
+
+
+def _release(fds: list[int], *which: int) -> None:
+    """Close fds[i] for each i in `which` that is still open here, once (fd numbers are reused at once)."""
+    for i in which:
+        if fds[i] >= 0:
+            os.close(fds[i])
+            fds[i] = -1
+
+
+class Sandbox:
+    """One sandbox kept up for many programs, run one at a time (and, for judged runs, a second sandbox for
+    their judges, started with the first one). Restarts itself after a failure."""
+
+    def __init__(self, limits: Limits = Limits(), preload: str = ""):
+        self.limits = limits
+        self.preload = preload
+        self._zygote = _Server(limits, _ZYGOTE, lambda mode, workdir, fd: [mode, workdir, str(fd), preload])
+        self._judges = _Server(
+            limits, _JUDGE_SERVER, lambda mode, workdir, fd: [str(fd), preload, str(limits.memory_mb)]
+        )
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def _proc(self) -> subprocess.Popen | None:  # the program sandbox's bwrap (what tests inspect)
+        return self._zygote.proc
+
+    def _start(self) -> None:
+        self._zygote.start()
+
+    def _request(self, code: str, stdin: str | None, judged: bool) -> dict:
+        limits = self.limits
+        return {
+            "code": code,
+            "stdin": stdin,
+            "judged": judged,
+            **{
+                k: getattr(limits, k)
+                for k in (
+                    "timeout",
+                    "cpu_seconds",
+                    "memory_mb",
+                    "file_size_mb",
+                    "processes",
+                    "open_files",
+                    "output_bytes",
+                )
+            },
+        }
+
+    def _failed(self, t0: float) -> Result:
+        """The zygote died or hung: discard this sandbox, start afresh next time."""
+        err = self._zygote.stderr_tail()
+        self._zygote.close()
+        return Result("sandbox_error", "", f"sandbox failed: {err}", time.monotonic() - t0)
+
+    def run(self, code: str, stdin: str | None = None, judge: str | None = None) -> Result:
+        """Run one program (with `judge` beside it, if given); never raises for anything the programs do."""
+        with self._lock:
+            if not self._zygote.alive:
+                self._zygote.close()
+                self._zygote.start()
+            t0 = time.monotonic()
+            channel = self._zygote.receive_fds(3, t0 + GRACE)  # this program's ends to a judge, its end pipe
+            if channel is None:
+                return self._failed(t0)
+            try:
+                if judge is None:
+                    _release(channel, 0, 1, 2)
+                    return self._run(code, stdin, t0)
+                return self._run_judged(code, stdin, judge, channel, t0)
+            finally:
+                _release(channel, 0, 1, 2)
+
+    def _run(self, code: str, stdin: str | None, t0: float) -> Result:
+        try:
+            self._zygote.send(self._request(code, stdin, False))
+            reply = self._zygote.receive(t0 + self.limits.timeout + GRACE)
+        except (OSError, ValueError):
+            reply = None
+        if reply is None:
+            return self._failed(t0)
+        return Result(reply["status"], reply["stdout"], reply["stderr"], reply["duration"], reply["returncode"])
+
+    def _run_judged(self, code: str, stdin: str | None, judge: str, channel: list[int], t0: float) -> Result:
+        limits = self.limits
+        if not self._judges.alive:
+            self._judges.close()
+            self._judges.start()
+        try:
+            self._judges.send({"code": judge, "timeout": limits.timeout}, channel)
+        except OSError:
+            err = self._judges.stderr_tail()
+            self._judges.close()
+            return Result("sandbox_error", "", f"the judge sandbox failed: {err}", 0.0)
+        _release(channel, 0, 1, 2)  # only the judge server holds them now: it closes the end pipe when done
+        try:
+            self._zygote.send(self._request(code, stdin, True))
+        except (OSError, ValueError):
+            return self._failed(t0)
+        verdict = self._judges.receive(t0 + limits.timeout + GRACE)
+        if verdict is None:  # a judge stuck past its own alarm, or its sandbox gone: the run failed
+            self._judges.close()  # (which also closes the end pipe)
+        reply = self._zygote.receive(t0 + limits.timeout + GRACE)
+        if verdict is None:
+            verdict = {"status": "timeout" if time.monotonic() - t0 > limits.timeout else "killed", "verdict": ""}
+        if reply is None:
+            return self._failed(t0)
+        return Result(
+            verdict["status"],
+            reply["stdout"],
+            reply["stderr"],
+            reply["duration"],
+            reply["returncode"],
+            verdict["verdict"],
+            reply["status"],
+        )
+
+    def close(self) -> None:
+        self._zygote.close()
+        self._judges.close()
 
 
 def check(limits: Limits = Limits()) -> None:
@@ -295,7 +481,8 @@ def check(limits: Limits = Limits()) -> None:
         sandbox._start()
 
 
-def run(code: str, *, stdin: str | None = None, limits: Limits = Limits()) -> Result:
-    """Run `code` (a Python program) in a fresh sandbox. Raises only SandboxUnavailable."""
+def run(code: str, *, stdin: str | None = None, judge: str | None = None, limits: Limits = Limits()) -> Result:
+    """Run `code` (a Python program; beside `judge`, if given) in a fresh sandbox. Raises only
+    SandboxUnavailable."""
     with Sandbox(limits) as sandbox:
-        return sandbox.run(code, stdin)
+        return sandbox.run(code, stdin, judge)

@@ -1,5 +1,6 @@
-# The in-sandbox server: `python -I -S -c <this file's text> MODE WORKDIR`, one per sandbox; MODE is "pid1"
-# (inside bubblewrap, as PID 1 of the sandbox) or "group" (rlimits-only mode, on the host).
+# The in-sandbox server: `python -I -S -c <this file's text> MODE WORKDIR CONTROL_FD PRELOAD`, one per
+# sandbox; MODE is "pid1" (inside bubblewrap, as PID 1 of the sandbox) or "group" (rlimits-only mode, on the
+# host).
 #
 # Starting a fresh bubblewrap sandbox plus a Python interpreter costs tens of ms; forking this warm
 # process costs about one. So a sandbox stays up and runs programs one at a time, each in a fresh fork
@@ -9,21 +10,33 @@
 # every file in the writable dirs, every SysV IPC object. The zygote is non-dumpable, so a program running
 # as the same uid can neither ptrace it nor open its /proc files; as PID 1 it cannot be killed from inside.
 #
+# Judged runs: every pre-forked program also gets two pipes as fds 3 (reads) and 4 (writes), whose other
+# ends, with the write end of an "end" pipe, go to the host over the control socket as soon as the fork is
+# made, and from there to a judge in another sandbox (`judge_server.py`); this process never holds them
+# again. A run without a judge closes them; a judged run lasts until the host closes the end pipe (the
+# judge is done) or the timeout.
+#
+# A sandbox's preload (PRELOAD, trusted code such as a harness) runs here once, as the module
+# `sandbox_preload`, so that every program inherits it compiled and imported.
+#
 # Protocol on fds 0/1: requests and replies are 4-byte big-endian lengths followed by JSON.
 # Standalone on purpose: imports only the standard library (the project is not visible in the sandbox).
+# Imported once here so that each forked program gets them for free (HumanEval-style code imports these).
+import collections  # noqa: E401,F401
 import ctypes
+import fcntl
+import gc
 import json
 import os
 import resource
 import selectors
 import signal
+import socket
 import struct
 import sys
 import time
 import traceback
-
-# Imported once here so that each forked program gets them for free (HumanEval-style code imports these).
-import collections, copy, functools, heapq, itertools, math, random, re, string, typing  # noqa: E401,F401
+import types
 
 MEMORY_EXIT = 86  # the program raised MemoryError
 READ = 65536
@@ -46,34 +59,35 @@ def send(fd, obj):
 def send_raw(fd, data):
     view = memoryview(struct.pack(">I", len(data)) + data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
-def child(req, path, workdir, fds):
-    """In the forked child: wire stdio, apply rlimits, run the program, exit like `python main.py` would."""
-    stdin_r, out_w, err_w = fds
-    os.setsid()
-    os.dup2(stdin_r, 0)
-    os.dup2(out_w, 1)
-    os.dup2(err_w, 2)
-    os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    os.chdir(workdir)
+def place(fds):
+    """Make fds[i] the process's fd i, for every i (safe when the numbers overlap), and close all others."""
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds]
+    for i, fd in enumerate(high):
+        os.dup2(fd, i)
+    os.closerange(len(fds), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def apply_limits(req):
     mb = 1 << 20
     resource.setrlimit(resource.RLIMIT_CPU, (req["cpu_seconds"], req["cpu_seconds"] + 1))
-    for res, value in ((resource.RLIMIT_AS, req["memory_mb"] * mb), (resource.RLIMIT_FSIZE, req["file_size_mb"] * mb),
-                       (resource.RLIMIT_NPROC, req["processes"]), (resource.RLIMIT_NOFILE, req["open_files"]),
-                       (resource.RLIMIT_CORE, 0)):
+    for res, value in (
+        (resource.RLIMIT_AS, req["memory_mb"] * mb),
+        (resource.RLIMIT_FSIZE, req["file_size_mb"] * mb),
+        (resource.RLIMIT_NPROC, req["processes"]),
+        (resource.RLIMIT_NOFILE, req["open_files"]),
+        (resource.RLIMIT_CORE, 0),
+    ):
         resource.setrlimit(res, (value, value))
-    if "random" in sys.modules:
-        sys.modules["random"].seed()
-    sys.argv = [path]
+
+
+def execute(code, filename, namespace):
+    """Run `code` like `python main.py` would, exit code included; never returns."""
     rc = 0
     try:
-        with open(path, "w") as f:
-            f.write(req["code"])
-        code = compile(req["code"], path, "exec")
-        exec(code, {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
+        exec(compile(code, filename, "exec"), namespace)
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             rc = e.code or 0
@@ -99,30 +113,64 @@ def child(req, path, workdir, fds):
     os._exit(rc & 0xFF)
 
 
-def spawn(workdir):
+def child(req, path, workdir, fds, channel):
+    """In the forked child: wire stdio (and, in a judged run, the channel to the judge as fds 3 and 4), apply
+    rlimits, run the program."""
+    os.setsid()
+    place([*fds, *channel] if req.get("judged") else fds)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.chdir(workdir)
+    apply_limits(req)
+    if "random" in sys.modules:
+        sys.modules["random"].seed()
+    sys.argv = [path]
+    with open(path, "w") as f:
+        f.write(req["code"])
+    execute(req["code"], path, {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
+
+
+def spawn(workdir, control):
     """Fork the next program's process ahead of its request (it waits for it on a pipe), so that the fork
-    overlaps the host's turn-around instead of adding to every run."""
+    overlaps the host's turn-around instead of adding to every run. The judge's ends of its channel, and the
+    end pipe's write end, go to the host now."""
     req_r, req_w = os.pipe()
     stdin_r, stdin_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
+    calls_r, calls_w = os.pipe()  # judge -> program
+    replies_r, replies_w = os.pipe()  # program -> judge
+    end_r, end_w = os.pipe()  # the host closes it when the judge is done
     pid = os.fork()
     if pid == 0:
         try:
-            for fd in (req_w, stdin_w, out_r, err_r):
+            for fd in (req_w, stdin_w, out_r, err_r, calls_w, replies_r, end_r, end_w):
                 os.close(fd)
             (n,) = struct.unpack(">I", read_exact(req_r, 4))
             req = json.loads(read_exact(req_r, n))
-            child(req, os.path.join(workdir, "main.py"), workdir, (stdin_r, out_w, err_w))
+            child(req, os.path.join(workdir, "main.py"), workdir, (stdin_r, out_w, err_w), (calls_r, replies_w))
         finally:
             os._exit(70)
-    for fd in (req_r, stdin_r, out_w, err_w):
+    socket.send_fds(control, [b"c"], [replies_r, calls_w, end_w])
+    for fd in (req_r, stdin_r, out_w, err_w, calls_r, replies_w, replies_r, calls_w, end_w):
         os.close(fd)
-    return pid, req_w, stdin_w, out_r, err_r
+    return pid, req_w, stdin_w, out_r, err_r, end_r
+
+
+def exit_status(rc):
+    if rc == 0:
+        return "ok"
+    if rc == MEMORY_EXIT:
+        return "memory"
+    if rc == -signal.SIGXCPU:
+        return "timeout"
+    if rc < 0:
+        return "killed"
+    return "failed"
 
 
 def run_one(req, raw, spare, mode, workdir):
-    pid, req_w, stdin_w, out_r, err_r = spare
+    pid, req_w, stdin_w, out_r, err_r, end_r = spare
+    judged = bool(req.get("judged"))
     t0 = time.monotonic()
     try:
         send_raw(req_w, raw)
@@ -144,8 +192,10 @@ def run_one(req, raw, spare, mode, workdir):
         os.close(stdin_w)
     pidfd = os.pidfd_open(pid)
     sel.register(pidfd, selectors.EVENT_READ)
-    status, exited = None, False
-    while status is None and not exited:
+    if judged:  # the run lasts as long as the judge, whether the program has exited or not
+        sel.register(end_r, selectors.EVENT_READ)
+    status, exited, ended = None, False, False
+    while status is None and not ended and not (exited and not judged):
         left = deadline - time.monotonic()
         if left <= 0:
             status = "timeout"
@@ -154,9 +204,12 @@ def run_one(req, raw, spare, mode, workdir):
             fd = key.fd
             if fd == pidfd:
                 exited = True
+                sel.unregister(fd)
+            elif fd == end_r:
+                ended = True
             elif fd == stdin_w:
                 try:
-                    pending = pending[os.write(fd, pending[:READ]):]
+                    pending = pending[os.write(fd, pending[:READ]) :]
                 except OSError:
                     pending = b""
                 if not pending:
@@ -173,7 +226,7 @@ def run_one(req, raw, spare, mode, workdir):
                 bufs[fd] += chunk
                 if len(bufs[fd]) > cap:
                     status = "output_limit"
-    if exited and status is None:  # drain what the program wrote before exiting
+    if (exited or ended) and status is None:  # drain what was written
         for fd, buf in bufs.items():
             while len(buf) <= cap:
                 try:
@@ -191,26 +244,21 @@ def run_one(req, raw, spare, mode, workdir):
     _, wstatus = os.waitpid(pid, 0)
     cleanup(mode, pid, workdir)
     sel.close()
-    for fd in (out_r, err_r, pidfd, stdin_w):
+    for fd in (*bufs, pidfd, stdin_w, end_r):
         try:
             os.close(fd)
         except OSError:
             pass
     rc = os.waitstatus_to_exitcode(wstatus)
-    if status is None:
-        if rc == 0:
-            status = "ok"
-        elif rc == MEMORY_EXIT:
-            status = "memory"
-        elif rc == -signal.SIGXCPU:
-            status = "timeout"
-        elif rc < 0:
-            status = "killed"
-        else:
-            status = "failed"
-    return {"status": status, "returncode": rc, "duration": duration,
-            "stdout": bytes(bufs[out_r][:cap]).decode(errors="replace"),
-            "stderr": bytes(bufs[err_r][:cap]).decode(errors="replace")}
+    if status is None and ended and not exited:
+        status = "ended"  # by the host, the judge being done: not the program's doing
+    return {
+        "status": status or exit_status(rc),
+        "returncode": rc if exited else None,
+        "duration": duration,
+        "stdout": bytes(bufs[out_r][:cap]).decode(errors="replace"),
+        "stderr": bytes(bufs[err_r][:cap]).decode(errors="replace"),
+    }
 
 
 def cleanup(mode, pid, workdir):
@@ -280,12 +328,19 @@ LIBC = ctypes.CDLL(None, use_errno=True)
 
 def main():
     mode, workdir = sys.argv[1], sys.argv[2]
+    control = socket.socket(fileno=int(sys.argv[3]))  # to the host: each program's channel to a judge
+    preload = types.ModuleType("sandbox_preload")
+    exec(compile(sys.argv[4], "<preload>", "exec"), preload.__dict__)
+    sys.modules["sandbox_preload"] = preload
     LIBC.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no ptrace or /proc/<pid>/mem from the programs
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The first compile() in a process pays one-time set-up (~1 ms here); pay it once, before any fork.
     warm = "from typing import List\ndef f(xs: List[int]) -> int:\n    return sum(xs)\nassert f([1]) == 1\n"
     exec(compile(warm, "<warm-up>", "exec"), {"__name__": "__warmup__"})
-    spare = spawn(workdir)
+    # Out of the collector's reach, the zygote's objects stay shared with its forks instead of being copied
+    # page by page when a fork's first collections walk them.
+    gc.freeze()
+    spare = spawn(workdir, control)
     send(1, {"ready": True})
     while True:
         try:
@@ -295,7 +350,7 @@ def main():
             return
         reply = run_one(json.loads(raw), raw, spare, mode, workdir)
         send(1, reply)
-        spare = spawn(workdir)
+        spare = spawn(workdir, control)
 
 
 main()

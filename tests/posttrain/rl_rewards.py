@@ -3,12 +3,16 @@
 import os
 import time
 
+from rewards import completion_text
+
 LETTERS = set("abcdefghijklm")
 
 
 def letter_share(prompts, completions, **columns):
-    """Share of the completion's characters in a-m: learnable by a tiny random model (~5% at init)."""
-    return [sum(ch in LETTERS for ch in c) / max(1, len(c)) for c in completions]
+    """Share of the completion's characters in a-m: learnable by a tiny random model (~5% at init).
+    (Chat prompts make the completions TRL's one assistant message each: `completion_text` reads either.)"""
+    texts = [completion_text(c) for c in completions]
+    return [sum(ch in LETTERS for ch in t) / max(1, len(t)) for t in texts]
 
 
 def hang_or_crash(prompts, completions, id=None, **columns):

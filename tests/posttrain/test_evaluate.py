@@ -106,7 +106,10 @@ def test_summarize_per_reward_and_overall():
     assert with_rm["overall"] == overall
 
 
-PARITY = "def parity(prompts, completions, **columns):\n    return [float(len(c) % 2 == 0) for c in completions]\n"
+PARITY = (
+    "def parity(prompts, completions, **columns):  # chat prompts: completions are [{role, content}]\n"
+    "    return [float(len(c[0]['content']) % 2 == 0) for c in completions]\n"
+)
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,63 @@ def test_bad_specs_are_clear_errors(tmp_path):
         models.resolve("tiny:hidden=3")
 
 
+CHATS = [
+    [{"role": "user", "content": "What is 2 + 3?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Only a system prompt."}],
+    [{"role": "system", "content": "S"}, {"role": "assistant", "content": "A first"}],
+    [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello! "},
+        {"role": "user", "content": " 2+2?"},
+        {"role": "model", "content": "4\n"},
+    ],
+    [
+        {"role": "user", "content": "a"},
+        {"role": "system", "content": "later system"},
+        {"role": "user", "content": "b"},
+    ],
+]
+
+
+def chat_template_matches_posttrains_formatting(tok):
+    from posttrain.data import prompt_ids, tokenize_chat
+
+    for messages in CHATS:
+        for generation_prompt in (False, True):
+            ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)[
+                "input_ids"
+            ]
+            ours = prompt_ids(tok, messages) if generation_prompt else tokenize_chat(tok, messages, 1 << 30)[0]
+            assert ids == ours, (messages, generation_prompt)
+
+
+def test_chat_template_gives_posttrains_token_ids():
+    chat_template_matches_posttrains_formatting(models.load_tokenizer("tiny"))
+
+
+def test_every_tokenizer_posttrain_writes_carries_the_chat_template(tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from posttrain.data import CHAT_TEMPLATE
+
+    parent = models.tiny_model_dir(num_hidden_layers=12, seed=4)
+    student = models.derive_student(parent, [0, 6])
+    for built in (models.tiny_model_dir(), parent, student):
+        assert AutoTokenizer.from_pretrained(built).chat_template == CHAT_TEMPLATE, built
+    # what the stages save: a tokenizer from load_causal_lm / load_tokenizer
+    _, tok = models.load_causal_lm("tiny")
+    tok.save_pretrained(tmp_path / "saved")
+    assert AutoTokenizer.from_pretrained(tmp_path / "saved").chat_template == CHAT_TEMPLATE
+    # a cached dir built before the template existed gets it when next resolved
+    monkeypatch.setenv("POSTTRAIN_CACHE", str(tmp_path / "cache"))
+    old = models.tiny_model_dir(seed=9)
+    (old / "chat_template.jinja").unlink()
+    assert AutoTokenizer.from_pretrained(old).chat_template is None
+    assert models.resolve("tiny:seed=9") == old
+    assert AutoTokenizer.from_pretrained(old).chat_template == CHAT_TEMPLATE
+
+
 @pytest.mark.slow
 def test_real_gemma3_270m_gguf_converts_once_and_derives_a_5_to_1_student(tmp_path, monkeypatch):
     import gguf
@@ -79,6 +136,7 @@ def test_real_gemma3_270m_gguf_converts_once_and_derives_a_5_to_1_student(tmp_pa
     student = AutoModelForCausalLM.from_pretrained(student_dir)
     assert student.config.layer_types == ["sliding_attention"] * 5 + ["full_attention"]
     tok = models.load_tokenizer(str(student_dir))
+    chat_template_matches_posttrains_formatting(tok)  # with Gemma's own tokenizer too
     ids = prompt_ids(tok, [{"role": "user", "content": "What is 2 + 3?"}])
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
     assert tok.convert_tokens_to_ids("<start_of_turn>") in ids

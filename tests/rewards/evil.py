@@ -1,4 +1,5 @@
 """Reward functions that misbehave when a completion says so (loaded by file path in test_workers.py)."""
+
 import ctypes
 import os
 import time

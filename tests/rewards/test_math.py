@@ -97,16 +97,19 @@ def test_near_misses_score_zero(gold, completion):
     assert math_reward(["q"], [completion], answer=[gold]) == [0.0], extract_answer(completion)
 
 
-@pytest.mark.parametrize("text,answer", [
-    ("The answer is 42.", "42"),
-    ("so the answer is 3.5. Next we check it", "3.5"),
-    ("The final answer is $\\frac{1}{2}$.", "\\frac{1}{2}"),
-    ("Answer: 12", "12"),
-    ("\\boxed{\\frac{3}{4}} is it; the answer is 9", "\\frac{3}{4}"),  # boxed wins over "the answer is"
-    ("\\boxed{\\{1, \\{2\\}\\}}", "\\{1, \\{2\\}\\}"),  # nested braces
-    ("I got -2.5 then 1,000", "1,000"),
-    ("no digits at all", None),
-])
+@pytest.mark.parametrize(
+    "text,answer",
+    [
+        ("The answer is 42.", "42"),
+        ("so the answer is 3.5. Next we check it", "3.5"),
+        ("The final answer is $\\frac{1}{2}$.", "\\frac{1}{2}"),
+        ("Answer: 12", "12"),
+        ("\\boxed{\\frac{3}{4}} is it; the answer is 9", "\\frac{3}{4}"),  # boxed wins over "the answer is"
+        ("\\boxed{\\{1, \\{2\\}\\}}", "\\{1, \\{2\\}\\}"),  # nested braces
+        ("I got -2.5 then 1,000", "1,000"),
+        ("no digits at all", None),
+    ],
+)
 def test_extract_answer(text, answer):
     assert extract_answer(text) == answer
 
@@ -122,8 +125,9 @@ def test_extractors_are_configurable():
 
 def test_answer_column_chat_completions_and_rows_without_answer():
     chat = [{"role": "assistant", "content": "The answer is \\boxed{5}"}]
-    assert math_reward(["q", "q", "q"], [chat, "\\boxed{5}", "\\boxed{5}"], solution=["5", None, ""],
-                       answer_column="solution") == [1.0, None, None]
+    assert math_reward(
+        ["q", "q", "q"], [chat, "\\boxed{5}", "\\boxed{5}"], solution=["5", None, ""], answer_column="solution"
+    ) == [1.0, None, None]
     assert math_reward(["q"], ["\\boxed{5}"], other=["5"]) == [None]  # no answer column: not applicable
 
 

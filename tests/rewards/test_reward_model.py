@@ -16,18 +16,32 @@ PREFS = ROOT / "data" / "tiny" / "prefs.jsonl"
 @pytest.fixture(scope="module")
 def rm_dir(tmp_path_factory):
     """A tiny RM trained for a few steps by the stage's own member trainer (in-process, no Ray)."""
-    from posttrain import artifacts, config as cfg, warm
     from transformers import AutoTokenizer
+
+    from posttrain import artifacts, warm
+    from posttrain import config as cfg
 
     root = tmp_path_factory.mktemp("rm")
     init = warm.build_init("tiny:num_hidden_layers=2,seed=3", root / "init", seed=0)
     config = dataclasses.replace(cfg.load(warm.Config, ROOT / "configs" / "tiny" / "rm.yaml"), max_steps=8)
     tok = AutoTokenizer.from_pretrained(init)
     pairs = warm.encode_pairs(tok, warm.read_pairs(PREFS)[16:], 128)
-    job = {"member": 0, "label_noise": 0.0, "out": str(root / "member"), "init": str(init),
-           "init_sha256": artifacts.dir_sha256(init), "train": pairs, "eval": pairs[:2], "train_sha256": "x",
-           "seed": 0, "learning_rate": 0.003, "dropout": 0.0, "config": cfg.to_dict(config), "threads": 1,
-           "progress": False}
+    job = {
+        "member": 0,
+        "label_noise": 0.0,
+        "out": str(root / "member"),
+        "init": str(init),
+        "init_sha256": artifacts.dir_sha256(init),
+        "train": pairs,
+        "eval": pairs[:2],
+        "train_sha256": "x",
+        "seed": 0,
+        "learning_rate": 0.003,
+        "dropout": 0.0,
+        "config": cfg.to_dict(config),
+        "threads": 1,
+        "progress": False,
+    }
     warm.train_member(job)
     return root / "member"
 
@@ -68,7 +82,8 @@ def test_batching_and_message_lists_do_not_change_scores(rm_dir):
     assert batched == pytest.approx(single, abs=1e-4)  # right padding is ignored: the head reads <end_of_turn>
     as_messages = RewardModelScorer(str(rm_dir), batch_size=5).score(
         [[{"role": "user", "content": p}] for p in prompts],
-        [[{"role": "assistant", "content": c}] for c in completions])
+        [[{"role": "assistant", "content": c}] for c in completions],
+    )
     assert as_messages == pytest.approx(single, abs=1e-4)
 
 
@@ -77,16 +92,19 @@ def test_scoring_on_a_ray_actor_matches_in_process(rm_dir, local_ray):
     from rewards.reward_model import RewardModelScorer
 
     rows = _heldout()
-    batches = [{"prompts": [r["prompt"] for r in rows[i:i + 8]], "completions": [r["chosen"] for r in rows[i:i + 8]]}
-               for i in (0, 8)]
-    remote = cluster.map_actors(RewardModelScorer, batches, num_actors=1, actor_args=(str(rm_dir),),
-                                num_cpus=0.5)
+    batches = [
+        {"prompts": [r["prompt"] for r in rows[i : i + 8]], "completions": [r["chosen"] for r in rows[i : i + 8]]}
+        for i in (0, 8)
+    ]
+    remote = cluster.map_actors(RewardModelScorer, batches, num_actors=1, actor_args=(str(rm_dir),), num_cpus=0.5)
     local = RewardModelScorer(str(rm_dir))
     for batch, got in zip(batches, remote):
         assert got == pytest.approx(local.score(batch["prompts"], batch["completions"]), abs=1e-5)
 
 
 def test_module_import_pulls_in_neither_torch_nor_ray():
-    code = ("import sys, rewards.reward_model; "
-            "assert 'torch' not in sys.modules and 'ray' not in sys.modules, sorted(sys.modules)")
+    code = (
+        "import sys, rewards.reward_model; "
+        "assert 'torch' not in sys.modules and 'ray' not in sys.modules, sorted(sys.modules)"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

@@ -1,4 +1,5 @@
 """A reward that hangs, loops, segfaults, leaks memory or calls os._exit costs only its own samples."""
+
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,14 @@ def test_a_bad_sample_costs_only_itself(workers, bad):
     s = score([Reward(f"{EVIL}:evil", timeout=timeout, name="evil")], ["p"] * 3, completions, {}, workers=workers)
     assert s.per_reward["evil"] == [2.0, None, 5.0]
     reason = s.reasons["evil"][1]
-    expected = {"hang": "timeout", "loop": "timeout", "segfault": "SIGSEGV", "exit": "exit code 7",
-                "raise": "KeyError", "leak": "memory"}[bad]
+    expected = {
+        "hang": "timeout",
+        "loop": "timeout",
+        "segfault": "SIGSEGV",
+        "exit": "exit code 7",
+        "raise": "KeyError",
+        "leak": "memory",
+    }[bad]
     assert expected in reason, reason
     assert s.reasons["evil"][0] is None and s.combined == [2.0, None, 5.0]
     # and the workers carry on
@@ -49,8 +56,13 @@ def test_contract_violations_are_reported(workers, caplog):
 def test_builtin_rewards_in_workers_with_weights(workers, caplog):
     caplog.set_level("INFO", logger="rewards")
     completions = ["The answer is \\boxed{4}", "The answer is \\boxed{5}"]
-    s = score([Reward("math", weight=2.0), Reward("format", weight=0.5)], ["q"] * 2, completions,
-              {"answer": ["4", "4"]}, workers=workers)
+    s = score(
+        [Reward("math", weight=2.0), Reward("format", weight=0.5)],
+        ["q"] * 2,
+        completions,
+        {"answer": ["4", "4"]},
+        workers=workers,
+    )
     assert s.per_reward == {"math": [1.0, 0.0], "format": [1.0, 1.0]}
     assert s.combined == [2.5, 0.5]
     # each reward's scores are logged on their own
@@ -67,8 +79,13 @@ def test_as_trl_wraps_a_reward_for_trainers(workers):
     fn = as_trl(Reward(f"{EVIL}:evil", timeout=1.0, name="evil"), workers)
     assert fn.__name__ == "evil"
     # TRL passes extra keyword arguments, some per sample (completion_ids), some not (trainer_state)
-    out = fn(prompts=["p"] * 3, completions=["ab", "hang", "abc"], completion_ids=[[1], [2], [3]],
-             trainer_state=object(), answer=["x", "y", "z"])
+    out = fn(
+        prompts=["p"] * 3,
+        completions=["ab", "hang", "abc"],
+        completion_ids=[[1], [2], [3]],
+        trainer_state=object(),
+        answer=["x", "y", "z"],
+    )
     assert out == [2.0, None, 3.0]
 
 

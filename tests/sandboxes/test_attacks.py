@@ -63,10 +63,14 @@ def attack(sandbox, code: str, stdin=None):
     assert time.monotonic() - t0 <= LIMITS.timeout + 1, result
     assert not [c for c in host_cmdlines() if MARKER.encode() in c], "a sandboxed process outlived its run"
     inside = descendants(sandbox._proc.pid)
-    assert len(inside) <= 2, f"{len(inside)} processes in the sandbox after the run: expected the zygote " \
-                             "and at most its idle pre-forked child"
-    after = sandbox.run("import os\nprint(len([p for p in os.listdir('/proc') if p.isdigit()]), "
-                        "os.listdir('/tmp'), os.listdir('.'), os.listdir('/dev/shm'))")
+    assert len(inside) <= 2, (
+        f"{len(inside)} processes in the sandbox after the run: expected the zygote "
+        "and at most its idle pre-forked child"
+    )
+    after = sandbox.run(
+        "import os\nprint(len([p for p in os.listdir('/proc') if p.isdigit()]), "
+        "os.listdir('/tmp'), os.listdir('.'), os.listdir('/dev/shm'))"
+    )
     assert after.status == "ok", after
     # nothing but the zygote and this program (which ran in the pre-forked child) in the sandbox
     assert after.stdout.strip() == "2 [] ['main.py'] []", after.stdout
@@ -74,19 +78,24 @@ def attack(sandbox, code: str, stdin=None):
 
 
 def test_fork_bomb(sandbox):
-    r = attack(sandbox, """
+    r = attack(
+        sandbox,
+        """
         import os
         while True:
             try:
                 os.fork()
             except OSError:
                 pass
-    """)
+    """,
+    )
     assert r.status == "timeout"
 
 
 def test_fork_bomb_bounded_by_process_limit(sandbox):
-    r = attack(sandbox, """
+    r = attack(
+        sandbox,
+        """
         import os, time
         n = 0
         for _ in range(500):
@@ -98,16 +107,20 @@ def test_fork_bomb_bounded_by_process_limit(sandbox):
             except OSError:
                 break
         print(n)
-    """)
+    """,
+    )
     assert r.status == "ok" and int(r.stdout) < LIMITS.processes
 
 
 def test_memory_bomb(sandbox):
-    r = attack(sandbox, """
+    r = attack(
+        sandbox,
+        """
         chunks = []
         while True:
             chunks.append(bytearray(64 << 20))
-    """)
+    """,
+    )
     assert r.status == "memory" and "MemoryError" in r.stderr
 
 
@@ -122,13 +135,16 @@ def test_sleep_past_timeout(sandbox):
 
 
 def test_sigterm_ignored(sandbox):
-    r = attack(sandbox, """
+    r = attack(
+        sandbox,
+        """
         import signal
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(s, signal.SIG_IGN)
         while True:
             pass
-    """)
+    """,
+    )
     assert r.status == "timeout"
 
 
@@ -136,7 +152,9 @@ def test_sigterm_ignored(sandbox):
 def test_detached_child_does_not_outlive_the_run(sandbox, parent_waits):
     # Double fork + setsid, then exec a sleeper carrying MARKER; `attack` checks the host has no process
     # with MARKER once the run is answered.
-    r = attack(sandbox, f"""
+    r = attack(
+        sandbox,
+        f"""
         import os, sys, time
         if os.fork() == 0:
             os.setsid()
@@ -147,7 +165,8 @@ def test_detached_child_does_not_outlive_the_run(sandbox, parent_waits):
         print("detached")
         if {parent_waits}:
             time.sleep(60)
-    """)
+    """,
+    )
     assert r.status == ("timeout" if parent_waits else "ok")
 
 
@@ -158,7 +177,9 @@ def test_network_is_unreachable(sandbox):
     server.settimeout(0.2)
     port = server.getsockname()[1]
     try:
-        r = attack(sandbox, f"""
+        r = attack(
+            sandbox,
+            f"""
             import socket
             try:
                 socket.create_connection(("127.0.0.1", {port}), timeout=1).sendall(b"x")
@@ -169,7 +190,8 @@ def test_network_is_unreachable(sandbox):
                 print("DNS RESOLVED", socket.getaddrinfo("pypi.org", 443))
             except OSError as e:
                 print("dns blocked", e)
-        """)
+        """,
+        )
         with pytest.raises(socket.timeout):
             server.accept()
     finally:
@@ -180,9 +202,17 @@ def test_network_is_unreachable(sandbox):
 def test_host_files_are_invisible(sandbox, tmp_path):
     canary = tmp_path / "canary.txt"
     canary.write_text("host-canary-content")
-    targets = [str(PROJECT / "pyproject.toml"), str(Path(__file__).resolve()), "/etc/shadow", "/etc/passwd",
-               "/root/.bashrc", str(canary)]
-    r = attack(sandbox, f"""
+    targets = [
+        str(PROJECT / "pyproject.toml"),
+        str(Path(__file__).resolve()),
+        "/etc/shadow",
+        "/etc/passwd",
+        "/root/.bashrc",
+        str(canary),
+    ]
+    r = attack(
+        sandbox,
+        f"""
         import os
         for path in {targets!r}:
             try:
@@ -194,7 +224,8 @@ def test_host_files_are_invisible(sandbox, tmp_path):
                 print("LISTED", d, os.listdir(d))
             except OSError as e:
                 print("hidden", d, type(e).__name__)
-    """)
+    """,
+    )
     assert r.status == "ok" and "LEAK" not in r.stdout and "host-canary-content" not in r.stdout, r.stdout
     listed = " ".join(line for line in r.stdout.splitlines() if line.startswith("LISTED"))
     for name in ("pyproject.toml", ".bashrc", "shadow", "canary.txt", "test_attacks.py"):
@@ -203,9 +234,19 @@ def test_host_files_are_invisible(sandbox, tmp_path):
 
 def test_writes_outside_the_working_dir_do_not_reach_the_host(sandbox, tmp_path):
     name = f"pwned-{uuid.uuid4().hex}"
-    targets = [f"/{name}", f"/usr/{name}", f"/etc/{name}", str(PROJECT / name), str(tmp_path / name),
-               f"/root/{name}", f"/var/tmp/{name}", f"/proc/{name}"]
-    r = attack(sandbox, f"""
+    targets = [
+        f"/{name}",
+        f"/usr/{name}",
+        f"/etc/{name}",
+        str(PROJECT / name),
+        str(tmp_path / name),
+        f"/root/{name}",
+        f"/var/tmp/{name}",
+        f"/proc/{name}",
+    ]
+    r = attack(
+        sandbox,
+        f"""
         import os
         for path in {targets!r}:
             try:
@@ -214,7 +255,8 @@ def test_writes_outside_the_working_dir_do_not_reach_the_host(sandbox, tmp_path)
                 print("wrote", path)
             except OSError as e:
                 print("refused", path, type(e).__name__)
-    """)
+    """,
+    )
     assert r.status == "ok"
     for path in targets:
         assert not os.path.exists(path), path
@@ -225,7 +267,8 @@ def test_parent_environment_secrets_are_invisible(sandbox, monkeypatch):
     monkeypatch.setenv("POSTTRAIN_TEST_SECRET", secret)
     # A fresh sandbox, started after the secret is set, so its environment would carry it if inherited.
     with Sandbox(LIMITS) as fresh:
-        r = fresh.run(textwrap.dedent("""
+        r = fresh.run(
+            textwrap.dedent("""
             import os, glob
             print(dict(os.environ))
             for path in glob.glob("/proc/*/environ"):
@@ -234,7 +277,8 @@ def test_parent_environment_secrets_are_invisible(sandbox, monkeypatch):
                 except OSError as e:
                     print(path, type(e).__name__)
             os.system("env; cat /proc/1/environ")
-        """))
+        """)
+        )
     assert r.status == "ok"
     assert secret not in r.stdout and secret not in r.stderr
     attack(sandbox, "pass")  # and the host is unchanged
@@ -243,7 +287,9 @@ def test_parent_environment_secrets_are_invisible(sandbox, monkeypatch):
 def test_cannot_kill_the_parent(sandbox):
     canary = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        r = attack(sandbox, f"""
+        r = attack(
+            sandbox,
+            f"""
             import os, signal
             for pid in ({os.getpid()}, {canary.pid}, os.getppid(), 1):
                 for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
@@ -256,7 +302,8 @@ def test_cannot_kill_the_parent(sandbox):
                 os.kill(-1, signal.SIGKILL)  # everything this program may signal
             except OSError as e:
                 print("refused -1", type(e).__name__)
-        """)
+        """,
+        )
         assert canary.poll() is None, "a process outside the sandbox was killed"
     finally:
         canary.kill()
@@ -265,7 +312,9 @@ def test_cannot_kill_the_parent(sandbox):
 
 
 def test_cannot_tamper_with_the_zygote(sandbox):
-    r = attack(sandbox, """
+    r = attack(
+        sandbox,
+        """
         for path in ("/proc/1/mem", "/proc/1/environ", "/proc/1/fd/0", "/proc/1/fd/1"):
             try:
                 open(path, "rb").read(1)
@@ -275,7 +324,8 @@ def test_cannot_tamper_with_the_zygote(sandbox):
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         print("ptrace", libc.ptrace(16, 1, 0, 0))  # PTRACE_ATTACH to the zygote
-    """)
+    """,
+    )
     assert r.status == "ok" and "OPENED" not in r.stdout and "ptrace -1" in r.stdout, r.stdout
 
 
@@ -285,7 +335,9 @@ def test_huge_stdout_is_capped(sandbox):
 
 
 def test_filling_the_disk(sandbox):
-    r = attack(sandbox, """
+    r = attack(
+        sandbox,
+        """
         import os
         for d in (".", "/tmp", "/dev/shm", "/dev", "/"):
             written = 0
@@ -296,7 +348,8 @@ def test_filling_the_disk(sandbox):
                     written += 1
             except OSError as e:
                 print(d, written, e.errno)
-    """)
+    """,
+    )
     stopped = {line.split()[0]: (int(line.split()[1]), int(line.split()[2])) for line in r.stdout.splitlines()}
     assert r.status == "ok" and set(stopped) == {".", "/tmp", "/dev/shm", "/dev", "/"}, r
     for d in (".", "/tmp", "/dev/shm"):  # each a tmpfs capped at disk_mb: ENOSPC
@@ -306,7 +359,9 @@ def test_filling_the_disk(sandbox):
 
 
 def test_tampering_with_the_shared_dirs_does_not_reach_the_next_program(sandbox):
-    r = attack(sandbox, """
+    r = attack(
+        sandbox,
+        """
         import os
         path = "/tmp"
         for i in range(300):  # deeper than Python's recursion limit
@@ -318,25 +373,31 @@ def test_tampering_with_the_shared_dirs_does_not_reach_the_next_program(sandbox)
         for d in ("/sandbox", "/tmp", "/dev/shm"):
             os.chmod(d, 0)
         print("tampered")
-    """)
+    """,
+    )
     assert r.status == "ok" and r.stdout == "tampered\n", r  # `attack` then checks the next program
 
 
 def test_many_open_files(sandbox):
-    r = attack(sandbox, """
+    r = attack(
+        sandbox,
+        """
         files = []
         try:
             while True:
                 files.append(open(f"f{len(files)}", "w"))
         except OSError as e:
             print(len(files), e.errno)
-    """)
+    """,
+    )
     count, errno_ = r.stdout.split()
     assert r.status == "ok" and int(count) < LIMITS.open_files and int(errno_) == 24  # EMFILE
 
 
 def test_os_system_subprocess_and_ctypes_stay_inside(sandbox, monkeypatch):
-    r = attack(sandbox, f"""
+    r = attack(
+        sandbox,
+        f"""
         import ctypes, os, subprocess
         os.system("cat /etc/shadow; ls /root; cat {PROJECT}/pyproject.toml; id")
         print(subprocess.run(["sh", "-c", "ls {PROJECT}; ip addr 2>&1; ping -c1 127.0.0.1 2>&1"],
@@ -348,7 +409,8 @@ def test_os_system_subprocess_and_ctypes_stay_inside(sandbox, monkeypatch):
         print("setuid0", libc.setuid(0))
         print("chroot", libc.chroot(b"/tmp"))
         libc.system(b"echo from-libc-system; cat /etc/shadow")
-    """)
+    """,
+    )
     out = r.stdout
     for call in ("unshare_user", "unshare_ns", "mount", "setuid0", "chroot"):
         assert f"{call} -1" in out, out
@@ -360,17 +422,34 @@ def test_kernel_attack_surface_syscalls_are_refused(sandbox):
 
     if deny_filter() is None:
         pytest.skip("the seccomp filter has a syscall table for x86-64 only")
-    names = ["bpf", "perf_event_open", "io_uring_setup", "userfaultfd", "keyctl", "add_key", "ptrace",
-             "process_vm_readv", "init_module", "kexec_load", "setns", "unshare", "fsopen", "open_by_handle_at",
-             "mq_open"]
-    r = attack(sandbox, f"""
+    names = [
+        "bpf",
+        "perf_event_open",
+        "io_uring_setup",
+        "userfaultfd",
+        "keyctl",
+        "add_key",
+        "ptrace",
+        "process_vm_readv",
+        "init_module",
+        "kexec_load",
+        "setns",
+        "unshare",
+        "fsopen",
+        "open_by_handle_at",
+        "mq_open",
+    ]
+    r = attack(
+        sandbox,
+        f"""
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         for name, nr in {[(n, DENIED_X86_64[n]) for n in names]!r}:
             ctypes.set_errno(0)
             print(name, libc.syscall(nr, 0, 0, 0, 0, 0), ctypes.get_errno())
         print("getpid", libc.syscall(39), 0)
-    """)
+    """,
+    )
     lines = dict((line.split()[0], line.split()[1:]) for line in r.stdout.splitlines())
     for name in names:
         assert lines[name] == ["-1", "1"], (name, lines[name])  # EPERM
@@ -384,7 +463,9 @@ def test_segfault(sandbox):
 
 @pytest.mark.parametrize("how", ["python", "c"])
 def test_deep_recursion(sandbox, how):
-    r = attack(sandbox, f"""
+    r = attack(
+        sandbox,
+        f"""
         import sys
         sys.setrecursionlimit(10 ** 7)
         if "{how}" == "python":
@@ -396,5 +477,6 @@ def test_deep_recursion(sandbox, how):
             for _ in range(10 ** 6):
                 x = [x]
             repr(x)
-    """)
+    """,
+    )
     assert r.status in ("killed", "failed", "memory", "timeout"), r

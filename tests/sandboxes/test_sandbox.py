@@ -48,7 +48,9 @@ def test_environment_is_minimal():
 
 def test_reused_sandbox_starts_each_program_fresh():
     with Sandbox(FAST) as sb:
-        first = sb.run("import random, math\nmath.pi = 3\nopen('left.txt', 'w').write('x')\nprint(random.random())")
+        first = sb.run(
+            "import random, math\nmath.pi = 3\nopen('left.txt', 'w').write('x')\nprint(random.random())"
+        )
         second = sb.run("import random, math, os\nprint(random.random(), math.pi, os.path.exists('left.txt'))")
     assert first.status == second.status == "ok"
     value, pi, exists = second.stdout.split()
@@ -125,10 +127,12 @@ def test_limits_are_validated():
 
 
 def test_imports_without_torch_or_ray():
-    code = ("import sys, sandboxes, rewards\nimport rewards.math, rewards.code, rewards.format, rewards.workers\n"
-            "rewards.load('math'), rewards.load('code'), rewards.load('reward_model')\n"
-            "assert 'torch' not in sys.modules and 'ray' not in sys.modules, "
-            "[m for m in sys.modules if m.startswith(('torch', 'ray'))]")
+    code = (
+        "import sys, sandboxes, rewards\nimport rewards.math, rewards.code, rewards.format, rewards.workers\n"
+        "rewards.load('math'), rewards.load('code'), rewards.load('reward_model')\n"
+        "assert 'torch' not in sys.modules and 'ray' not in sys.modules, "
+        "[m for m in sys.modules if m.startswith(('torch', 'ray'))]"
+    )
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
