@@ -148,14 +148,21 @@ def run_tasks(
             errors[i] = err
             bar.update(1)
     if errors:
-        i = min(errors)
-        err = errors[i]
-        if isinstance(err, UserError):
-            raise UserError(f"{names[i]}: {err}") from None
-        tries = f" after {attempts[i]} attempts" if attempts[i] > 1 else ""
-        err.add_note(f"(raised in Ray task {names[i]}{tries}; {len(errors)} of {len(items)} tasks failed)")
-        raise err
+        _raise_first(errors, names, attempts, len(items))
     return results
+
+
+def _raise_first(errors: dict, names: list[str], attempts: list[int], n: int) -> None:
+    """The first failed task's error (in item order): a UserError naming the task, or the error with a note."""
+    from posttrain.errors import UserError
+
+    i = min(errors)
+    err = errors[i]
+    if isinstance(err, UserError):
+        raise UserError(f"{names[i]}: {err}") from None
+    tries = f" after {attempts[i]} attempts" if attempts[i] > 1 else ""
+    err.add_note(f"(raised in Ray task {names[i]}{tries}; {len(errors)} of {n} tasks failed)")
+    raise err
 
 
 def start_actors(

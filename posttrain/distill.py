@@ -179,24 +179,18 @@ def _make_trainer(model, train_set, eval_set, config: Config, out: Path, tokeniz
             return loss / max(n, 1)
 
         def _on_policy(self, model, examples: list[dict], training: bool) -> dict:
+            """A batch of examples collated, its on-policy share re-made first when training."""
             divergence = "forward"
             if training:
                 if self.sampler is None:
                     self.sampler = on_policy.StudentSampler(self.accelerator.unwrap_model(model), config.bf16)
-                examples, _ = on_policy.replace_rows(
-                    self.sampler,
-                    tokenizer,
-                    examples,
-                    config.on_policy,
-                    online,
-                    self.state.global_step,
-                    config.seed,
-                )
+                step = self.state.global_step
+                examples, _ = on_policy.replace_rows(self.sampler, tokenizer, examples, config.on_policy, online,
+                                                     step, config.seed)  # fmt: skip
                 divergence = config.divergence
             device = next(model.parameters()).device
-            return {
-                k: v.to(device) for k, v in _collate(examples, pad_id, config.label_weight, divergence).items()
-            }
+            batch = _collate(examples, pad_id, config.label_weight, divergence)
+            return {k: v.to(device) for k, v in batch.items()}
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if "examples" in inputs:
@@ -214,14 +208,8 @@ def _make_trainer(model, train_set, eval_set, config: Config, out: Path, tokeniz
     def collate(batch):
         return {"examples": batch} if online is not None else _collate(batch, pad_id, config.label_weight)
 
-    return KDTrainer(
-        model=model,
-        args=_training_args(config, out),
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        data_collator=collate,
-        callbacks=callbacks,
-    )
+    return KDTrainer(model=model, args=_training_args(config, out), train_dataset=train_set,
+                     eval_dataset=eval_set, data_collator=collate, callbacks=callbacks)  # fmt: skip
 
 
 @torch.no_grad()
@@ -355,13 +343,7 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
         model.get_input_embeddings().weight.requires_grad_(False)
     model = models.apply_lora(model, config.lora)
     pad_id = prep["tokenizer"].pad_token_id
-    online = None
-    if config.on_policy.fraction > 0:
-        from posttrain.teacher import OnlineTeacher
-
-        online = OnlineTeacher(
-            prep["teacher_dir"], config, "logprobs" if config.divergence == "reverse" else "targets"
-        )
+    online = _online_teacher(config, prep["teacher_dir"])
     callbacks = metrics_callbacks(out, main) + [hooks_.trainer_callback(hooks)]
     trainer = _make_trainer(
         model, prep["train_set"], prep["eval_set"], config, out, prep["tokenizer"], callbacks, online
@@ -389,8 +371,25 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
     if online is not None:  # what the teacher sent for the sampled tokens (ids + weights or log-probs)
         summary["on_policy_tokens"] = online.tokens
         summary["teacher_bytes_per_token"] = online.bytes_received / max(1, online.tokens)
+    artifacts.write_manifest(out, stage="sft", config=cfg.to_dict(config), inputs=_manifest_inputs(config, prep),
+                             extra={"summary": summary, "ray": cluster.describe()})  # fmt: skip
+    artifacts.mark_done(out)
+    _print_summary(summary)
+    return out
+
+
+def _online_teacher(config: Config, teacher_dir: Path):
+    """The teacher's Ray actors for on-policy rows (None off-policy)."""
+    if config.on_policy.fraction == 0:
+        return None
+    from posttrain.teacher import OnlineTeacher
+
+    return OnlineTeacher(teacher_dir, config, "logprobs" if config.divergence == "reverse" else "targets")
+
+
+def _manifest_inputs(config: Config, prep: dict) -> dict:
     targets = prep["targets"]
-    inputs = {
+    return {
         "data": config.data,
         "data_sha256": artifacts.file_sha256(config.data) if Path(config.data).is_file() else None,
         "teacher": str(prep["teacher_dir"]),
@@ -399,16 +398,6 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
         "targets": str(targets),
         "targets_key": json.loads((targets / "manifest.json").read_text())["inputs"],
     }
-    artifacts.write_manifest(
-        out,
-        stage="sft",
-        config=cfg.to_dict(config),
-        inputs=inputs,
-        extra={"summary": summary, "ray": cluster.describe()},
-    )
-    artifacts.mark_done(out)
-    _print_summary(summary)
-    return out
 
 
 def _print_summary(summary: dict) -> None:

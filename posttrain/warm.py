@@ -205,12 +205,41 @@ def _freeze(model, freeze_embeddings: bool, freeze_layers: int) -> None:
         layer.requires_grad_(False)
 
 
+def _classifier_lora(model, lora: dict):
+    """peft LoRA on a sequence classifier (lora["r"] > 0). Not models.apply_lora: its CAUSAL_LM wrapper needs
+    generation hooks a classifier lacks. SEQ_CLS also trains the head in full (modules_to_save=["score"])."""
+    if lora["r"] <= 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                        target_modules=lora["target_modules"], task_type="SEQ_CLS")  # fmt: skip
+    return get_peft_model(model, config)
+
+
+def _save_member(model, tokenizer, out: Path, evals: list[dict], c: dict) -> dict:
+    """The member's HF dir and its held-out scores (eval_scores.json), moved into `out` from a staging dir."""
+    from rewards.reward_model import RewardModelScorer
+
+    staging = artifacts.atomic_dir(out / "model")
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    scorer = RewardModelScorer.from_model(
+        model, tokenizer, batch_size=c["batch_size"] * 2, max_length=c["max_length"]
+    )
+    scores = {"chosen": scorer.score_ids([p["chosen_ids"] for p in evals]),
+              "rejected": scorer.score_ids([p["rejected_ids"] for p in evals])}  # fmt: skip
+    (staging / "eval_scores.json").write_text(json.dumps(scores))
+    for item in staging.iterdir():
+        os.replace(item, out / item.name)
+    staging.rmdir()
+    return scores
+
+
 def train_member(job: dict) -> dict:
     """Fine-tune the shared init into members/<m>; return its held-out scores. A member whose dir is
     already DONE is not retrained (resume)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from rewards.reward_model import RewardModelScorer
 
     out = Path(job["out"])
     if artifacts.is_done(out):
@@ -226,40 +255,15 @@ def train_member(job: dict) -> dict:
     )
     job.get("hooks", NO_HOOKS).on_task_start(f"member {job['member']}")
     lora = c["lora"]
-    if lora["r"] > 0:
-        from peft import LoraConfig, get_peft_model
-
-        # Not models.apply_lora: its CAUSAL_LM wrapper needs generation hooks a classifier lacks. SEQ_CLS
-        # also trains the head in full (modules_to_save=["score"]).
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=lora["r"],
-                lora_alpha=lora["alpha"],
-                lora_dropout=lora["dropout"],
-                target_modules=lora["target_modules"],
-                task_type="SEQ_CLS",
-            ),
-        )
+    model = _classifier_lora(model, lora)
     _freeze(model, c["freeze_embeddings"], c["freeze_layers"])
     trainer = _trainer(model, tokenizer, job["train"], job, out)
     ckpts = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     trainer.train(resume_from_checkpoint=str(ckpts[-1]) if ckpts else None)
 
     model = trainer.model.merge_and_unload() if lora["r"] > 0 else trainer.model  # average merged weights
-    staging = artifacts.atomic_dir(out / "model")
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    scorer = RewardModelScorer.from_model(
-        model, tokenizer, batch_size=c["batch_size"] * 2, max_length=c["max_length"]
-    )
-    chosen = scorer.score_ids([p["chosen_ids"] for p in job["eval"]])
-    rejected = scorer.score_ids([p["rejected_ids"] for p in job["eval"]])
-    scores = {"chosen": chosen, "rejected": rejected}
-    (staging / "eval_scores.json").write_text(json.dumps(scores))
-    for item in staging.iterdir():
-        os.replace(item, out / item.name)
-    staging.rmdir()
+    scores = _save_member(model, tokenizer, out, job["eval"], c)
+    chosen, rejected = scores["chosen"], scores["rejected"]
     summary = {
         "learning_rate": job["learning_rate"],
         "dropout": job["dropout"],
@@ -494,7 +498,6 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
     from transformers import AutoTokenizer
 
     from posttrain import cluster
-    from rewards.reward_model import RewardModelScorer
 
     _validate(config)
     out = artifacts.prepare_output(config.output_dir, overwrite=config.overwrite, resume=config.resume)
@@ -514,26 +517,13 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
         f"{cpus:g} CPU / {gpus:g} GPU each; {len(train)} training pairs, {len(evals)} held out",
         flush=True,
     )
+    names = [f"{Path(j['out']).relative_to(out)}" for j in jobs]
     results = cluster.run_tasks(
-        train_member,
-        jobs,
-        num_cpus=cpus,
-        num_gpus=gpus,
-        names=[f"{Path(j['out']).relative_to(out)}" for j in jobs],
-        progress="rm members",
+        train_member, jobs, num_cpus=cpus, num_gpus=gpus, names=names, progress="rm members"
     )
 
     def evaluate(model_dir: Path) -> tuple[list[float], list[float]]:
-        scorer = RewardModelScorer(
-            str(model_dir),
-            batch_size=config.batch_size * 2,
-            max_length=config.max_length,
-            threads=max(1, int(resources.get("CPU", 1))),
-        )
-        return (
-            scorer.score_ids([p["chosen_ids"] for p in evals]),
-            scorer.score_ids([p["rejected_ids"] for p in evals]),
-        )
+        return held_out_scores(model_dir, evals, config, threads=max(1, int(resources.get("CPU", 1))))
 
     init_scores = evaluate(init)
     report = {"init_accuracy": accuracy(*init_scores), "init_loss": bt_loss(*init_scores), "variants": []}
@@ -546,17 +536,7 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
         )
         if vdir != out:
             artifacts.mark_done(vdir)
-    clean = next((v for v in report["variants"] if v["label_noise"] == min(noises)), None)
-    for v in report["variants"]:
-        v["drop_vs_least_noisy"] = (
-            {
-                "members_mean": clean["members_mean_accuracy"] - v["members_mean_accuracy"],
-                "average": clean["average_accuracy"] - v["average_accuracy"],
-                "ensemble": clean["ensemble_accuracy"] - v["ensemble_accuracy"],
-            }
-            if len(noises) > 1
-            else None
-        )
+    _add_noise_drops(report["variants"])
     report.update({"num_members": m, "train_pairs": len(train), "eval_pairs": len(evals)})
     artifacts.atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     _log_metrics(out, report)
@@ -576,6 +556,26 @@ def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:
     artifacts.mark_done(out)
     print_report(report)
     return out
+
+
+def held_out_scores(model_dir: Path, evals: list[dict], config: Config, threads: int):
+    """(chosen scores, rejected scores) of the held-out pairs under the RM in `model_dir`."""
+    from rewards.reward_model import RewardModelScorer
+
+    scorer = RewardModelScorer(str(model_dir), batch_size=config.batch_size * 2, max_length=config.max_length,
+                               threads=threads)  # fmt: skip
+    return scorer.score_ids([p["chosen_ids"] for p in evals]), scorer.score_ids([p["rejected_ids"] for p in evals])
+
+
+def _add_noise_drops(variants: list[dict]) -> None:
+    """Each variant's accuracy drop against the least noisy one (None with a single variant)."""
+    clean = min(variants, key=lambda v: v["label_noise"])
+    for v in variants:
+        v["drop_vs_least_noisy"] = {
+            "members_mean": clean["members_mean_accuracy"] - v["members_mean_accuracy"],
+            "average": clean["average_accuracy"] - v["average_accuracy"],
+            "ensemble": clean["ensemble_accuracy"] - v["ensemble_accuracy"],
+        } if len(variants) > 1 else None  # fmt: skip
 
 
 def _log_metrics(out: Path, report: dict) -> None:

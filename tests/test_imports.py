@@ -13,6 +13,8 @@ from tests.conftest import ROOT
 
 PACKAGES = ("posttrain", "rewards", "sandboxes", "data_filters")
 STANDALONE = ("rewards", "sandboxes", "data_filters")
+# not imported as modules: the optional Presidio engine, and the programs the sandbox runs
+PROGRAMS = ("data_filters.pii_presidio", "sandboxes.zygote", "sandboxes.judge_server")
 # posttrain's layers, as docs/ARCHITECTURE.md draws them: a module imports only from layers before its own
 LAYERS = [
     ["errors"],
@@ -130,12 +132,7 @@ def test_posttrain_modules_import_only_lower_layers():
 
 @pytest.mark.parametrize("package", STANDALONE)
 def test_standalone_package_imports_without_torch_ray_or_posttrain(package):
-    # pii_presidio is the optional Presidio engine; zygote is the program the sandbox runs, not a module
-    names = [
-        m
-        for m in modules()
-        if m.split(".")[0] == package and m not in ("data_filters.pii_presidio", "sandboxes.zygote")
-    ]
+    names = [m for m in modules() if m.split(".")[0] == package and m not in PROGRAMS]
     code = (
         "import importlib, json, sys\n"
         f"for m in {names!r}: importlib.import_module(m)\n"
