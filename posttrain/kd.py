@@ -75,13 +75,18 @@ def sample_targets(
 # 3. The loss
 
 
-def _chunk_ce(
-    hidden: torch.Tensor, lm_head: torch.nn.Module, ids: torch.Tensor, weights: torch.Tensor, softcap: float | None
-) -> torch.Tensor:
+def capped_logits(hidden: torch.Tensor, lm_head: torch.nn.Module, softcap: float | None) -> torch.Tensor:
+    """fp32 logits: the LM head, then Gemma's final-logit softcap (the student's and the teacher's alike)."""
     logits = lm_head(hidden)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    logits = logits.float()
+    return logits.float()
+
+
+def _chunk_ce(
+    hidden: torch.Tensor, lm_head: torch.nn.Module, ids: torch.Tensor, weights: torch.Tensor, softcap: float | None
+) -> torch.Tensor:
+    logits = capped_logits(hidden, lm_head, softcap)
     logp = logits.gather(-1, ids.long()) - torch.logsumexp(logits, dim=-1, keepdim=True)
     return -(weights.float() * logp).sum()
 
@@ -115,10 +120,7 @@ def _chunk_reverse(
     teacher_logp: torch.Tensor,
     softcap: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = lm_head(hidden)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    logits = logits.float()
+    logits = capped_logits(hidden, lm_head, softcap)
     logp = logits.gather(-1, ids.long()[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
     return reverse_kl_loss(logp, teacher_logp.float())
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from posttrain import artifacts
-from posttrain.kd import sample_targets
+from posttrain.kd import capped_logits, sample_targets
 
 FORMAT_VERSION = 1
 
@@ -45,9 +45,8 @@ class TeacherWorker:
     def _logits(self, input_ids: list[int], positions: list[int]) -> torch.Tensor:
         # the LM head (262k x 640 for Gemma 3) is most of the cost: apply it at target positions only
         hidden = self.model.model(torch.tensor([input_ids])).last_hidden_state[0]
-        logits = self.model.lm_head(hidden[torch.tensor(positions, dtype=torch.long)])
         softcap = getattr(self.model.config, "final_logit_softcapping", None)
-        return torch.tanh(logits / softcap) * softcap if softcap else logits
+        return capped_logits(hidden[torch.tensor(positions, dtype=torch.long)], self.model.lm_head, softcap)
 
     @torch.no_grad()
     def run(self, shard: dict) -> dict:
