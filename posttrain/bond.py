@@ -6,7 +6,7 @@ which is KL-regularised RL with reward r_BOND = log p≤(y) and strength 1/(N−
 J-BOND minimises the Jeffreys divergence (1−β)·KL(π_BoN‖π) + β·KL(π‖π_BoN) against a moving EMA anchor
 π_a with n = 2: per prompt, one policy sample y and two anchor samples y'1, y'2;
   forward term  = SFT (NLL) on the better anchor sample (a best-of-2 sample of the anchor);
-  backward term = policy gradient with return R = r_J(y) − (log π(y) − log π_a(y)), batch baseline, where
+  backward term = policy gradient with return R = r_J(y) − (log π(y) − log π_a(y)), batch (or LOO) baseline,
                   r_J(y) = −log 16 if r(y) < min(r(y'1), r(y'2)) else 0 (E[r_J] = log p≤ at the median);
   loss          = (1−β)·forward + β·backward + γ·regulariser.
 
@@ -130,16 +130,32 @@ def best_anchor(anchor_rewards: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(anchor_rewards).all(-1), torch.full_like(idx, -1), idx)
 
 
+BASELINES = ("batch", "loo")
+
+
 def returns(
-    reward: torch.Tensor, logp_policy: torch.Tensor, logp_anchor: torch.Tensor, *, kl_coef: float = 1.0
+    reward: torch.Tensor,
+    logp_policy: torch.Tensor,
+    logp_anchor: torch.Tensor,
+    *,
+    kl_coef: float = 1.0,
+    baseline: str = "batch",
 ) -> torch.Tensor:
-    """Backward-term advantage: R = reward − kl_coef·(log π(y) − log π_a(y)) minus the batch mean of R over
-    the valid samples (the baseline). Detached (a REINFORCE weight); NaN where the reward is NaN.
-    kl_coef = β_BOND = 1/(n−1) = 1 for J-BOND."""
+    """Backward-term advantage: R = reward − kl_coef·(log π(y) − log π_a(y)) minus a baseline over the valid
+    samples: "batch" the mean of all R (each sample's own included), "loo" the mean of the *other* samples'
+    R (leave-one-out, as RLOO; = batch·n/(n−1), so the same direction, unbiased scale). Detached (a REINFORCE
+    weight); NaN where the reward is NaN. kl_coef = β_BOND = 1/(n−1) = 1 for J-BOND."""
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
     ret = reward - kl_coef * (logp_policy.detach() - logp_anchor.detach())
     valid = ~torch.isnan(ret)
-    baseline = ret[valid].mean() if valid.any() else ret.new_zeros(())
-    return (ret - baseline).detach()
+    n = int(valid.sum())
+    total = ret[valid].sum() if n else ret.new_zeros(())
+    if baseline == "batch" or n < 2:
+        base = total / n if n else total
+    else:
+        base = (total - ret) / (n - 1)
+    return (ret - base).detach()
 
 
 def forward_loss(best_logp: torch.Tensor, best_valid: torch.Tensor) -> torch.Tensor:
@@ -174,13 +190,14 @@ def jbond_loss(
     gamma: float = 0.0,
     logp_reg: torch.Tensor | None = None,
     kl_coef: float = 1.0,
+    baseline: str = "batch",
 ) -> tuple[torch.Tensor, dict]:
     """(1−β)·forward + β·backward + γ·regulariser, and the terms as floats for logging.
 
     logp_policy (P,): log π(y) of the policy samples (with grad); logp_anchor (P,): log π_a(y) of the same
     samples; reward (P,): r_J or r_BOND, NaN = no backward term; best_logp (P,): log π of the best anchor
     sample (with grad), used where best_valid (P,) bool."""
-    adv = returns(reward, logp_policy, logp_anchor, kl_coef=kl_coef)
+    adv = returns(reward, logp_policy, logp_anchor, kl_coef=kl_coef, baseline=baseline)
     fw = forward_loss(best_logp, best_valid)
     bw = backward_loss(logp_policy, adv)
     loss = (1.0 - beta) * fw + beta * bw

@@ -1,8 +1,10 @@
 """`posttrain demo`: the embedded default pipeline on real Gemma 3 270M weights, one stage after another.
 
-filter (raw demo data -> clean) -> sft (Gemma 3 270M teacher -> 6-layer student) -> rm (WARM: M reward
-models from the sft student, weight-averaged) -> eval of the student -> rl (WARP around J-BOND from the student,
-rewarded by math + code + the WARM model) -> eval of the RL policy, and a before/after table. Each stage reads its
+filter (raw demo data -> clean) -> sft (the student distilled from its teacher; the embedded default: Gemma 3
+270M taught by itself with solved exemplars in the teacher's prompt only) -> rm (WARM: M reward models from the
+sft student, weight-averaged) -> eval of the base and the SFT student -> rl (WARP around J-BOND from the
+student, rewarded by math + code + the WARM model) -> eval of the RL policy; then a table base -> SFT -> RL,
+demo.json and demo.png beside the stage outputs (posttrain/demo_report.py). Each stage reads its
 own config under configs/demo/ (eval.yaml for both evaluations; the RL config runs `posttrain warp` when it has an
 `inner:` section, else `posttrain rl`); `--overwrite` reruns finished stages, otherwise a finished stage output
 is reused.
@@ -14,7 +16,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from posttrain import artifacts
+from posttrain import artifacts, demo_report
 from posttrain import config as cfg
 from posttrain.config import doc
 from posttrain.errors import UserError
@@ -88,14 +90,20 @@ def run(config: Config) -> Path:
             f"ensemble {v['ensemble_accuracy']:.3f}"
         )
     eval_yaml = root / "eval.yaml"
-    before = _stage(
-        evaluate,
-        eval_yaml,
-        [f"model={sft_dir}", f"output_dir={sft_dir.parent / 'eval-sft'}"],
-        "output_dir",
-        config,
-        "eval-sft",
-    )
+    base = base_model(root / "sft.yaml")
+
+    def evaluate_model(model: str, name: str) -> dict:
+        out = _stage(
+            evaluate,
+            eval_yaml,
+            [f"model={model}", f"output_dir={sft_dir.parent / name}"],
+            "output_dir",
+            config,
+            name,
+        )
+        return json.loads((out / "report.json").read_text())
+
+    reports = {"base": evaluate_model(base, "eval-base"), "sft": evaluate_model(str(sft_dir), "eval-sft")}
     rl_module, rewards_key = rl_stage(root / config.rl)
     rl_dir = _stage(
         rl_module,
@@ -105,16 +113,24 @@ def run(config: Config) -> Path:
         config,
         "rl",
     )
-    after = _stage(
-        evaluate,
-        eval_yaml,
-        [f"model={rl_dir}", f"output_dir={rl_dir.parent / 'eval-rl'}"],
-        "output_dir",
-        config,
-        "eval-rl",
-    )
-    _print_before_after(before, after, rl_dir)
+    reports["rl"] = evaluate_model(str(rl_dir), "eval-rl")
+    models = {"base": base, "sft": str(sft_dir), "rl": str(rl_dir)}
+    shown = demo_report.write(sft_dir.parent, models, reports, rl_dir)
+    demo_report.print_table(shown)
+    _print_rl_summary(rl_dir)
+    print(f"[posttrain demo] {sft_dir.parent / 'demo.json'}, {sft_dir.parent / 'demo.png'}")
     return rl_dir
+
+
+def base_model(sft_yaml: Path) -> str:
+    """The SFT student's starting point as a model spec `posttrain eval --model` takes: the student spec, or
+    the cached layer cut of it."""
+    from posttrain import distill, models
+
+    sft = cfg.load(distill.Config, sft_yaml, [])
+    if not sft.student_layers:
+        return sft.student
+    return str(models.derive_student(models.resolve(sft.student), sft.student_layers))
 
 
 def rl_stage(path: Path):
@@ -124,21 +140,7 @@ def rl_stage(path: Path):
     return (warp, "inner.rewards") if "inner" in cfg.read_yaml(path) else (rl, "rewards")
 
 
-def _print_before_after(before: Path, after: Path, rl_dir: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    a, b = (json.loads((d / "report.json").read_text()) for d in (before, after))
-    table = Table(title=f"posttrain demo: the student before and after RL ({a['rows']} held-out prompts)")
-    for col in ("reward", "metric", "sft", "rl"):
-        table.add_column(col)
-    for name, res in [*a["per_reward"].items(), ("overall", a["overall"])]:
-        res_after = b["per_reward"].get(name, {}) if name != "overall" else b["overall"]
-        for metric, value in res.items():
-            if isinstance(value, float):
-                after_value = res_after.get(metric)
-                table.add_row(name, metric, f"{value:.3f}", "-" if after_value is None else f"{after_value:.3f}")
-    Console().print(table)
+def _print_rl_summary(rl_dir: Path) -> None:
     summary = json.loads((rl_dir / artifacts.MANIFEST).read_text())["summary"]
     for i, it in enumerate(summary.get("iterations", [summary]), 1):  # WARP: one summary per iteration
         what = f"WARP iteration {i}, mean of its runs" if "iterations" in summary else "J-BOND"

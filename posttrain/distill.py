@@ -278,7 +278,9 @@ def add_teacher_inputs(config: Config, rows: list[dict], examples: list[dict], t
     on = config.on_policy.fraction > 0
     if not (teacher_context.active(section) or on):
         return
-    others = teacher_context.exemplar_rows(len(rows), section.exemplars, config.seed)
+    others = teacher_context.exemplar_rows(
+        len(rows), section.exemplars, config.seed, teacher_context.groups(rows, section)
+    )
 
     def teacher_side(i: int, student_ids: list[int]) -> tuple[list[int], int]:
         if not teacher_context.active(section):

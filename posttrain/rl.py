@@ -9,15 +9,16 @@
   3. the algorithm's loss (`LOSSES[config.algorithm]`):
        bond:      BOND reward of each policy sample from its ranks against its prompt's anchor samples, r_J
                   (n = k = 2, J-BOND) or log p̂≤ (general N), with the tie rule `ties`; loss = (1−β)·NLL(best
-                  anchor sample) + β·PG(r − kl_coef·(log π − log π_a), batch baseline) + γ·KL-surrogate to
+                  anchor sample) + β·PG(r − kl_coef·(log π − log π_a), baseline) + γ·KL-surrogate to
                   `regulariser` (the SFT init by default);
-       reinforce: WARP's inner loop, PG(r − kl_coef·(log π − log π_a), batch baseline), no anchor samples;
-  4. `update`: one AdamW step, then anchor ← (1−η)·anchor + η·policy (the trainable tensors: with LoRA the
-     adapters);
+       reinforce: WARP's inner loop, PG(r − kl_coef·(log π − log π_a), baseline), no anchor samples;
+  4. `update`: one AdamW step, then anchor ← (1−η)·anchor + η·policy (the trainable tensors; with LoRA the
+     anchor is the init, η = 0: an EMA of the factors A, B would not be an EMA of the policy W + B·A);
   5. `log_step` (metrics.jsonl, TensorBoard, rollouts.jsonl), a checkpoint every `save_steps`, the hooks.
 
 Choices (docs/ARCHITECTURE.md): log π(y) is the sum of token log-probs (the sequence probability the
-paper's π(y) is), not a per-token mean; dropout is off (model.eval()) so sampling and training see one
+paper's π(y) is), not a per-token mean, at the sampling temperature and top-p (the distribution that was
+sampled, posttrain/rollout.py); dropout is off (model.eval()) so sampling and training see one
 policy; the anchor, the init and the policy share their frozen tensors and differ only in the trainable
 ones, which are swapped in for the anchor and init forwards; all randomness is drawn from generators seeded
 by (seed, step), so `--resume` from a checkpoint (policy, anchor, optimizer, scheduler) continues exactly.
@@ -94,11 +95,23 @@ class Config:
     weight_decay: float = doc(0.0, "AdamW weight decay")
     max_grad_norm: float = doc(1.0, "gradient clipping (0 = off)")
     freeze_embeddings: bool = doc(True, "keep the (tied) embeddings frozen")
-    lora: Lora = doc(Lora(), "LoRA adapters (lora.r = 0: full fine-tuning); the anchor EMA then runs on them")
+    lora: Lora = doc(
+        Lora(),
+        "LoRA adapters (lora.r = 0: full fine-tuning); with LoRA the anchor must stay the init (eta = 0)",
+    )
+    baseline: str = doc(
+        "batch",
+        "policy-gradient baseline: 'batch' (mean return of the batch, each sample's own included) or "
+        "'loo' (leave-one-out: the mean of the other samples' returns)",
+    )
     max_new_tokens: int = doc(64, "completion budget")
     max_prompt_length: int = doc(512, "longer prompts are an error (naming the row)")
-    temperature: float = doc(1.0, "sampling temperature (1.0 samples π itself, as BOND assumes)")
-    top_p: float = doc(1.0, "nucleus sampling threshold")
+    temperature: float = doc(
+        1.0,
+        "sampling temperature (> 0); the losses, the KL and the anchor score the samples at this "
+        "temperature and top_p: the distribution that was sampled",
+    )
+    top_p: float = doc(1.0, "nucleus sampling threshold, in (0, 1]")
     generation_batch: int = doc(
         8,
         "prompts per generation chunk: each chunk's rewards are scored while the "
@@ -155,6 +168,20 @@ def check(config: Config) -> None:
         raise UserError("steps, prompts_per_step, generation_batch, max_new_tokens and save_steps must be >= 1")
     if config.save_total_limit is not None and config.save_total_limit < 1:
         raise UserError(f"save_total_limit must be >= 1 or null (got {config.save_total_limit})")
+    if config.temperature <= 0 or not 0.0 < config.top_p <= 1.0:
+        raise UserError(
+            f"temperature must be > 0 and top_p in (0, 1] (got temperature={config.temperature}, "
+            f"top_p={config.top_p}): RL scores the distribution it samples, and greedy decoding is none"
+        )
+    if config.baseline not in bond.BASELINES:
+        raise UserError(f"baseline must be one of {bond.BASELINES}, got '{config.baseline}'")
+    if config.lora.r > 0 and config.eta > 0:
+        # B·A is not linear in (A, B): the EMA of the factors is not the EMA of the merged weights
+        raise UserError(
+            f"lora.r={config.lora.r} with eta={config.eta}: an EMA of the LoRA factors A and B is not an EMA "
+            "of the policy (its weights are W + B·A, not linear in A and B); set eta=0 (the anchor stays the "
+            "init) or lora.r=0 (full fine-tuning)"
+        )
     scoring.check(config.rewards)
 
 
@@ -491,9 +518,9 @@ def sample_and_score(config: Config, state: State, prompts: Prompts, services: S
     seqs = [p[0] for p in policy]
     with torch.no_grad():
         with swapped(state.params, state.anchor):
-            logp_anchor = _seq_logp(state.model, prompt_ids, seqs, config.bf16)
+            logp_anchor = _seq_logp(state.model, prompt_ids, seqs, config)
         with swapped(state.params, state.init):
-            logp_init = _seq_logp(state.model, prompt_ids, seqs, config.bf16)
+            logp_init = _seq_logp(state.model, prompt_ids, seqs, config)
     times["ref_logprobs"] = time.perf_counter() - t0
     if config.overlap_rewards:
         scores, times["reward_wait"] = _wait_for_scores(futures, services.reward_list)
@@ -517,8 +544,9 @@ def _wait_for_scores(futures: dict, reward_list) -> tuple[dict, float]:
     return scores, time.perf_counter() - t0
 
 
-def _seq_logp(model, prompts: list[list[int]], seqs: list[list[int]], bf16: bool) -> torch.Tensor:
-    """Sum of token log-probs of each completion seqs[i] of prompts[i]."""
+def _seq_logp(model, prompts: list[list[int]], seqs: list[list[int]], config: Config) -> torch.Tensor:
+    """Sum of token log-probs of each completion seqs[i] of prompts[i], at the sampling temperature and
+    top-p (the distribution the samples were drawn from)."""
     from posttrain.rollout import sequence_logprobs
 
     width = max(1, max(len(s) for s in seqs))
@@ -527,8 +555,16 @@ def _seq_logp(model, prompts: list[list[int]], seqs: list[list[int]], bf16: bool
     for i, s in enumerate(seqs):
         tokens[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, : len(s)] = True
-    with _autocast(model, bf16):
-        lp = sequence_logprobs(model, prompts, torch.arange(len(seqs)), tokens, mask)
+    with _autocast(model, config.bf16):
+        lp = sequence_logprobs(
+            model,
+            prompts,
+            torch.arange(len(seqs)),
+            tokens,
+            mask,
+            temperature=config.temperature,
+            top_p=config.top_p,
+        )
     return lp.sum(-1)
 
 
@@ -558,7 +594,7 @@ def bond_loss(config: Config, state: State, batch: Rollouts, rewards: torch.Tens
     best = bond.best_anchor(r_anchor[:, : config.n])
     best_seqs = [batch.anchors[j][max(int(best[j]), 0)][0] for j in range(len(batch.idx))]
     p = len(batch.idx)
-    both = _seq_logp(state.model, batch.prompt_ids * 2, batch.policy_ids + best_seqs, config.bf16)
+    both = _seq_logp(state.model, batch.prompt_ids * 2, batch.policy_ids + best_seqs, config)
     logp_policy, best_logp = both[:p], both[p:]
     loss, stats = bond.jbond_loss(
         logp_policy=logp_policy,
@@ -570,15 +606,18 @@ def bond_loss(config: Config, state: State, batch: Rollouts, rewards: torch.Tens
         gamma=config.gamma,
         kl_coef=kl_coefficient(config),
         logp_reg=batch.logp_init if config.regulariser == "init" else batch.logp_anchor,
+        baseline=config.baseline,
     )
     return Loss(loss, logp_policy, r_bond, p_hat, stats)
 
 
 def reinforce_loss(config: Config, state: State, batch: Rollouts, rewards: torch.Tensor, step: int) -> Loss:
-    """WARP's inner loop: REINFORCE on r − kl_coef·(log π − log π_a), batch baseline."""
+    """WARP's inner loop: REINFORCE on r − kl_coef·(log π − log π_a), batch or LOO baseline."""
     r_policy = rewards[:, 0]
-    logp_policy = _seq_logp(state.model, batch.prompt_ids, batch.policy_ids, config.bf16)
-    adv = bond.returns(r_policy, logp_policy, batch.logp_anchor, kl_coef=kl_coefficient(config))
+    logp_policy = _seq_logp(state.model, batch.prompt_ids, batch.policy_ids, config)
+    adv = bond.returns(
+        r_policy, logp_policy, batch.logp_anchor, kl_coef=kl_coefficient(config), baseline=config.baseline
+    )
     loss = bond.backward_loss(logp_policy, adv)
     nan = torch.full_like(r_policy, math.nan)
     return Loss(
@@ -756,8 +795,10 @@ def save_final(out: Path, state: State, merge_lora: bool) -> None:
     staging.rmdir()
 
 
-def summarize(metrics: list[dict], window: int = 5) -> dict:
-    """Mean reward and KL of the first and last `window` steps, and the step-time breakdown."""
+def summarize(metrics: list[dict], window: int | None = None) -> dict:
+    """Mean reward and KL of the first and last `window` steps (default: a fifth of the run each), and the
+    step-time breakdown."""
+    window = window or max(1, len(metrics) // 5)
 
     def avg(key, part):
         vals = [m[key] for m in part if m.get(key) is not None]
@@ -775,20 +816,30 @@ def summarize(metrics: list[dict], window: int = 5) -> dict:
 
 
 def plot(metrics: list[dict], path: Path) -> None:
-    """Reward (policy and anchor samples) and KL (to anchor and to init) over steps, as a PNG."""
+    """Reward (policy and anchor samples) and KL (to anchor and to init) over steps, as a PNG: each step's raw
+    value faint, a trailing moving average (a fifth of the run) over it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from posttrain.curves import smooth
+
     steps = [m["step"] for m in metrics]
+    window = max(2, len(steps) // 5)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+
+    def curve(ax, key, label):
+        raw = [m.get(key) if m.get(key) is not None else math.nan for m in metrics]
+        (line,) = ax.plot(steps, raw, alpha=0.3, linewidth=1)
+        ax.plot(steps, smooth(raw, window), color=line.get_color(), linewidth=2, label=f"{label} (smoothed)")
+
     for key, label in (("reward", "policy samples"), ("reward_anchor", "anchor samples")):
-        ax1.plot(steps, [m.get(key) if m.get(key) is not None else math.nan for m in metrics], label=label)
+        curve(ax1, key, label)
     ax1.set(xlabel="step", ylabel="combined reward", title="reward")
     ax1.legend()
     for key, label in (("kl_anchor", "KL(π‖anchor)"), ("kl_init", "KL(π‖init)")):
-        ax2.plot(steps, [m[key] for m in metrics], label=label)
+        curve(ax2, key, label)
     ax2.set(xlabel="step", ylabel="nats / sequence", title="KL (sample estimate)")
     ax2.legend()
     fig.tight_layout()

@@ -10,15 +10,18 @@ Randomness: every (prompt, sample) row owns a row of uniforms u[b, j, t] drawn u
 generator, and picks its token by inverse-CDF sampling. A completion therefore depends only on its own
 noise row, not on which other prompts share the batch (tested against decoding each row alone).
 
-Log-probs are those of the sampled tokens under the model at temperature 1 (softcapped logits, as the model
-defines them), whatever the sampling temperature: that is the π(y) the BOND losses use.
-`sequence_logprobs` recomputes the same values with one teacher-forced forward (for training and for the
-anchor/reference log-probs).
+Log-probs are those of the distribution that was sampled (`sampling_logprobs`): softmax(logits / T) over
+the softcapped logits, renormalised over the top-p nucleus. That is the π(y) the RL losses, the KL and the
+anchor use, so a policy sampled at WARP's T = 0.9 is scored at T = 0.9 too (scoring it at T = 1 is scoring
+another distribution: the KL estimate can then go negative). `sequence_logprobs` recomputes the same values
+with one teacher-forced forward at the same T and top-p (for training and for the anchor/init log-probs).
+Greedy decoding (T = 0) is no distribution: its log-probs are at T = 1.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +68,29 @@ def _project(base, hidden: torch.Tensor) -> torch.Tensor:
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return logits.float()
+
+
+# A token outside a model's top-p nucleus has probability 0 under its sampling distribution; that happens when
+# another model (the anchor, the init) scores a policy sample. Its log-prob is floored here instead of -inf,
+# so a KL estimate stays finite (the nucleus of the model that sampled always holds its own tokens).
+LOGP_FLOOR = math.log(1e-8)
+
+
+def sampling_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float, top_p: float
+) -> torch.Tensor:
+    """(N,) log-probs of `tokens` (N,) under the distribution `_pick` samples from logits (N, V):
+    softmax(logits / T) renormalised over the top-p nucleus; T = 0 (greedy) gives T = 1 log-probs.
+    Differentiable in the logits (the nucleus membership itself is a constant)."""
+    logp = F.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
+    token_logp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    if temperature == 0 or top_p >= 1.0:
+        return token_logp
+    top, order = _top_mass(logp.exp(), top_p)
+    keep = (top.detach().cumsum(-1) - top.detach()) < top_p  # as `_pick` keeps them
+    mass = (top * keep).sum(-1)
+    inside = ((order == tokens.unsqueeze(-1)) & keep).any(-1)
+    return torch.where(inside, token_logp - mass.log(), torch.full_like(token_logp, LOGP_FLOOR))
 
 
 def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,6 +167,7 @@ def _texts(tokenizer, tokens: torch.Tensor, mask: torch.Tensor, stops: list[int]
     return texts
 
 
+@torch.no_grad()  # sampling never trains; without it each decode step's graph (and logits) is kept alive
 def sample(
     model,
     tokenizer,
@@ -173,7 +200,7 @@ def sample(
         tok = _pick(logits, noise[:, t], temperature, top_p)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         tokens.append(tok)
-        logps.append(F.log_softmax(logits, dim=-1).gather(-1, tok.unsqueeze(-1)).squeeze(-1))
+        logps.append(sampling_logprobs(logits, tok, temperature, top_p))
         masks.append(~done)
         done = done | torch.isin(tok, stops)
         if bool(done.all()) or t == max_new_tokens - 1:
@@ -201,10 +228,18 @@ def sample(
 
 
 def sequence_logprobs(
-    model, prompts: list[list[int]], prompt_index: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
+    model,
+    prompts: list[list[int]],
+    prompt_index: torch.Tensor,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
 ) -> torch.Tensor:
-    """(M, T) temperature-1 log-probs of `tokens` (completions of prompts[prompt_index[i]]) from one
-    teacher-forced forward; 0 where ~mask. Differentiable (training) unless called under no_grad.
+    """(M, T) log-probs of `tokens` (completions of prompts[prompt_index[i]]) at sampling temperature T and
+    top-p (`sampling_logprobs`), from one teacher-forced forward; 0 where ~mask. Differentiable (training)
+    unless called under no_grad.
 
     Sequences are right-padded (prompt + completion, then pad), so positions are plain aranges and padding
     never precedes a real token; only completion positions are projected to the vocabulary."""
@@ -227,6 +262,5 @@ def sequence_logprobs(
     rows_t, t_idx = mask.nonzero(as_tuple=True)  # row-major, so in the order of tokens[mask]
     cols_t = prompt_len[rows_t] - 1 + t_idx
     logits = _project(base, hidden[rows_t, cols_t])
-    targets = tokens.to(device)[mask]
-    lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    lp = sampling_logprobs(logits, tokens.to(device)[mask], temperature, top_p)
     return torch.zeros((m, width), dtype=torch.float32, device=device).index_put((rows_t, t_idx), lp)

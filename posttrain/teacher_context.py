@@ -7,6 +7,7 @@ has a teacher that knows the task although no instruction-tuned teacher ships of
                               # `reference` = "A correct answer: {reference}\n\n"; any other text may name the
                               # row's columns ({answer}) and {reference}, the row's own (last) assistant turn
       exemplars: 3            # k other training rows, solved, as earlier turns (never the row itself)
+      exemplars_from: task    # optional: only rows with the row's own value of this column (math for math)
 
 Alignment. The student's sequence is S = [BOS] + H + rest, H = `<start_of_turn>user\n`, and the teacher's is
 T = [BOS] + E + H + C + rest, E the exemplars' turns and C the rendered template, spliced as token ids (each
@@ -35,6 +36,9 @@ class TeacherContext:
         "{reference}; None = no text",
     )
     exemplars: int = doc(0, "k other training rows, solved, as earlier turns of the teacher's prompt")
+    exemplars_from: str | None = doc(
+        None, "draw the exemplars only from rows with the same value of this column (e.g. task); None = any row"
+    )
 
 
 def active(section: TeacherContext) -> bool:
@@ -46,12 +50,30 @@ def _template(section: TeacherContext) -> str:
 
 
 def check(section: TeacherContext, rows: list[dict], what: str) -> None:
-    """Every field the template names exists in every row; 0 <= exemplars < rows (a row is never its own)."""
+    """Every field the template names exists in every row; 0 <= exemplars < rows (a row is never its own),
+    within the row's group when `exemplars_from` names a column."""
     if section.exemplars < 0 or section.exemplars > len(rows) - 1:
         raise UserError(
             f"teacher_context.exemplars={section.exemplars} needs at least {section.exemplars + 1} rows "
             f"in {what} (it has {len(rows)}; a row is never its own exemplar)"
         )
+    if section.exemplars_from:
+        for row in rows:
+            if section.exemplars_from not in row:
+                raise UserError(
+                    f"{row.get('_where', what)}: teacher_context.exemplars_from names "
+                    f"'{section.exemplars_from}', which the row lacks"
+                )
+        sizes: dict = {}
+        for g in groups(rows, section):
+            sizes[g] = sizes.get(g, 0) + 1
+        small = {g: n for g, n in sizes.items() if n <= section.exemplars}
+        if small:
+            raise UserError(
+                f"teacher_context.exemplars={section.exemplars} with exemplars_from="
+                f"{section.exemplars_from}: {what} has too few rows with {section.exemplars_from} = "
+                + ", ".join(f"{g!r} ({n})" for g, n in sorted(small.items(), key=str))
+            )
     fields = {name for _, name, _, _ in string.Formatter().parse(_template(section)) if name}
     for row in rows:
         missing = sorted(f for f in fields if f != "reference" and f not in row)
@@ -67,6 +89,13 @@ def check(section: TeacherContext, rows: list[dict], what: str) -> None:
             )
 
 
+def groups(rows: list[dict], section: TeacherContext) -> list | None:
+    """Each row's exemplar group (its `exemplars_from` value, as text), or None when any row may serve."""
+    if not section.exemplars_from:
+        return None
+    return [str(r.get(section.exemplars_from)) for r in rows]
+
+
 def reference(row: dict) -> str | None:
     """The row's own (last) assistant turn."""
     replies = [m["content"] for m in row.get("messages", []) if m["role"] in ("assistant", "model")]
@@ -78,13 +107,17 @@ def render(section: TeacherContext, row: dict) -> str:
     return _template(section).format(**{**columns, "reference": reference(row)})
 
 
-def exemplar_rows(n_rows: int, k: int, seed: int) -> list[list[int]]:
-    """For every row, k distinct other rows, drawn by a generator seeded by (seed, row)."""
+def exemplar_rows(n_rows: int, k: int, seed: int, group: list | None = None) -> list[list[int]]:
+    """For every row, k distinct other rows (of its own group when `group` gives each row's), drawn by a
+    generator seeded by (seed, row)."""
+    members: dict = {}
+    for i in range(n_rows):
+        members.setdefault(None if group is None else group[i], []).append(i)
     out = []
     for i in range(n_rows):
         rng = random.Random(seed * 1_000_003 + i)
-        picked = rng.sample(range(n_rows - 1), k) if k else []
-        out.append([j + (j >= i) for j in picked])  # skip the row itself
+        pool = [j for j in members[None if group is None else group[i]] if j != i]
+        out.append(rng.sample(pool, k) if k else [])
     return out
 
 

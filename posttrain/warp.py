@@ -287,7 +287,8 @@ def iteration_metrics(i: int, summaries: list[dict], geometry: dict, t_runs: flo
 @torch.no_grad()
 def estimate_kl(model_dir: Path, sft_dir: Path, config) -> float:
     """KL(π ‖ π_sft) ≈ mean over y ~ π of log π(y) − log π_sft(y) (sums over the completion's tokens): each
-    eval prompt sampled `eval_samples` times at temperature 1 (π itself), with the same noise at every η' so
+    eval prompt sampled `eval_samples` times at the RL temperature and top-p (the policy as RL samples it, and
+    both log-probs at them), with the same noise at every η' so
     the front's points differ by their model, not by their draw. Both log-probs are recomputed teacher-forced
     in fp32 by one code path, so η' = 0 gives exactly 0."""
     from posttrain import data, models, rollout
@@ -307,11 +308,13 @@ def estimate_kl(model_dir: Path, sft_dir: Path, config) -> float:
             batch,
             n,
             max_new_tokens=config.inner.max_new_tokens,
-            temperature=1.0,
+            temperature=config.inner.temperature,
+            top_p=config.inner.top_p,
             generator=torch.Generator().manual_seed(config.seed + start),
         )
-        logp = rollout.sequence_logprobs(policy, batch, r.prompt_index, r.tokens, r.mask).sum(-1)
-        logp_sft = rollout.sequence_logprobs(sft, batch, r.prompt_index, r.tokens, r.mask).sum(-1)
+        at = {"temperature": config.inner.temperature, "top_p": config.inner.top_p}  # the sampled distribution
+        logp = rollout.sequence_logprobs(policy, batch, r.prompt_index, r.tokens, r.mask, **at).sum(-1)
+        logp_sft = rollout.sequence_logprobs(sft, batch, r.prompt_index, r.tokens, r.mask, **at).sum(-1)
         total, count = total + float((logp - logp_sft).sum()), count + len(logp)
     return total / count
 

@@ -19,7 +19,7 @@ PROGRAMS = ("data_filters.pii_presidio", "sandboxes.zygote", "sandboxes.judge_se
 LAYERS = [
     ["errors"],
     ["config"],
-    ["artifacts"],
+    ["artifacts", "curves"],
     ["hooks"],
     ["data"],
     ["models", "cluster", "checkpoint"],
@@ -27,6 +27,7 @@ LAYERS = [
     ["teacher", "scoring", "on_policy", "teacher_context"],
     ["distill", "warm", "rl", "evaluate", "filter"],
     ["warp"],
+    ["demo_report"],
     ["demo"],
     ["cli"],
 ]

@@ -203,3 +203,21 @@ def test_ema_anchor_update():
     assert torch.equal(anchor[0], policy[0].detach()) and not anchor[0].requires_grad
     with pytest.raises(ValueError):
         ema_update(anchor, policy[:1])
+
+
+def test_leave_one_out_baseline_by_hand():
+    r = torch.tensor([1.0, 0.0, 0.5, math.nan, 2.0])
+    zero = torch.zeros(5)
+    adv = returns(r, zero, zero, kl_coef=1.0, baseline="loo")
+    # valid returns 1, 0, .5, 2 (sum 3.5): each minus the mean of the other three
+    expected = torch.tensor([1 - 2.5 / 3, 0 - 3.5 / 3, 0.5 - 3.0 / 3, math.nan, 2 - 1.5 / 3])
+    torch.testing.assert_close(adv, expected, equal_nan=True)
+    batch = returns(r, zero, zero, baseline="batch")
+    torch.testing.assert_close(adv[~adv.isnan()], batch[~batch.isnan()] * 4 / 3)  # n/(n−1) x the batch one
+    # the KL term is part of the return the baseline is taken of
+    logp, logp_a = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])
+    adv2 = returns(torch.tensor([1.0, 1.0]), logp, logp_a, kl_coef=0.5, baseline="loo")
+    torch.testing.assert_close(adv2, torch.tensor([0.75 - 1.5, 1.5 - 0.75]))
+    assert returns(torch.tensor([3.0]), torch.zeros(1), torch.zeros(1), baseline="loo").item() == 0.0
+    with pytest.raises(ValueError, match="baseline"):
+        returns(r, zero, zero, baseline="mean")

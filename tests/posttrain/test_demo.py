@@ -86,3 +86,37 @@ def test_quick_demo_configs_load_and_are_smaller_than_the_full_demo():
 def test_quick_with_another_configs_dir_is_one_error():
     proc = posttrain("demo", "--quick", "configs=configs/tiny", check=False)
     assert proc.returncode == 2 and "error: demo: quick=true uses configs/demo-quick" in proc.stderr
+
+
+def test_gpu_configs_load_and_validate_on_cpu(monkeypatch):
+    """configs/gpu (a real instruction-tuned teacher from the Hub) parses and passes every stage's checks here;
+    offline, its hf: models are one clear error naming the repo (nothing is downloaded in tests)."""
+    import pytest
+
+    from posttrain import config as cfg
+    from posttrain import distill, evaluate, models, warm, warp
+    from posttrain import filter as filter_stage
+    from posttrain.errors import UserError
+    from tests.conftest import ROOT
+
+    gpu = ROOT / "configs" / "gpu"
+    loaded = {
+        name: cfg.load(module.Config, gpu / name, [])
+        for module, name in [
+            (filter_stage, "filter.yaml"),
+            (distill, "sft.yaml"),
+            (warm, "rm.yaml"),
+            (evaluate, "eval.yaml"),
+            (warp, "recipe.yaml"),
+        ]
+    }
+    distill.check(loaded["sft.yaml"])
+    evaluate._check(loaded["eval.yaml"])
+    warp.check(loaded["recipe.yaml"])
+    sft = loaded["sft.yaml"]
+    assert sft.teacher == "hf:google/gemma-3-4b-it" and sft.student == "hf:google/gemma-3-1b-pt"
+    assert loaded["recipe.yaml"].inner.temperature == 0.9 and loaded["recipe.yaml"].run_gpus == 1
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(ROOT / ".no-hf-cache-here"))
+    with pytest.raises(UserError, match="hf:google/gemma-3-4b-it: cannot get it from the Hugging Face Hub"):
+        models.resolve(sft.teacher)

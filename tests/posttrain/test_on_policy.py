@@ -122,6 +122,18 @@ def test_exemplars_are_other_rows_drawn_reproducibly():
     picks = teacher_context.exemplar_rows(10, 3, seed=4)
     assert picks == teacher_context.exemplar_rows(10, 3, seed=4)
     assert all(i not in row and len(set(row)) == 3 for i, row in enumerate(picks))
+    group = ["math", "code"] * 5
+    same = teacher_context.exemplar_rows(10, 3, seed=4, group=group)
+    assert all(i not in row and {group[j] for j in row} == {group[i]} for i, row in enumerate(same))
+
+
+def test_exemplars_from_a_column_need_enough_rows_in_each_group():
+    section = teacher_context.TeacherContext(exemplars=2, exemplars_from="task")
+    rows = [{"task": "math"}] * 3 + [{"task": "code"}] * 2
+    with pytest.raises(UserError, match=r"too few rows with task = 'code' \(2\)"):
+        teacher_context.check(section, rows, "data.jsonl")
+    with pytest.raises(UserError, match="exemplars_from names 'task', which the row lacks"):
+        teacher_context.check(section, rows + [{"kind": "x"}], "data.jsonl")
 
 
 def test_on_policy_rows_are_the_students_own_samples_and_the_teacher_scores_exactly_them():

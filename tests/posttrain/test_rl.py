@@ -150,12 +150,12 @@ def test_generation_on_ray_actors_matches_in_process(tmp_path, local_ray):
     assert all(torch.equal(x[k], y[k]) for k in x)
 
 
-def test_lora_trains_only_adapters_and_the_anchor_follows_them(tmp_path):
+def test_lora_trains_only_adapters_with_the_init_as_anchor(tmp_path):
     from transformers import AutoModelForCausalLM
 
     out = rl.run(
         rl.Config(
-            **{**LEARN, "freeze_embeddings": True, "save_steps": 2},
+            **{**LEARN, "freeze_embeddings": True, "save_steps": 2, "eta": 0.0},
             lora=Lora(r=4),
             steps=2,
             output_dir=str(tmp_path / "rl"),
@@ -165,12 +165,24 @@ def test_lora_trains_only_adapters_and_the_anchor_follows_them(tmp_path):
     policy = load_file(out / "checkpoints" / "checkpoint-2" / "policy.safetensors")
     assert anchor and all("lora_" in k for k in anchor) and anchor.keys() == policy.keys()
     b_keys = [k for k in anchor if "lora_B" in k]
-    # B starts at 0: after 2 steps the policy's B moved, and the anchor's is an EMA of it (between 0 and it)
+    # B starts at 0: after 2 steps the policy's B moved, and the anchor is still the init (B = 0)
     assert any(policy[k].abs().sum() > 0 for k in b_keys)
-    assert sum(anchor[k].abs().sum() for k in b_keys) < sum(policy[k].abs().sum() for k in b_keys)
+    assert all(anchor[k].abs().sum() == 0 for k in b_keys)
     assert (out / "checkpoints" / "checkpoint-2" / "adapter_config.json").is_file()  # peft adapter checkpoint
     merged = AutoModelForCausalLM.from_pretrained(out)  # merged: a plain model, no adapter files
     assert not any("lora" in k for k in merged.state_dict()) and not (out / "adapter_config.json").exists()
+
+
+def test_a_moving_lora_anchor_is_refused(tmp_path):
+    """An EMA of the factors A and B is not an EMA of the policy W + B·A: (1−η)·B0A0 + η·B1A1 ≠ B̄·Ā."""
+    torch.manual_seed(0)
+    a0, b0, a1, b1 = (torch.randn(4, 4) for _ in range(4))
+    eta = 0.5
+    ema_of_factors = ((1 - eta) * b0 + eta * b1) @ ((1 - eta) * a0 + eta * a1)
+    assert not torch.allclose(ema_of_factors, (1 - eta) * b0 @ a0 + eta * b1 @ a1)
+    with pytest.raises(rl.UserError, match=r"lora.r=4 with eta=0.1: .*not an EMA of the policy"):
+        rl.run(rl.Config(**LEARN, lora=Lora(r=4), output_dir=str(tmp_path / "rl")))
+    assert not (tmp_path / "rl").exists()
 
 
 def test_step_prompts_cover_each_epoch_once():

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from posttrain import rollout
 from posttrain.data import END_OF_TURN, prompt_ids
 from posttrain.models import load_causal_lm
 from posttrain.rollout import sample, sequence_logprobs
@@ -24,26 +25,22 @@ def lm():
     return model, tok, prompts
 
 
-def test_sampled_logprobs_equal_a_teacher_forced_forward(lm):
+@pytest.mark.parametrize("temperature, top_p", [(0.7, 0.9), (0.9, 1.0), (1.3, 0.5)])
+def test_sampled_at_t_scored_at_t_equals_a_teacher_forced_pass_at_t(lm, temperature, top_p):
     model, tok, prompts = lm
-    r = sample(
-        model,
-        tok,
-        prompts,
-        3,
-        max_new_tokens=NEW,
-        temperature=0.7,
-        top_p=0.9,
-        generator=torch.Generator().manual_seed(0),
-    )
+    at = {"temperature": temperature, "top_p": top_p}
+    r = sample(model, tok, prompts, 3, max_new_tokens=NEW, generator=torch.Generator().manual_seed(0), **at)
     assert r.tokens.shape == (6, NEW) and r.prompt_index.tolist() == [0, 0, 0, 1, 1, 1]
     with torch.no_grad():
-        forward = sequence_logprobs(model, prompts, r.prompt_index, r.tokens, r.mask)
+        forward = sequence_logprobs(model, prompts, r.prompt_index, r.tokens, r.mask, **at)
+        at_one = sequence_logprobs(model, prompts, r.prompt_index, r.tokens, r.mask)
     # fp32 on CPU; cached decode vs one full forward differ by summation order only (~1e-6)
     torch.testing.assert_close(forward, r.logprobs, atol=1e-4, rtol=0)
-    assert (r.logprobs[r.mask] < 0).all() and (r.logprobs[~r.mask] == 0).all()
+    assert (r.logprobs[r.mask] <= 0).all() and (r.logprobs[~r.mask] == 0).all()
+    assert (r.logprobs[r.mask] > rollout.LOGP_FLOOR).all()  # the sampler's own tokens are in its nucleus
+    assert not torch.allclose(at_one, forward, atol=1e-3)  # temperature 1 is another distribution
     # the forward is differentiable (training uses it)
-    lp = sequence_logprobs(model, prompts, r.prompt_index, r.tokens, r.mask)
+    lp = sequence_logprobs(model, prompts, r.prompt_index, r.tokens, r.mask, **at)
     lp.sum().backward()
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
     model.zero_grad(set_to_none=True)
@@ -129,8 +126,8 @@ def test_top_p_keeps_only_the_nucleus(lm):
     )
     assert torch.equal(tiny_p.tokens, greedy.tokens)
     assert not torch.equal(full_p.tokens, greedy.tokens)
-    # log-probs stay those of the temperature-1 model, whatever the sampling temperature
-    torch.testing.assert_close(tiny_p.logprobs, greedy.logprobs, atol=1e-5, rtol=0)
+    # a one-token nucleus holds all the mass: every sampled token had probability 1
+    assert (tiny_p.logprobs == 0).all()
 
 
 @pytest.mark.parametrize("scale", [8.0, 0.5])  # peaked (nucleus in the top 1024) and flat (needs more)
@@ -167,3 +164,35 @@ def test_prefill_never_copies_a_frozen_lm_head_per_row(lm):
     shapes = [tuple(s) for e in prof.events() for s in e.input_shapes if s]
     assert (len(prompts), d, vocab) not in shapes, "the LM head was broadcast per prompt"
     assert any(e.name == "aten::mm" and [len(prompts), d] in e.input_shapes for e in prof.events())
+
+
+@pytest.mark.parametrize("temperature, top_p", [(0.6, 0.8), (1.0, 1.0), (1.5, 0.3)])
+def test_sampling_logprobs_are_the_distribution_that_pick_samples(temperature, top_p):
+    """exp(log-probs) over the whole vocabulary sums to 1, and matches _pick's empirical frequencies."""
+    from posttrain.rollout import _pick, sampling_logprobs
+
+    logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(0)) * 2
+    probs = sampling_logprobs(logits.expand(50, -1), torch.arange(50), temperature, top_p).exp()
+    probs = torch.where(probs > torch.tensor(rollout.LOGP_FLOOR).exp() * 2, probs, torch.zeros_like(probs))
+    torch.testing.assert_close(probs.sum(), torch.tensor(1.0), atol=1e-5, rtol=0)
+    u = torch.rand(20000, generator=torch.Generator().manual_seed(1))
+    picked = _pick(logits.expand(20000, -1), u, temperature, top_p)
+    freq = torch.bincount(picked, minlength=50).float() / 20000
+    torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)
+
+
+def test_kl_estimate_at_the_sampling_temperature_is_positive_for_a_policy_unlike_its_anchor(lm):
+    """E_{y~π_T}[log π_T(y) − log π_a,T(y)] = KL(π_T‖π_a,T) ≥ 0 when both are scored at the sampled T."""
+    import copy
+
+    model, tok, prompts = lm
+    anchor = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in anchor.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    at = {"temperature": 0.6, "top_p": 0.9}
+    r = sample(model, tok, prompts, 16, max_new_tokens=6, generator=torch.Generator().manual_seed(0), **at)
+    with torch.no_grad():
+        logp = sequence_logprobs(model, prompts, r.prompt_index, r.tokens, r.mask, **at).sum(-1)
+        logp_anchor = sequence_logprobs(anchor, prompts, r.prompt_index, r.tokens, r.mask, **at).sum(-1)
+    assert (logp - logp_anchor).mean() > 0
