@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ["filter", "sft", "rm", "eval-sft", "rl", "eval-rl"]
+STAGES = ["filter", "sft", "rm", "eval-base", "eval-sft", "rl", "eval-rl"]
 
 
 def main() -> int:

@@ -37,7 +37,9 @@ class TeacherContext:
     )
     exemplars: int = doc(0, "k other training rows, solved, as earlier turns of the teacher's prompt")
     exemplars_from: str | None = doc(
-        None, "draw the exemplars only from rows with the same value of this column (e.g. task); None = any row"
+        None,
+        "draw the exemplars only from rows with the same value of this column (e.g. task; rows without it "
+        "are one group); None = any row",
     )
 
 
@@ -58,12 +60,10 @@ def check(section: TeacherContext, rows: list[dict], what: str) -> None:
             f"in {what} (it has {len(rows)}; a row is never its own exemplar)"
         )
     if section.exemplars_from:
-        for row in rows:
-            if section.exemplars_from not in row:
-                raise UserError(
-                    f"{row.get('_where', what)}: teacher_context.exemplars_from names "
-                    f"'{section.exemplars_from}', which the row lacks"
-                )
+        if not any(section.exemplars_from in row for row in rows):
+            raise UserError(
+                f"teacher_context.exemplars_from names '{section.exemplars_from}', which no row of {what} has"
+            )
         sizes: dict = {}
         for g in groups(rows, section):
             sizes[g] = sizes.get(g, 0) + 1
@@ -90,7 +90,8 @@ def check(section: TeacherContext, rows: list[dict], what: str) -> None:
 
 
 def groups(rows: list[dict], section: TeacherContext) -> list | None:
-    """Each row's exemplar group (its `exemplars_from` value, as text), or None when any row may serve."""
+    """Each row's exemplar group (its `exemplars_from` value, as text; the rows without one form a group of
+    their own), or None when any row may serve."""
     if not section.exemplars_from:
         return None
     return [str(r.get(section.exemplars_from)) for r in rows]

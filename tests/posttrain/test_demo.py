@@ -18,14 +18,36 @@ def test_demo_pipeline_on_tiny_configs(tmp_path):
     rl = json.loads((tmp_path / "rl" / "posttrain.json").read_text())
     assert rl["config"]["policy"] == str(tmp_path / "sft")
     assert rl["config"]["inner"]["rewards"]["reward_model"] == str(tmp_path / "rm")
-    for name in ("eval-sft", "eval-rl"):
+    for name in ("eval-base", "eval-sft", "eval-rl"):
         assert (tmp_path / name / "DONE").is_file()
+    demo = json.loads((tmp_path / "demo.json").read_text())
+    from posttrain import demo as demo_stage
+    from tests.conftest import ROOT
+
+    base = demo_stage.base_model(ROOT / "configs" / "tiny" / "sft.yaml")  # the cached layer cut of the student
+    assert demo["models"] == {"base": base, "sft": str(tmp_path / "sft"), "rl": str(tmp_path / "rl")}
+    for reward in ("math", "overall"):
+        for metric in ("greedy_accuracy", "pass@1"):
+            assert set(demo["table"][reward][metric]) == {"base", "sft", "rl"}, (reward, metric)
+    base_report = json.loads((tmp_path / "eval-base" / "report.json").read_text())
+    assert demo["table"]["math"]["pass@1"]["base"] == base_report["per_reward"]["math"]["pass@1"]
+    assert set(demo["bond"]["math"]) == {"rl_pass@1", "sft_pass@2"}
+    curve = demo["training_reward"]
+    assert len(curve["reward"]) == 6 and curve["first_fifth"] is not None  # WARP: 2 iterations x 3 steps
+    assert (tmp_path / "demo.png").stat().st_size > 0 and "base -> SFT -> RL" in proc.stdout
+    for key in ("models", "table"):  # each model is something `posttrain eval --model` takes
+        assert key in demo
+    from posttrain import config as cfg
+    from posttrain import evaluate
+
+    for spec in demo["models"].values():
+        cfg.load(evaluate.Config, None, [f"model={spec}"])
     assert json.loads((tmp_path / "eval-rl" / "posttrain.json").read_text())["config"]["model"] == str(
         tmp_path / "rl"
     )
-    assert "before and after RL" in proc.stdout and "WARP iteration 2, mean of its runs" in proc.stdout
+    assert "WARP iteration 2, mean of its runs" in proc.stdout
     again = posttrain("demo", "configs=configs/tiny", "rl=warp.yaml", f"output_root={tmp_path}")
-    assert again.stdout.count("reusing finished") == 6  # filter, sft, rm, eval-sft, rl, eval-rl
+    assert again.stdout.count("reusing finished") == 7  # filter, sft, rm, eval-base, eval-sft, rl, eval-rl
 
 
 def test_a_finished_stage_is_reused_only_with_the_same_config(tmp_path):

@@ -132,8 +132,9 @@ def test_exemplars_from_a_column_need_enough_rows_in_each_group():
     rows = [{"task": "math"}] * 3 + [{"task": "code"}] * 2
     with pytest.raises(UserError, match=r"too few rows with task = 'code' \(2\)"):
         teacher_context.check(section, rows, "data.jsonl")
-    with pytest.raises(UserError, match="exemplars_from names 'task', which the row lacks"):
-        teacher_context.check(section, rows + [{"kind": "x"}], "data.jsonl")
+    with pytest.raises(UserError, match="exemplars_from names 'task', which no row of data.jsonl has"):
+        teacher_context.check(section, [{"kind": "x"}] * 5, "data.jsonl")
+    teacher_context.check(section, rows + [{"task": "code"}] + [{}] * 3, "data.jsonl")  # rows without: a group
 
 
 def test_on_policy_rows_are_the_students_own_samples_and_the_teacher_scores_exactly_them():
