@@ -136,14 +136,15 @@ def _collate(batch: list[dict], pad_id: int, label_weight: float = 0.0, divergen
 def _training_args(config: Config, out: Path):
     from transformers import TrainingArguments
 
-    use_bf16 = config.bf16 and (not torch.cuda.is_available() or torch.cuda.is_bf16_supported())
+    from posttrain import models
+
     return TrainingArguments(
         output_dir=str(out / "checkpoints"), per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size, num_train_epochs=config.epochs, max_steps=config.max_steps,
         learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
-        gradient_accumulation_steps=config.gradient_accumulation_steps, bf16=use_bf16,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, bf16=models.use_bf16(config.bf16),
         logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
         save_total_limit=config.save_total_limit, seed=config.seed, data_seed=config.seed,
         remove_unused_columns=False, report_to="none", deepspeed=config.deepspeed, dataloader_num_workers=0,
@@ -183,7 +184,10 @@ def _make_trainer(model, train_set, eval_set, config: Config, out: Path, tokeniz
             divergence = "forward"
             if training:
                 if self.sampler is None:
-                    self.sampler = on_policy.StudentSampler(self.accelerator.unwrap_model(model), config.bf16)
+                    from posttrain.models import use_bf16
+
+                    student = self.accelerator.unwrap_model(model)
+                    self.sampler = on_policy.StudentSampler(student, use_bf16(config.bf16))
                 step = self.state.global_step
                 examples, _ = on_policy.replace_rows(self.sampler, tokenizer, examples, config.on_policy, online,
                                                      step, config.seed)  # fmt: skip
@@ -218,7 +222,9 @@ def _eval_loss(model, examples: list[dict], config: Config, pad_id: int) -> floa
     model.eval()
     total, count = 0.0, 0
     device = next(model.parameters()).device
-    use_bf16 = config.bf16 and (device.type == "cpu" or torch.cuda.is_bf16_supported())
+    from posttrain import models
+
+    use_bf16 = models.use_bf16(config.bf16, device)
     for start in range(0, len(examples), config.batch_size):
         chunk = examples[start : start + config.batch_size]
         batch = {k: v.to(device) for k, v in _collate(chunk, pad_id, config.label_weight).items()}

@@ -49,8 +49,8 @@ class Config:
     seed: int = doc(0, "seed for sampling")
     bf16: bool = doc(
         True,
-        "generate with the model in bf16 (~6x faster than fp32 on CPU here; scores are of "
-        "sampled text, so bf16 rounding only changes which samples are drawn)",
+        "generate with the model in bf16 where the hardware has it natively (fp32 otherwise); scores are "
+        "of sampled text, so bf16 rounding only changes which samples are drawn",
     )
     torch_threads: int | None = doc(
         None, "CPU threads for generation (None = torch's default); 1 avoids OpenMP spinning on a busy machine"
@@ -177,7 +177,8 @@ def generate_all(config: Config, model_dir: Path, prompts: list[list[int]]) -> t
 
     from posttrain import models
 
-    model, tokenizer = models.load_causal_lm(str(model_dir), torch.bfloat16 if config.bf16 else torch.float32)
+    dtype = torch.bfloat16 if models.use_bf16(config.bf16) else torch.float32
+    model, tokenizer = models.load_causal_lm(str(model_dir), dtype)
     model.eval()
     threads = torch.get_num_threads()
     if config.torch_threads:

@@ -252,6 +252,33 @@ def load_tokenizer(spec: str):
     return with_chat_template(AutoTokenizer.from_pretrained(resolve(spec)))
 
 
+_BF16_NOTED: set = set()
+
+
+def bf16_native(device=None) -> bool:
+    """Whether bf16 matmuls run natively here: CUDA with bf16, or a CPU with AVX512-BF16 or AMX. Without
+    them torch emulates bf16 on the CPU, ~4.5x slower than fp32 (measured on a plain AVX512 Xeon: 54 against
+    245 GFLOP/s for 1024^3, 30 against 94 for the 262k-row LM head)."""
+    import torch
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def use_bf16(requested: bool, device=None) -> bool:
+    """`bf16: true` means bf16 where the hardware runs it natively, fp32 elsewhere (said once per process)."""
+    if not requested:
+        return False
+    if bf16_native(device):
+        return True
+    if "noted" not in _BF16_NOTED:
+        _BF16_NOTED.add("noted")
+        print("[posttrain] bf16 requested, but this CPU has no native bf16 (AVX512-BF16/AMX): running fp32")
+    return False
+
+
 def load_causal_lm(spec: str, dtype=None, *, layers: list[int] | None = None):
     """(model, tokenizer) for a spec; `layers` derives a student from a subset of the spec's layers."""
     import torch

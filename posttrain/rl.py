@@ -244,8 +244,16 @@ def _device() -> torch.device:
 
 def _autocast(model, enabled: bool):
     device = next(model.parameters()).device
-    ok = enabled and (device.type == "cpu" or torch.cuda.is_bf16_supported())
+    from posttrain import models
+
+    ok = models.use_bf16(enabled, device)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=ok)
+
+
+def _sample_bf16(config: Config) -> bool:
+    from posttrain import models
+
+    return models.use_bf16(config.bf16)
 
 
 @dataclasses.dataclass
@@ -377,7 +385,8 @@ class Sampler:
 
     def __init__(self, spec: str, config: Config):
         self.config = config
-        self.model, self.tokenizer = load_policy(spec, config, torch.bfloat16 if config.bf16 else torch.float32)
+        dtype = torch.bfloat16 if _sample_bf16(config) else torch.float32
+        self.model, self.tokenizer = load_policy(spec, config, dtype)
         self.model.to(_device())
         self.params = trainable(self.model)
         self.anchor = None

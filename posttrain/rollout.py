@@ -119,8 +119,17 @@ def _top_mass(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Te
 def _pick(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     """Inverse-CDF sample from softmax(logits / temperature) restricted to the top-p nucleus;
     temperature 0 is greedy."""
+    return _draw(logits, u, temperature, top_p)[0]
+
+
+def _draw(
+    logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, their log-probs under the sampled distribution): `_pick` and `sampling_logprobs` in one pass
+    over the vocabulary (the nucleus is found once; on a flat distribution that is a full sort)."""
     if temperature == 0:
-        return logits.argmax(-1)
+        tok = logits.argmax(-1)
+        return tok, F.log_softmax(logits, dim=-1).gather(-1, tok.unsqueeze(-1)).squeeze(-1)
     probs = F.softmax(logits / temperature, dim=-1)
     order = None
     if top_p < 1.0:
@@ -132,7 +141,8 @@ def _pick(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: floa
     # rounding can put u·total at the very end of the cdf: fall back to the last token with mass
     last = (probs > 0).long().cumsum(-1).argmax(-1)
     idx = torch.minimum(idx, last)
-    return idx if order is None else order.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
+    logp = (probs.gather(-1, idx.unsqueeze(-1)).squeeze(-1) / cdf[:, -1]).log()
+    return (idx if order is None else order.gather(-1, idx.unsqueeze(-1)).squeeze(-1)), logp
 
 
 @torch.no_grad()
@@ -194,27 +204,28 @@ def sample(
     noise = noise.reshape(m, max_new_tokens).to(device)
 
     logits, cache, attn, next_pos = _prefill(model, prompts, n, pad_id, device)
+    base = _base(model)
     done = torch.zeros(m, dtype=torch.bool, device=device)
     tokens, logps, masks = [], [], []
     for t in range(max_new_tokens):
-        tok = _pick(logits, noise[:, t], temperature, top_p)
+        tok, logp = _draw(logits, noise[:, t], temperature, top_p)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         tokens.append(tok)
-        logps.append(sampling_logprobs(logits, tok, temperature, top_p))
+        logps.append(logp)
         masks.append(~done)
         done = done | torch.isin(tok, stops)
         if bool(done.all()) or t == max_new_tokens - 1:
             break
         # finished rows keep decoding pad tokens (masked out): simpler than shrinking the cache
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
-        out = model(
+        hidden = base.model(
             input_ids=tok.unsqueeze(-1),
             attention_mask=attn,
             position_ids=next_pos,
             past_key_values=cache,
             use_cache=True,
-        )
-        logits = out.logits[:, -1].float()
+        ).last_hidden_state
+        logits = _project(base, hidden[:, -1])  # 2-D, as in _prefill: no (B, d, V) copy of the head
         next_pos = next_pos + 1
 
     tokens = torch.stack(tokens, dim=1)

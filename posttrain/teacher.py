@@ -83,10 +83,19 @@ def teacher_view(ex: dict) -> dict:
     return {k: ex[k] for k in keys if k in ex}
 
 
+def teacher_dtype(config) -> str:
+    """The teacher's forward dtype: bfloat16 only where the hardware runs it natively (models.use_bf16)."""
+    from posttrain import models
+
+    if config.teacher_dtype == "bfloat16" and not models.use_bf16(True):
+        return "float32"
+    return config.teacher_dtype
+
+
 def worker_args(teacher_dir: Path, config) -> tuple:
     return (
         str(teacher_dir),
-        config.teacher_dtype,
+        teacher_dtype(config),
         config.k,
         config.teacher_temperature,
         config.estimator,
@@ -165,7 +174,7 @@ def target_inputs(examples: list[dict], teacher_dir: Path, config) -> dict:
         **teacher_side,
         "format": FORMAT_VERSION,
         "teacher_sha256": artifacts.dir_sha256(teacher_dir),
-        "teacher_dtype": config.teacher_dtype,
+        "teacher_dtype": teacher_dtype(config),
         "k": config.k,
         "temperature": config.teacher_temperature,
         "estimator": config.estimator,

@@ -158,7 +158,9 @@ def _trainer(model, tokenizer, train: list[dict], job: dict, out: Path):
     from posttrain.checkpoint import atomic_checkpoints, metrics_callbacks
 
     c = job["config"]
-    use_bf16 = c["bf16"] and (not torch.cuda.is_available() or torch.cuda.is_bf16_supported())
+    from posttrain import models
+
+    use_bf16 = models.use_bf16(c["bf16"])
     args = RewardConfig(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=c["batch_size"],

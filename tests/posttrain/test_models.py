@@ -149,3 +149,18 @@ def test_real_gemma3_270m_gguf_converts_once_and_derives_a_5_to_1_student(tmp_pa
         text = tok("2 + 3 =", add_special_tokens=True, return_tensors="pt")
         p = torch.softmax(teacher(**text).logits[0, -1].float(), -1)
     assert p.max() > 0.05
+
+
+def test_bf16_only_where_the_hardware_runs_it_natively(monkeypatch, capsys):
+    import torch
+
+    from posttrain import models
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert models.use_bf16(True) and not models.use_bf16(False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(models, "_BF16_NOTED", set())
+    assert not models.use_bf16(True) and not models.use_bf16(True)
+    assert capsys.readouterr().out.count("no native bf16") == 1  # said once

@@ -18,8 +18,9 @@ from tests.posttrain.test_sft_cli import posttrain
 
 TINY = str(ROOT / "configs" / "tiny" / "sft.yaml")
 ON = ["on_policy.fraction=0.5", "on_policy.max_new_tokens=8", "max_steps=4", "save_steps=2"]
-# the tiny sft model the off-policy code wrote before on-policy distillation existed (commit 9430331), on the
-# torch build and CPU kind it was measured on; other platforms round differently, so only the path is checked
+# the tiny sft model the off-policy code wrote before on-policy distillation existed (commit 9430331, in fp32:
+# bf16=false), on the torch build and CPU kind it was measured on; other platforms round differently, so only
+# the path is checked
 GOLDEN = ("2.13.0+cpu", "AVX512", "6661fcc3b6abba99dd8203c54d4f7131fe6e4bd01473248c3ab2b3685c701eb3")
 
 
@@ -29,7 +30,7 @@ def sha256(path) -> str:
 
 def test_lambda_zero_is_the_off_policy_path_byte_for_byte(tmp_path):
     out = tmp_path / "sft"
-    posttrain("sft", "--config", TINY, f"output_dir={out}", "on_policy.fraction=0")
+    posttrain("sft", "--config", TINY, f"output_dir={out}", "on_policy.fraction=0", "bf16=false")
     record = json.loads((out / "posttrain.json").read_text())
     assert "teacher_data_sha256" not in record["inputs"]["targets_key"]  # the same cache key as before
     assert "on_policy_tokens" not in record["summary"]  # no teacher actors at training time
