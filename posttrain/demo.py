@@ -39,12 +39,15 @@ class Config:
     )
     output_root: str | None = doc(None, "put every stage's output under this dir (default: as each config says)")
     overwrite: bool = doc(False, "rerun stages whose output is already finished")
+    seed: int | None = doc(None, "set every stage's seed (sampling, data order, init); None = as each config says")
     ray_address: str | None = doc(None, "Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
 
 
 def _stage(module, path: Path, overrides: list[str], output_key: str, config: Config, name: str | None = None):
     if config.output_root:
         overrides = overrides + [f"{output_key}={Path(config.output_root) / (name or path.stem)}"]
+    if config.seed is not None and "seed" in cfg.field_paths(module.Config):
+        overrides = overrides + [f"seed={config.seed}"]
     stage_config = cfg.load(module.Config, path, overrides)
     out = Path(getattr(stage_config, output_key))
     if artifacts.is_done(out) and not config.overwrite and _same_config(out, stage_config):
