@@ -5,7 +5,7 @@ dequantisation and the teacher targets are included (what a first run on a new m
 install, ~75 s here, is not). The stages run one after another, so a stage's time is the gap between
 its DONE file and the previous one's.
 
-    .venv/bin/python benchmarks/demo.py [--quick] [--warm-cache] [--keep DIR]
+    .venv/bin/python benchmarks/demo.py [--quick] [--warm-cache] [--keep DIR] [--seed N]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="time `posttrain demo --quick`")
     parser.add_argument("--warm-cache", action="store_true", help="keep the user's POSTTRAIN_CACHE")
     parser.add_argument("--keep", help="write the stage outputs here and keep them (default: a temp dir)")
+    parser.add_argument("--seed", type=int, help="every stage's seed (`posttrain demo seed=N`)")
     args = parser.parse_args()
     budget = 300.0 if args.quick else 1800.0
 
@@ -39,6 +40,8 @@ def main() -> int:
     cmd = [sys.executable, "-m", "posttrain.cli", "demo", f"output_root={out}", "--overwrite"]
     if args.quick:
         cmd.append("--quick")
+    if args.seed is not None:
+        cmd.append(f"seed={args.seed}")
     load_before = os.getloadavg()[0]
     start = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
