@@ -17,7 +17,7 @@ import math
 import os
 from pathlib import Path
 
-from posttrain.curves import smooth
+from posttrain.curves import save_figure, smooth
 
 MODELS = ("base", "sft", "rl")
 
@@ -94,7 +94,7 @@ def plot(demo: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     bars = [
-        (f"{reward}\n{metric}", values)
+        (f"{reward}\n{metric.replace('greedy_accuracy', 'greedy')}", values)
         for reward, metrics in demo["table"].items()
         if reward != "overall" and reward != "reward_model"
         for metric, values in metrics.items()
@@ -114,11 +114,7 @@ def plot(demo: dict, path: Path) -> None:
     ax2.plot(steps, smooth(curve, max(2, len(curve) // 5)), linewidth=2, label="smoothed")
     ax2.set(xlabel="RL step (WARP: iterations in order)", ylabel="combined reward", title="RL training reward")
     ax2.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def print_table(demo: dict) -> None:

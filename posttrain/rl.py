@@ -832,7 +832,7 @@ def plot(metrics: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from posttrain.curves import smooth
+    from posttrain.curves import save_figure, smooth
 
     steps = [m["step"] for m in metrics]
     window = max(2, len(steps) // 5)
@@ -851,11 +851,7 @@ def plot(metrics: list[dict], path: Path) -> None:
         curve(ax2, key, label)
     ax2.set(xlabel="step", ylabel="nats / sequence", title="KL (sample estimate)")
     ax2.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def run(config: Config, hooks: Hooks = NO_HOOKS) -> Path:

@@ -383,6 +383,8 @@ def plot_front(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from posttrain.curves import save_figure
+
     kl = [r["kl"] for r in rows]
     reward = [r["reward"] if r["reward"] is not None else math.nan for r in rows]
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -394,11 +396,7 @@ def plot_front(rows: list[dict], path: Path) -> None:
         ylabel="combined reward (eval samples)",
         title="WARP Pareto front: (1−η')·θ_sft + η'·θ_final",
     )
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def print_front(rows: list[dict], history: list[dict]) -> None:
