@@ -76,7 +76,9 @@ def test_targets_are_deterministic_cached_and_use_two_actors(examples, tmp_path,
         {"data": "drop-one"},
     ],
 )
-def test_any_input_change_changes_the_cache_key(examples, tmp_path, change):
+def test_any_input_change_changes_the_cache_key(examples, tmp_path, change, monkeypatch):
+    # as on hardware with native bf16 (elsewhere a bfloat16 teacher runs, and is keyed, as float32)
+    monkeypatch.setattr(models, "bf16_native", lambda device=None: True)
     base = teacher.target_key(teacher.target_inputs(examples, models.resolve("tiny:seed=1"), _config(tmp_path)))
     change = dict(change)
     teacher_dir = models.resolve(change.pop("teacher", "tiny:seed=1"))
@@ -92,3 +94,12 @@ def test_a_changed_setting_recomputes_new_shards(examples, tmp_path, local_ray):
     )
     assert other != base and (other / "manifest.json").is_file() and (base / "manifest.json").is_file()
     assert _bytes(other) != _bytes(base)
+
+
+def test_a_bf16_teacher_without_native_bf16_is_keyed_as_the_fp32_one(examples, tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "bf16_native", lambda device=None: False)
+    teacher_dir = models.resolve("tiny:seed=1")
+    fp32 = teacher.target_key(teacher.target_inputs(examples, teacher_dir, _config(tmp_path)))
+    bf16_config = _config(tmp_path, teacher_dtype="bfloat16")
+    bf16 = teacher.target_key(teacher.target_inputs(examples, teacher_dir, bf16_config))
+    assert bf16 == fp32  # the same computation, so the same cached targets
