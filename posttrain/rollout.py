@@ -87,7 +87,7 @@ def sampling_logprobs(
     if temperature == 0 or top_p >= 1.0:
         return token_logp
     top, order = _top_mass(logp.exp(), top_p)
-    keep = (top.detach().cumsum(-1) - top.detach()) < top_p  # as `_pick` keeps them
+    keep = _in_nucleus(top.detach(), top_p)
     mass = (top * keep).sum(-1)
     inside = ((order == tokens.unsqueeze(-1)) & keep).any(-1)
     return torch.where(inside, token_logp - mass.log(), torch.full_like(token_logp, LOGP_FLOOR))
@@ -101,6 +101,12 @@ def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tens
         ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
         mask[i, width - len(p) :] = 1
     return ids.to(device), mask.to(device)
+
+
+def _in_nucleus(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Which of the descending probabilities the top-p nucleus keeps: those whose preceding mass is < top_p
+    (the top token always)."""
+    return (sorted_probs.cumsum(-1) - sorted_probs) < top_p
 
 
 def _top_mass(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,8 +140,7 @@ def _draw(
     order = None
     if top_p < 1.0:
         probs, order = _top_mass(probs, top_p)
-        # keep a token if the mass before it is < top_p (the top token is always kept)
-        probs = probs * ((probs.cumsum(-1) - probs) < top_p)
+        probs = probs * _in_nucleus(probs, top_p)
     cdf = probs.cumsum(-1)
     idx = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
     # rounding can put u·total at the very end of the cdf: fall back to the last token with mass
