@@ -144,11 +144,10 @@ def _tests_do_not_run(verdict, error):
     verdict.write(error=f"the row's tests do not run ({type(error).__name__})")
 
 
-def _proxies(tree, namespace, channel):
-    """A stand-in for every name the tests use that neither the setup code nor the tests define: the
-    candidate's functions."""
-    used = {node.id for node in _ast.walk(tree) if isinstance(node, _ast.Name)}
-    for name in sorted(used):
+def _proxies(used, namespace, channel):
+    """A stand-in for every name the tests use (`used`) that neither the setup code nor the tests define:
+    the candidate's functions."""
+    for name in used:
         if name not in namespace and not hasattr(_builtins, name):
             namespace[name] = Candidate(name, channel)
 
@@ -161,22 +160,42 @@ def _compile_prompt(prompt):
         return compile(prompt + "    pass\n", "<prompt>", "exec")
 
 
+_COMPILED = {}  # a row's tests, compiled: RL and eval judge every prompt's tests once per sample
+_COMPILED_MAX = 1024
+
+
+def _cached(key, build):
+    if key not in _COMPILED:
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.clear()
+        _COMPILED[key] = build()  # a row whose tests do not compile raises here, every time
+    return _COMPILED[key]
+
+
+def _check_program(prompt, test, fraction):
+    """(the prompt's code, the test's code, how many statements count) for `judge_check`."""
+    total = 0
+    if fraction:
+        tree = _ast.parse(test)
+        for node in tree.body:
+            if isinstance(node, _ast.FunctionDef) and node.name == "check":
+                node.body, total = _counted(node.body)
+        test = _ast.fix_missing_locations(tree)
+    return _compile_prompt(prompt or ""), compile(test, "<test>", "exec"), total
+
+
 def judge_check(prompt, test, entry_point, fraction):
     """HumanEval: the prompt's helpers, the test's `check(candidate)`; with `fraction`, every asserting
     statement of `check` is a test, else `check` is one."""
     channel = Channel()
     verdict = Verdict(channel)
     namespace = {"__name__": "__judge__", "__builtins__": _builtins, "__verdict__": verdict}
-    total = 0
     try:
-        if fraction:
-            tree = _ast.parse(test)
-            for node in tree.body:
-                if isinstance(node, _ast.FunctionDef) and node.name == "check":
-                    node.body, total = _counted(node.body)
-            test = _ast.fix_missing_locations(tree)
-        exec(_compile_prompt(prompt or ""), namespace)
-        exec(compile(test, "<test>", "exec"), namespace)
+        prompt_code, test_code, total = _cached(
+            ("check", prompt, test, fraction), lambda: _check_program(prompt, test, fraction)
+        )
+        exec(prompt_code, namespace)
+        exec(test_code, namespace)
         check = namespace["check"]
     except Exception as e:
         return _tests_do_not_run(verdict, e)
@@ -192,6 +211,17 @@ def judge_check(prompt, test, entry_point, fraction):
     verdict.write(done=True)
 
 
+def _asserts_program(setup, tests):
+    """(the setup's code, (code, asserts?) per test statement, every name the tests use)."""
+    tree = _ast.parse("\n".join(tests))
+    statements = [
+        (compile(_ast.Module(body=[statement], type_ignores=[]), "<tests>", "exec"), _asserts(statement))
+        for statement in tree.body
+    ]
+    used = sorted({node.id for node in _ast.walk(tree) if isinstance(node, _ast.Name)})
+    return compile(setup or "", "<setup>", "exec"), statements, used
+
+
 def judge_asserts(setup, tests, fraction):
     """MBPP: `setup` code, then assert statements that call the candidate's functions by name; with
     `fraction`, every asserting statement is a test, else all of them together are one."""
@@ -199,19 +229,20 @@ def judge_asserts(setup, tests, fraction):
     verdict = Verdict(channel)
     namespace = {"__name__": "__judge__", "__builtins__": _builtins, "__verdict__": verdict}
     try:
-        tree = _ast.parse("\n".join(tests))
-        exec(compile(setup or "", "<setup>", "exec"), namespace)
+        setup_code, statements, used = _cached(
+            ("asserts", setup, tuple(tests)), lambda: _asserts_program(setup, tests)
+        )
+        exec(setup_code, namespace)
     except Exception as e:
         return _tests_do_not_run(verdict, e)
-    _proxies(tree, namespace, channel)
-    statements = tree.body
-    total = sum(map(_asserts, statements)) if fraction else 0
+    _proxies(used, namespace, channel)
+    total = sum(asserts for _, asserts in statements) if fraction else 0
     verdict.write(total=total or 1)
     i = 0
-    for statement in statements:
-        counted = bool(total) and _asserts(statement)
+    for code, asserts in statements:
+        counted = bool(total) and asserts
         try:
-            exec(compile(_ast.Module(body=[statement], type_ignores=[]), "<tests>", "exec"), namespace)
+            exec(code, namespace)
         except Exception as e:
             if counted or not total:
                 verdict.failed(i if counted else 0, e)

@@ -151,6 +151,27 @@ def test_rows_whose_own_tests_do_not_run_are_not_scored():
     assert out.reasons[:2] == ["the row's tests do not run (SyntaxError)", "the row's tests do not run (KeyError)"]
 
 
+def test_a_rows_tests_judged_again_give_the_same_verdicts():
+    """The judge server keeps each row's compiled tests: a row judged many times (RL's samples per prompt),
+    in both modes and interleaved with other rows, scores as if judged alone; a row whose tests do not
+    compile is refused every time."""
+    right, wrong = "def total(xs):\n    return sum(xs)\n", "def total(xs):\n    return 0\n"
+    tests = ["assert double(2) == 4", "assert double(0) == 0", "assert double(-1) == -3"]
+    broken = {"prompt": "def f():\n    pass\n", "test": "def check(candidate:\n", "entry_point": "f"}
+    for _ in range(3):  # one worker: every judge runs in the same judge server
+        assert code_reward(["p"] * 2, [right, wrong], workers=1, **columns(2)) == [0.0, 0.0]
+        assert code_reward(["p"] * 2, [right, wrong], workers=1, fraction=True, **columns(2)) == pytest.approx(
+            [3 / 4, 1 / 4]
+        )
+        doubles = ["def double(x):\n    return 2 * x", "def double(x):\n    return x"]
+        assert code_reward(["p"] * 2, doubles, workers=1, tests=[tests[:2]] * 2) == [1.0, 0.0]
+        assert code_reward(["p"] * 2, doubles, workers=1, tests=[tests] * 2, fraction=True) == pytest.approx(
+            [2 / 3, 1 / 3]
+        )
+        refused = code_reward(["p"], ["def f():\n    return 1\n"], workers=1, **columns(1, broken))
+        assert refused == [None] and refused.reasons == ["the row's tests do not run (SyntaxError)"]
+
+
 @pytest.mark.parametrize(
     "cheat",
     [

@@ -78,6 +78,33 @@ def test_pool_keeps_order_and_uses_all_workers():
     assert len({r.stdout.split()[1] for r in results}) == 2  # two sandboxes, each with its own /tmp
 
 
+def test_pinned_pool_runs_each_sandbox_on_its_own_cpu_and_leaves_the_caller_alone():
+    cores = sorted(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    codes = ["import os, time\ntime.sleep(0.2)\nprint(sorted(os.sched_getaffinity(0)))"] * 4
+    with Pool(FAST, workers=2, pin=True) as pool:
+        seen = {r.stdout.strip() for r in pool.map(codes)}
+        with_judge = pool.run(
+            "pass", judge="import os\nos.write(5, repr(sorted(os.sched_getaffinity(0))).encode())"
+        )
+    assert seen == {str([cores[0]]), str([cores[1 % len(cores)]])}
+    assert with_judge.verdict in seen  # the judge runs on its program's CPU
+    assert os.sched_getaffinity(0) == before
+    with Pool(FAST, workers=1, pin=False) as pool:
+        assert pool.map(codes[:1])[0].stdout.strip() == str(cores)
+
+
+def test_pool_pins_by_default_only_when_its_workers_cover_every_core():
+    from sandboxes.pool import _cpus
+
+    cores = sorted(os.sched_getaffinity(0))
+    assert _cpus(len(cores), None) == cores
+    assert _cpus(2 * len(cores), None) == cores * 2
+    if len(cores) > 1:
+        assert _cpus(len(cores) - 1, None) == [None] * (len(cores) - 1)
+    assert _cpus(1, True) == [cores[0]] and _cpus(len(cores), False) == [None] * len(cores)
+
+
 def test_run_many_with_stdins():
     results = run_many(["print(input() * 2)"] * 3, stdins=["a", "b", "c"], limits=FAST, workers=2)
     assert [r.stdout for r in results] == ["aa\n", "bb\n", "cc\n"]
