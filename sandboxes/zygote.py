@@ -1,4 +1,5 @@
-# The in-sandbox server: `python -I -S -c <this file's text> MODE WORKDIR CONTROL_FD PRELOAD`, one per
+# The in-sandbox server: `python -I -S -c <this file's text> MODE WORKDIR CONTROL_FD PRELOAD REQUEST REPLY`,
+# one per
 # sandbox; MODE is "pid1" (inside bubblewrap, as PID 1 of the sandbox) or "group" (rlimits-only mode, on the
 # host).
 #
@@ -19,7 +20,9 @@
 # A sandbox's preload (PRELOAD, trusted code such as a harness) runs here once, as the module
 # `sandbox_preload`, so that every program inherits it compiled and imported.
 #
-# Protocol on fds 0/1: requests and replies are 4-byte big-endian lengths followed by JSON.
+# Protocol on fds 0/1: 4-byte big-endian lengths, each followed by a request (the struct format REQUEST,
+# then the code's and the stdin's bytes) or a reply (REPLY, then stdout's and stderr's bytes); the formats
+# are the host's (`sandbox.py`), given as arguments. Only the first message, {"ready": true}, is JSON.
 # Standalone on purpose: imports only the standard library (the project is not visible in the sandbox).
 # Imported once here so that each forked program gets them for free (HumanEval-style code imports these).
 import atexit
@@ -41,11 +44,6 @@ import types
 
 MEMORY_EXIT = 86  # the program raised MemoryError
 READ = 65536
-# What a program's process gets of its request, parsed here: judged, the five rlimits, the code's length.
-# Fixed-size binary rather than JSON because whatever a fork touches first is copied for it, page by
-# page: decoding JSON in the child cost ~100 page faults per run (measured), struct.unpack a handful.
-CHILD_REQUEST = struct.Struct(">B6Q")
-LIMIT_KEYS = ("cpu_seconds", "memory_mb", "file_size_mb", "processes", "open_files")
 
 
 def read_exact(fd, n):
@@ -86,11 +84,6 @@ def place(fds):
     for i, fd in enumerate(high):
         os.dup2(fd, i)
     os.closerange(len(fds), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-
-
-def child_request(req):
-    code = req["code"].encode("utf-8", "surrogatepass")
-    return CHILD_REQUEST.pack(bool(req.get("judged")), *(req[k] for k in LIMIT_KEYS), len(code)) + code
 
 
 def apply_limits(cpu_seconds, memory_mb, file_size_mb, processes, open_files):
@@ -136,9 +129,9 @@ def execute(code, filename, namespace):
 
 def child(request, path, workdir, fds, channel):
     """In the forked child: wire stdio (and, in a judged run, the channel to the judge as fds 3 and 4), apply
-    rlimits, run the program. `request`: CHILD_REQUEST's fields, then the code's bytes."""
-    judged, *limits, size = CHILD_REQUEST.unpack_from(request)
-    code = request[CHILD_REQUEST.size : CHILD_REQUEST.size + size]
+    rlimits, run the program. `request`: the run's request as the host sent it."""
+    judged, _, *limits, _, size, _ = REQUEST.unpack_from(request)
+    code = request[REQUEST.size : REQUEST.size + size]
     os.setsid()
     place([*fds, *channel] if judged else fds)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -197,19 +190,20 @@ def exit_status(rc):
     return "failed"
 
 
-def run_one(req, spare, mode, workdir):
+def run_one(request, spare, mode, workdir):
+    """One program's run: `request` as the host sent it (REQUEST, the code, the stdin); the reply's bytes."""
     pid, req_w, stdin_w, out_r, err_r, end_r = spare
-    judged = bool(req.get("judged"))
+    judged, timeout, *_, cap, code_size, stdin_size = REQUEST.unpack_from(request)
     t0 = time.monotonic()
     try:
-        send_raw(req_w, child_request(req))
+        send_raw(req_w, request)
     except OSError:
         pass  # the child died before its request: reported from its exit status below
     os.close(req_w)
-    deadline = t0 + req["timeout"]
-    cap = req["output_bytes"]
+    deadline = t0 + timeout
     bufs = {out_r: bytearray(), err_r: bytearray()}
-    pending = (req.get("stdin") or "").encode()
+    start = REQUEST.size + code_size
+    pending = request[start : start + max(stdin_size, 0)]
     # poll rather than selectors: every page this process touches while a fork shares it is copied, so
     # the loop that watches each run stays small.
     poller = select.poll()
@@ -281,13 +275,9 @@ def run_one(req, spare, mode, workdir):
     rc = os.waitstatus_to_exitcode(wstatus)
     if status is None and ended and not exited:
         status = "ended"  # by the host, the judge being done: not the program's doing
-    return {
-        "status": status or exit_status(rc),
-        "returncode": rc if exited else None,
-        "duration": duration,
-        "stdout": bytes(bufs[out_r][:cap]).decode(errors="replace"),
-        "stderr": bytes(bufs[err_r][:cap]).decode(errors="replace"),
-    }
+    out, err = bytes(bufs[out_r][:cap]), bytes(bufs[err_r][:cap])
+    status = (status or exit_status(rc)).encode()
+    return REPLY.pack(status, exited, rc if exited else 0, duration, len(out), len(err)) + out + err
 
 
 def cleanup(mode, pid, workdir):
@@ -355,7 +345,9 @@ LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def main():
+    global REQUEST, REPLY
     mode, workdir = sys.argv[1], sys.argv[2]
+    REQUEST, REPLY = struct.Struct(sys.argv[5]), struct.Struct(sys.argv[6])  # the host's wire formats
     control = socket.socket(fileno=int(sys.argv[3]))  # to the host: each program's channel to a judge
     preload = types.ModuleType("sandbox_preload")
     exec(compile(sys.argv[4], "<preload>", "exec"), preload.__dict__)
@@ -376,8 +368,7 @@ def main():
             raw = read_exact(0, n)
         except EOFError:
             return
-        reply = run_one(json.loads(raw), spare, mode, workdir)
-        send(1, reply)
+        send_raw(1, run_one(raw, spare, mode, workdir))
         spare = spawn(workdir, control)
 
 
