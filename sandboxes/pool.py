@@ -6,6 +6,7 @@ the sandboxed processes). In RL this pool lives inside each Ray reward actor, si
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -65,19 +66,13 @@ class Pool:
                 return sandbox
         return self._idle.get()
 
-    def run(self, code: str, stdin: str | None = None, judge: str | None = None) -> Result:
+    def run(
+        self, code: str, stdin: str | None = None, judge: str | None = None, *, _move_thread: bool = False
+    ) -> Result:
         sandbox = self._acquire()
         try:
-            return sandbox.run(code, stdin, judge)
-        finally:
-            self._idle.put(sandbox)
-
-    def _run_here(self, code: str, stdin: str | None, judge: str | None) -> Result:
-        """`run` from one of the pool's own threads, which moves to the sandbox's CPU (a caller's thread
-        is never moved)."""
-        sandbox = self._acquire()
-        try:
-            if sandbox.cpu is not None:
+            # The pool's own threads (map) move to the sandbox's CPU; a caller's thread is never moved.
+            if _move_thread and sandbox.cpu is not None:
                 os.sched_setaffinity(0, {sandbox.cpu})
             return sandbox.run(code, stdin, judge)
         finally:
@@ -93,7 +88,7 @@ class Pool:
                 raise ValueError(f"got {len(codes)} programs but {len(values)} {name}")
         stdins = stdins if stdins is not None else [None] * len(codes)
         judges = judges if judges is not None else [None] * len(codes)
-        return list(self._executor.map(self._run_here, codes, stdins, judges))
+        return list(self._executor.map(functools.partial(self.run, _move_thread=True), codes, stdins, judges))
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -1,7 +1,6 @@
 # The in-sandbox server: `python -I -S -c <this file's text> MODE WORKDIR CONTROL_FD PRELOAD REQUEST REPLY`,
-# one per
-# sandbox; MODE is "pid1" (inside bubblewrap, as PID 1 of the sandbox) or "group" (rlimits-only mode, on the
-# host).
+# one per sandbox; MODE is "pid1" (inside bubblewrap, as PID 1 of the sandbox) or "group" (rlimits-only mode,
+# on the host).
 #
 # Starting a fresh bubblewrap sandbox plus a Python interpreter costs tens of ms; forking this warm
 # process costs about one. So a sandbox stays up and runs programs one at a time, each in a fresh fork
@@ -44,6 +43,7 @@ import types
 
 MEMORY_EXIT = 86  # the program raised MemoryError
 READ = 65536
+REQUEST = REPLY = None  # the host's wire formats (struct.Struct), set by main() from its arguments
 
 
 def read_exact(fd, n):
@@ -61,7 +61,11 @@ def send(fd, obj):
 
 
 def send_raw(fd, data):
-    view = memoryview(struct.pack(">I", len(data)) + data)
+    write_all(fd, struct.pack(">I", len(data)) + data)
+
+
+def write_all(fd, data):
+    view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
@@ -141,9 +145,7 @@ def child(request, path, workdir, fds, channel):
         sys.modules["random"].seed()
     sys.argv = [path]
     out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)  # not open(): a text file's io stack
-    view = memoryview(code)
-    while view:
-        view = view[os.write(out, view) :]
+    write_all(out, code)
     os.close(out)
     source = code.decode("utf-8", "surrogatepass")
     execute(source, path, {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
@@ -347,7 +349,7 @@ LIBC = ctypes.CDLL(None, use_errno=True)
 def main():
     global REQUEST, REPLY
     mode, workdir = sys.argv[1], sys.argv[2]
-    REQUEST, REPLY = struct.Struct(sys.argv[5]), struct.Struct(sys.argv[6])  # the host's wire formats
+    REQUEST, REPLY = struct.Struct(sys.argv[5]), struct.Struct(sys.argv[6])
     control = socket.socket(fileno=int(sys.argv[3]))  # to the host: each program's channel to a judge
     preload = types.ModuleType("sandbox_preload")
     exec(compile(sys.argv[4], "<preload>", "exec"), preload.__dict__)
