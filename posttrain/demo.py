@@ -43,18 +43,34 @@ class Config:
     ray_address: str | None = doc(None, "Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
 
 
-def _stage(module, path: Path, overrides: list[str], output_key: str, config: Config, name: str | None = None):
+def _stage(
+    module,
+    path: Path,
+    overrides: list[str],
+    output_key: str,
+    config: Config,
+    name: str | None = None,
+    inputs: tuple[Path, ...] = (),
+):
+    """Run one stage, or reuse its finished output: made with this config, and after every stage output it reads
+    (`inputs`), so a rerun upstream stage (a new RL policy in the same dir) reruns what depends on it."""
     if config.output_root:
         overrides = overrides + [f"{output_key}={Path(config.output_root) / (name or path.stem)}"]
     if config.seed is not None and "seed" in cfg.field_paths(module.Config):
         overrides = overrides + [f"seed={config.seed}"]
     stage_config = cfg.load(module.Config, path, overrides)
     out = Path(getattr(stage_config, output_key))
-    if artifacts.is_done(out) and not config.overwrite and _same_config(out, stage_config):
+    if artifacts.is_done(out) and not config.overwrite and _same_config(out, stage_config) and _newer(out, inputs):
         print(f"[posttrain demo] {path.name}: reusing finished {out}")
         return out
     stage_config = dataclasses.replace(stage_config, overwrite=True)
     return Path(module.run(stage_config))
+
+
+def _newer(out: Path, inputs: tuple[Path, ...]) -> bool:
+    """Whether `out` was finished after every one of `inputs` (make's rule, on the DONE files)."""
+    done = (out / artifacts.DONE).stat().st_mtime_ns
+    return all(done >= (Path(i) / artifacts.DONE).stat().st_mtime_ns for i in inputs)
 
 
 def _same_config(out: Path, stage_config) -> bool:
@@ -79,13 +95,20 @@ def run(config: Config) -> Path:
         root = Path(QUICK_CONFIGS)
     ray = [f"ray_address={config.ray_address}"] if config.ray_address else []
     clean_dir = _stage(filter_stage, root / "filter.yaml", ray, "output", config)
-    sft_dir = _stage(distill, root / "sft.yaml", ray + [f"data={clean_dir / 'clean.jsonl'}"], "output_dir", config)
+    sft_dir = _stage(
+        distill,
+        root / "sft.yaml",
+        ray + [f"data={clean_dir / 'clean.jsonl'}"],
+        "output_dir",
+        config,
+        inputs=(clean_dir,),
+    )
     summary = json.loads((sft_dir / artifacts.MANIFEST).read_text())["summary"]
     print(
         f"[posttrain demo] student KD loss on held-out rows: before {summary['eval_kd_loss_before']:.4f}"
         f" -> after {summary['eval_kd_loss_after']:.4f} nats/token ({summary['steps']} steps)"
     )
-    rm_dir = _stage(warm, root / "rm.yaml", ray + [f"init={sft_dir}"], "output_dir", config)
+    rm_dir = _stage(warm, root / "rm.yaml", ray + [f"init={sft_dir}"], "output_dir", config, inputs=(sft_dir,))
     for v in json.loads((rm_dir / "report.json").read_text())["variants"]:
         print(
             f"[posttrain demo] reward models, label noise {v['label_noise']:g}: held-out pairwise accuracy "
@@ -95,7 +118,7 @@ def run(config: Config) -> Path:
     eval_yaml = root / "eval.yaml"
     base = base_model(root / "sft.yaml")
 
-    def evaluate_model(model: str, name: str) -> dict:
+    def evaluate_model(model: str, name: str, made_by: tuple[Path, ...] = ()) -> dict:
         out = _stage(
             evaluate,
             eval_yaml,
@@ -103,10 +126,14 @@ def run(config: Config) -> Path:
             "output_dir",
             config,
             name,
+            inputs=made_by,
         )
         return json.loads((out / "report.json").read_text())
 
-    reports = {"base": evaluate_model(base, "eval-base"), "sft": evaluate_model(str(sft_dir), "eval-sft")}
+    reports = {
+        "base": evaluate_model(base, "eval-base"),
+        "sft": evaluate_model(str(sft_dir), "eval-sft", (sft_dir,)),
+    }
     rl_module, rewards_key = rl_stage(root / config.rl)
     rl_dir = _stage(
         rl_module,
@@ -115,8 +142,9 @@ def run(config: Config) -> Path:
         "output_dir",
         config,
         "rl",
+        inputs=(sft_dir, rm_dir),
     )
-    reports["rl"] = evaluate_model(str(rl_dir), "eval-rl")
+    reports["rl"] = evaluate_model(str(rl_dir), "eval-rl", (rl_dir,))
     models = {"base": base, "sft": str(sft_dir), "rl": str(rl_dir)}
     shown = demo_report.write(sft_dir.parent, models, reports, rl_dir)
     demo_report.print_table(shown)

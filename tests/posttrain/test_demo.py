@@ -62,6 +62,23 @@ def test_a_finished_stage_is_reused_only_with_the_same_config(tmp_path):
     assert not demo._same_config(out, dataclasses.replace(made, model="runs/b"))  # another model: rerun
 
 
+def test_a_finished_stage_is_rerun_after_a_stage_it_reads(tmp_path):
+    """The same config is not enough: eval-rl of runs/rl is stale once rl has been rerun into runs/rl."""
+    import os
+
+    from posttrain import artifacts, demo
+
+    policy, report = tmp_path / "rl", tmp_path / "eval-rl"
+    for d, when in ((policy, 1_000), (report, 2_000)):
+        d.mkdir()
+        artifacts.mark_done(d)
+        os.utime(d / artifacts.DONE, ns=(when, when))
+    assert demo._newer(report, (policy,))
+    os.utime(policy / artifacts.DONE, ns=(3_000, 3_000))  # rl finished again, after its eval
+    assert not demo._newer(report, (policy,))
+    assert demo._newer(report, ())
+
+
 def test_quick_demo_configs_load_and_are_smaller_than_the_full_demo():
     """`posttrain demo --quick` reads configs/demo-quick: every stage's config is valid, writes under
     runs/demo-quick, and is smaller than its configs/demo counterpart where time goes."""
