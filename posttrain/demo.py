@@ -3,11 +3,11 @@
 filter (raw demo data -> clean) -> sft (the student distilled from its teacher; the embedded default: Gemma 3
 270M taught by itself with solved exemplars in the teacher's prompt only) -> rm (WARM: M reward models from the
 sft student, weight-averaged) -> eval of the base and the SFT student -> rl (WARP around J-BOND from the
-student, rewarded by math + code + the WARM model) -> eval of the RL policy; then a table base -> SFT -> RL,
-demo.json and demo.png beside the stage outputs (posttrain/demo_report.py). Each stage reads its
-own config under configs/demo/ (eval.yaml for both evaluations; the RL config runs `posttrain warp` when it has an
-`inner:` section, else `posttrain rl`); `--overwrite` reruns finished stages, otherwise a finished stage output
-is reused.
+student, rewarded by math + code; configs/demo leaves the WARM model out) -> eval of the RL policy; then a
+table base -> SFT -> RL, demo.json and demo.png beside the stage outputs (posttrain/demo_report.py). Each
+stage reads its own config under configs/demo/ (eval.yaml for both evaluations; the RL config runs `posttrain
+warp` when it has an `inner:` section, else `posttrain rl`); `--overwrite` reruns finished stages, otherwise a
+finished stage output is reused when its config is unchanged and it finished after the outputs it reads.
 """
 
 from __future__ import annotations
