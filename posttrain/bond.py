@@ -10,6 +10,18 @@ J-BOND minimises the Jeffreys divergence (1−β)·KL(π_BoN‖π) + β·KL(π�
                   r_J(y) = −log 16 if r(y) < min(r(y'1), r(y'2)) else 0 (E[r_J] = log p≤ at the median);
   loss          = (1−β)·forward + β·backward + γ·regulariser.
 
+The forward term's estimator (`forward_weights`): the paper's is −log π(y_best), one best-of-n sample. Its
+gradient's expectation is ∇ of −E_{π_BoN}[log π]; while π = π_a, E_{y'∼π_a}[∇log π(y')] = 0, so the
+per-prompt mean of ∇log π over the anchor samples is a control variate with expectation zero there:
+  "best"      w = 1 on the best anchor sample (ties to the first), 0 elsewhere (the paper);
+  "contrast"  w_i = t_i − 1/k, t_i = 1/m on each of the m samples tied for best (a uniform tie-break in
+              expectation, as "best" is in distribution): the same expected gradient while π = π_a, and
+              exactly 0 on a prompt whose anchor samples all tie, which with 0/1 rewards is most prompts
+              (the plain term then imitates a random, often wrong, sample: pure noise). The price: once π
+              drifts from π_a the control variate removes the forward term's pull towards π_a, leaving the
+              backward term's KL (and WARP's interpolation) to regularise.
+  forward       = −(1/P) Σ_prompts Σ_i w_i·log π(y'_i).
+
 Ties. With 0/1 rewards (math, unit tests) most comparisons are ties and the paper's strict "<" rarely
 fires: the signal appears only when y fails and both anchors succeed. `ties` chooses how a tie counts:
   "paper"  the paper's estimators as written: p̂≤ counts a tie as ≤ (a win for y); r_J needs a strict loss;
@@ -158,10 +170,29 @@ def returns(
     return (ret - base).detach()
 
 
-def forward_loss(best_logp: torch.Tensor, best_valid: torch.Tensor) -> torch.Tensor:
-    """SFT on the best anchor samples: mean over prompts with one of −log π(y_best)."""
-    n = best_valid.sum().clamp(min=1)
-    return -(best_logp * best_valid).sum() / n
+FORWARDS = ("best", "contrast")
+
+
+def forward_weights(anchor_rewards: torch.Tensor, how: str = "best") -> torch.Tensor:
+    """Each anchor sample's weight w in the forward term (module docstring), (P, k) -> (P, k). NaN rewards
+    weigh 0; a prompt with no valid reward has all-zero weights."""
+    if how not in FORWARDS:
+        raise ValueError(f"forward must be one of {FORWARDS}, got {how!r}")
+    valid = ~torch.isnan(anchor_rewards)
+    if how == "best":
+        best = best_anchor(anchor_rewards)
+        picked = torch.nn.functional.one_hot(best.clamp(min=0), anchor_rewards.shape[-1]).float()
+        return picked * (best >= 0).float().unsqueeze(-1)
+    filled = torch.nan_to_num(anchor_rewards, nan=-math.inf)
+    top = (filled == filled.max(-1, keepdim=True).values) & valid
+    top_share = top.float() / top.sum(-1, keepdim=True).clamp(min=1)
+    return top_share - valid.float() / valid.sum(-1, keepdim=True).clamp(min=1)
+
+
+def forward_loss(logp: torch.Tensor, weight: torch.Tensor, prompts: int) -> torch.Tensor:
+    """−(1/prompts) Σ w·log π(y') over the anchor samples given (any shape; `prompts` counts those with a
+    valid anchor reward). With "best" weights this is SFT on the best anchor samples."""
+    return -(logp * weight).sum() / max(prompts, 1)
 
 
 def backward_loss(logp_policy: torch.Tensor, advantage: torch.Tensor) -> torch.Tensor:
@@ -184,8 +215,9 @@ def jbond_loss(
     logp_policy: torch.Tensor,
     logp_anchor: torch.Tensor,
     reward: torch.Tensor,
-    best_logp: torch.Tensor,
-    best_valid: torch.Tensor,
+    forward_logp: torch.Tensor,
+    forward_weight: torch.Tensor,
+    forward_prompts: int,
     beta: float = 0.5,
     gamma: float = 0.0,
     logp_reg: torch.Tensor | None = None,
@@ -195,10 +227,10 @@ def jbond_loss(
     """(1−β)·forward + β·backward + γ·regulariser, and the terms as floats for logging.
 
     logp_policy (P,): log π(y) of the policy samples (with grad); logp_anchor (P,): log π_a(y) of the same
-    samples; reward (P,): r_J or r_BOND, NaN = no backward term; best_logp (P,): log π of the best anchor
-    sample (with grad), used where best_valid (P,) bool."""
+    samples; reward (P,): r_J or r_BOND, NaN = no backward term; forward_logp: log π (with grad) of the
+    anchor samples with their `forward_weights` forward_weight, over forward_prompts prompts."""
     adv = returns(reward, logp_policy, logp_anchor, kl_coef=kl_coef, baseline=baseline)
-    fw = forward_loss(best_logp, best_valid)
+    fw = forward_loss(forward_logp, forward_weight, forward_prompts)
     bw = backward_loss(logp_policy, adv)
     loss = (1.0 - beta) * fw + beta * bw
     reg = logp_policy.new_zeros(())

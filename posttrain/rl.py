@@ -9,8 +9,9 @@
   3. the algorithm's loss (`LOSSES[config.algorithm]`):
        bond:      BOND reward of each policy sample from its ranks against its prompt's anchor samples, r_J
                   (n = k = 2, J-BOND) or log p̂≤ (general N), with the tie rule `ties`; loss = (1−β)·NLL(best
-                  anchor sample) + β·PG(r − kl_coef·(log π − log π_a), baseline) + γ·KL-surrogate to
-                  `regulariser` (the SFT init by default);
+                  anchor sample; `forward: contrast` subtracts the mean over the anchor samples) +
+                  β·PG(r − kl_coef·(log π − log π_a), baseline) + γ·KL-surrogate to `regulariser` (the SFT
+                  init by default);
        reinforce: WARP's inner loop, PG(r − kl_coef·(log π − log π_a), baseline), no anchor samples;
   4. `update`: one AdamW step, then anchor ← (1−η)·anchor + η·policy (the trainable tensors; with LoRA the
      anchor is the init, η = 0: an EMA of the factors A, B would not be an EMA of the policy W + B·A);
@@ -84,6 +85,12 @@ class Config:
         "p̂≤ and r_J needs a strict loss) or 'random' (coin flip)",
     )
     beta: float = doc(0.5, "Jeffreys mix: (1−β)·forward (SFT on the best anchor sample) + β·backward (PG)")
+    forward: str = doc(
+        "best",
+        "the forward term's estimator: 'best' (SFT on the best anchor sample, the paper) or 'contrast' "
+        "(minus the mean over the anchor samples: the same expected gradient while the policy is its anchor, "
+        "0 on prompts whose anchor samples tie; posttrain/bond.py)",
+    )
     kl_coef: float | None = doc(
         None, "KL-to-anchor weight in the backward return (default 1/(n−1); reinforce: 0.1)"
     )
@@ -149,6 +156,8 @@ def check(config: Config) -> None:
     k = anchor_count(config)
     if config.algorithm == "bond" and (config.n < 2 or k < 1 or (config.n == 2 and k < 2)):
         raise UserError(f"need n >= 2 and anchor_samples >= 2 (got n={config.n}, anchor_samples={k})")
+    if config.forward not in bond.FORWARDS:
+        raise UserError(f"forward must be one of {bond.FORWARDS}, got '{config.forward}'")
     if config.ties not in bond.TIES:
         raise UserError(f"ties must be one of {bond.TIES}, got '{config.ties}'")
     if config.regulariser not in ("init", "anchor"):
@@ -599,18 +608,28 @@ def bond_loss(config: Config, state: State, batch: Rollouts, rewards: torch.Tens
         r_bond = bond.jbond_reward(r_policy, r_anchor, ties=config.ties, generator=tie_gen)
     else:
         r_bond = bond.bond_reward(p_hat, anchor_count(config))
-    # the forward term's target: best of the first n anchor samples (a best-of-n sample)
-    best = bond.best_anchor(r_anchor[:, : config.n])
-    best_seqs = [batch.anchors[j][max(int(best[j]), 0)][0] for j in range(len(batch.idx))]
+    # the forward term's target: best of the first n anchor samples (a best-of-n sample); only the anchor
+    # samples with a non-zero weight are scored (with "contrast", none of a prompt whose samples all tie)
+    weights = bond.forward_weights(r_anchor[:, : config.n], config.forward)
+    if config.forward == "best":  # one row per prompt, weight 0 where no anchor reward is valid
+        picked = [(j, int(weights[j].argmax())) for j in range(len(batch.idx))]
+    else:
+        picked = [tuple(ji) for ji in weights.nonzero().tolist()]
     p = len(batch.idx)
-    both = _seq_logp(state.model, batch.prompt_ids * 2, batch.policy_ids + best_seqs, config)
-    logp_policy, best_logp = both[:p], both[p:]
+    both = _seq_logp(
+        state.model,
+        batch.prompt_ids + [batch.prompt_ids[j] for j, _ in picked],
+        batch.policy_ids + [batch.anchors[j][i][0] for j, i in picked],
+        config,
+    )
+    logp_policy = both[:p]
     loss, stats = bond.jbond_loss(
         logp_policy=logp_policy,
         logp_anchor=batch.logp_anchor,
         reward=r_bond,
-        best_logp=best_logp,
-        best_valid=best >= 0,
+        forward_logp=both[p:],
+        forward_weight=torch.stack([weights[j, i] for j, i in picked]) if picked else both[p:],
+        forward_prompts=int((~torch.isnan(r_anchor[:, : config.n])).any(-1).sum()),
         beta=config.beta,
         gamma=config.gamma,
         kl_coef=kl_coefficient(config),

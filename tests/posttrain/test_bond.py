@@ -12,6 +12,7 @@ from posttrain.bond import (
     best_anchor,
     bond_reward,
     forward_loss,
+    forward_weights,
     jbond_loss,
     jbond_reward,
     quantile,
@@ -124,10 +125,48 @@ def test_forward_term_gradient_is_the_sft_gradient():
     theta, e = _toy()
     best = torch.tensor([1, 3, 3])
     valid = torch.tensor([True, True, False])
-    forward_loss(torch.log_softmax(theta, -1)[best], valid).backward()
+    forward_loss(torch.log_softmax(theta, -1)[best], valid.float(), int(valid.sum())).backward()
     pi = torch.softmax(theta.detach(), -1)
     expected = ((pi - e[1]) + (pi - e[3])) / 2  # mean NLL over the valid prompts only
     torch.testing.assert_close(theta.grad, expected)
+
+
+def test_forward_weights_by_hand():
+    r = as_rewards([[1, 0], [0, 0], [1, 1], [None, 1], [0, 1], [None, None]])
+    assert forward_weights(r, "best").tolist() == [[1, 0], [1, 0], [1, 0], [0, 1], [0, 1], [0, 0]]
+    # contrast: the tied best share 1, minus the mean over the valid samples; all-tied prompts weigh 0
+    assert forward_weights(r, "contrast").tolist() == [[0.5, -0.5], [0, 0], [0, 0], [0, 0], [-0.5, 0.5], [0, 0]]
+    three = forward_weights(as_rewards([[2, 2, 1]]), "contrast")
+    torch.testing.assert_close(three, torch.tensor([[1 / 2 - 1 / 3, 1 / 2 - 1 / 3, -1 / 3]]))
+    with pytest.raises(ValueError, match="forward must be one of"):
+        forward_weights(r, "worst")
+
+
+def _forward_gradient_moments(theta, reward, how):
+    """Exact mean and E‖g‖² of the forward term's per-prompt gradient over all anchor pairs y'1, y'2 ~ π."""
+    pi = torch.softmax(theta.detach(), -1)
+    mean, square = torch.zeros(V), torch.zeros(())
+    for a in range(V):
+        for b in range(V):
+            w = forward_weights(reward[torch.tensor([[a, b]])], how)[0]
+            t = theta.detach().clone().requires_grad_()
+            lsm = torch.log_softmax(t, -1)
+            forward_loss(lsm[torch.tensor([a, b])], w, 1).backward()
+            mean += pi[a] * pi[b] * t.grad
+            square += pi[a] * pi[b] * t.grad.square().sum()
+    return mean, square
+
+
+def test_contrast_forward_has_the_papers_expected_gradient_with_less_variance():
+    # anchor = policy (as at every WARP iteration's start): 'contrast' subtracts a zero-mean control
+    # variate, so the expected gradient is the paper's; with 0/1 rewards its second moment is smaller
+    theta, _ = _toy(4)
+    reward = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0])
+    mean_best, square_best = _forward_gradient_moments(theta, reward, "best")
+    mean_contrast, square_contrast = _forward_gradient_moments(theta, reward, "contrast")
+    torch.testing.assert_close(mean_contrast, mean_best, atol=1e-6, rtol=1e-5)
+    assert mean_best.abs().sum() > 0.05  # there is a signal to agree on
+    assert square_contrast < 0.5 * square_best
 
 
 def test_backward_term_gradient_is_reinforce_with_the_kl_return_and_baseline():
@@ -178,8 +217,9 @@ def test_jbond_loss_combines_the_terms_with_beta_and_gamma():
             logp_policy=lsm[y],
             logp_anchor=logp_anchor,
             reward=r_j,
-            best_logp=lsm[best],
-            best_valid=torch.ones(3, dtype=torch.bool),
+            forward_logp=lsm[best],
+            forward_weight=torch.ones(3),
+            forward_prompts=3,
             beta=beta,
             gamma=gamma,
         )

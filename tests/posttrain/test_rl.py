@@ -51,6 +51,14 @@ def test_reward_rises_on_a_learnable_reward(tmp_path):
     assert m[-1]["kl_init"] > 0.5
 
 
+def test_contrast_forward_term_also_learns(tmp_path):
+    out = rl.run(rl.Config(**LEARN, forward="contrast", steps=40, output_dir=str(tmp_path / "rl")))
+    m = metrics(out)
+    first = sum(x["reward"] for x in m[:5]) / 5
+    last = sum(x["reward"] for x in m[-5:]) / 5
+    assert last > first + 0.15, (first, last)
+
+
 def test_cli_tiny_config_writes_every_artifact(tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -207,6 +215,7 @@ def test_swapped_restores_the_trainable_tensors(tiny_model_and_tokenizer):
     [
         ("algorithm=ppo", "unknown algorithm 'ppo'"),
         ("ties=coin", "ties must be one of"),
+        ("forward=worst", "forward must be one of"),
         ("rewards.names=nope", "unknown reward 'nope'"),
         ("data=missing.jsonl", "missing.jsonl"),
         ("policy=runs/does-not-exist", "does-not-exist"),
