@@ -301,19 +301,24 @@ class Lora:
     target_modules: list[str] = doc(["q_proj", "k_proj", "v_proj", "o_proj"], "LoRA target modules")
 
 
-def apply_lora(model, lora: Lora):
-    """Wrap a model with peft LoRA adapters (lora.r > 0); r == 0 means full fine-tuning."""
+def apply_lora(model, lora: Lora, seed: int | None = None):
+    """Wrap a model with peft LoRA adapters (lora.r > 0); r == 0 means full fine-tuning. peft draws the A
+    factors from torch's global generator: with `seed` they are drawn from that seed instead, leaving the
+    global state as it was (a reused Ray worker, as in WARP, otherwise starts each run from a different A)."""
     if lora.r <= 0:
         return model
+    import torch
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(
-        model,
-        LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
-            task_type="CAUSAL_LM",
-        ),
+    adapters = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
     )
+    if seed is None:
+        return get_peft_model(model, adapters)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, adapters)

@@ -242,7 +242,7 @@ def load_policy(spec: str, config: Config, dtype=None):
     model, tokenizer = models.load_causal_lm(spec, dtype=dtype)
     if config.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
-    model = models.apply_lora(model, config.lora)
+    model = models.apply_lora(model, config.lora, seed=config.seed)
     model.eval()
     return model, tokenizer
 

@@ -181,6 +181,18 @@ def test_lora_trains_only_adapters_with_the_init_as_anchor(tmp_path):
     assert not any("lora" in k for k in merged.state_dict()) and not (out / "adapter_config.json").exists()
 
 
+def test_lora_init_depends_on_the_seed_only():
+    # WARP trains its runs in reused Ray workers, whose global generator is wherever the last run left it
+    config = rl.Config(**{**LEARN, "eta": 0.0}, lora=Lora(r=4))
+    first = rl.trainable(rl.load_policy("tiny", config)[0])
+    torch.rand(1000)
+    again = rl.trainable(rl.load_policy("tiny", config)[0])
+    other = rl.trainable(rl.load_policy("tiny", dataclasses.replace(config, seed=1))[0])
+    a_keys = [k for k in first if "lora_A" in k]
+    assert a_keys and all(torch.equal(first[k], again[k]) for k in a_keys)
+    assert not all(torch.equal(first[k], other[k]) for k in a_keys)
+
+
 def test_a_moving_lora_anchor_is_refused(tmp_path):
     """An EMA of the factors A and B is not an EMA of the policy W + B·A: (1−η)·B0A0 + η·B1A1 ≠ B̄·Ā."""
     torch.manual_seed(0)
