@@ -1,4 +1,4 @@
-# `make demo` sets up .venv and runs the embedded default pipeline (`make demo-quick`: a toy-size version, ~7 min measured); `make test`
+# `make demo` sets up .venv and runs the embedded default pipeline (`make demo-quick`: a toy-size version, ~4 min measured); `make test`
 # sets up and runs the tests; `make lint` checks them with ruff.
 PYTHON ?= python3.11
 VENV := .venv
@@ -25,7 +25,7 @@ setup: $(VENV)/.installed system-deps
 demo: setup
 	$(BIN)/posttrain demo
 
-# the same stages at toy size (configs/demo-quick): 406 s measured on 2 cores with a fresh cache, target 300 s
+# the same stages at toy size (configs/demo-quick): 236 s measured on 2 cores with a fresh cache, target 300 s
 demo-quick: setup
 	$(BIN)/posttrain demo --quick
 

@@ -29,7 +29,7 @@ class Config:
     configs: str = doc("configs/demo", "dir holding filter.yaml, sft.yaml, rm.yaml, eval.yaml and the rl config")
     quick: bool = doc(
         False,
-        "run configs/demo-quick instead: the same stages at toy size (~7 min on 2 cores) "
+        "run configs/demo-quick instead: the same stages at toy size (~4 min on 2 cores) "
         "(shows every stage working; its numbers mean nothing)",
     )
     rl: str = doc(
