@@ -25,7 +25,7 @@ setup: $(VENV)/.installed system-deps
 demo: setup
 	$(BIN)/posttrain demo
 
-# the same stages at toy size (configs/demo-quick): 236 s measured on 2 cores with a fresh cache, target 300 s
+# the same stages at toy size (configs/demo-quick): 257 s measured on 2 cores with a fresh cache, target 300 s
 demo-quick: setup
 	$(BIN)/posttrain demo --quick
 
