@@ -317,8 +317,7 @@ def apply_lora(model, lora: Lora, seed: int | None = None):
         target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    if seed is None:
-        return get_peft_model(model, adapters)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
         return get_peft_model(model, adapters)

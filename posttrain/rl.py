@@ -611,15 +611,12 @@ def bond_loss(config: Config, state: State, batch: Rollouts, rewards: torch.Tens
     # the forward term's target: best of the first n anchor samples (a best-of-n sample); only the anchor
     # samples with a non-zero weight are scored (with "contrast", none of a prompt whose samples all tie)
     weights = bond.forward_weights(r_anchor[:, : config.n], config.forward)
-    if config.forward == "best":  # one row per prompt, weight 0 where no anchor reward is valid
-        picked = [(j, int(weights[j].argmax())) for j in range(len(batch.idx))]
-    else:
-        picked = [tuple(ji) for ji in weights.nonzero().tolist()]
+    rows, cols = weights.nonzero(as_tuple=True)
     p = len(batch.idx)
     both = _seq_logp(
         state.model,
-        batch.prompt_ids + [batch.prompt_ids[j] for j, _ in picked],
-        batch.policy_ids + [batch.anchors[j][i][0] for j, i in picked],
+        batch.prompt_ids + [batch.prompt_ids[j] for j in rows.tolist()],
+        batch.policy_ids + [batch.anchors[j][i][0] for j, i in zip(rows.tolist(), cols.tolist())],
         config,
     )
     logp_policy = both[:p]
@@ -628,7 +625,7 @@ def bond_loss(config: Config, state: State, batch: Rollouts, rewards: torch.Tens
         logp_anchor=batch.logp_anchor,
         reward=r_bond,
         forward_logp=both[p:],
-        forward_weight=torch.stack([weights[j, i] for j, i in picked]) if picked else both[p:],
+        forward_weight=weights[rows, cols],
         forward_prompts=int((~torch.isnan(r_anchor[:, : config.n])).any(-1).sum()),
         beta=config.beta,
         gamma=config.gamma,
