@@ -231,9 +231,10 @@ def op_setup(args, workdir: str) -> dict:
         model.save_pretrained(dirs[name])
         tok.save_pretrained(dirs[name])
         del model
-    # one held-out row (posttrain scores it off-policy for its before/after loss) + one row per trained prompt
+    # one held-out row (posttrain scores it off-policy for its before/after loss) + one row per trained prompt, and
+    # one batch more, which only the overlap run reaches (its last timed step samples the next step's rows)
     with open(dirs["data"], "w") as f:
-        for row in _rows(1 + args.op_batch * (args.op_steps + 1), args.prompt_chars):
+        for row in _rows(1 + args.op_batch * (args.op_steps + 2), args.prompt_chars):
             f.write(json.dumps(row) + "\n")
     return {"variant": "setup"}
 
@@ -299,9 +300,10 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def op_posttrain(args, workdir: str) -> dict:
+def op_posttrain(args, workdir: str, overlap: bool = False) -> dict:
     """`posttrain.distill.run` with on_policy.fraction=1, timed from the end of its first optimizer step to the end
-    of its last (Trainer on_step_end, through posttrain's hooks); tokens counted around on_policy.replace_rows."""
+    of its last (Trainer on_step_end, through posttrain's hooks); tokens counted around on_policy.finish_rows.
+    `overlap`: on_policy.overlap=true (the next step's rows sampled and sent to the teacher before this update)."""
     import torch
 
     from posttrain import config as cfg
@@ -324,7 +326,7 @@ def op_posttrain(args, workdir: str) -> dict:
             f"teacher_workers={args.teacher_workers}",
             "target_shards=1",
             f"target_cache={os.path.join(workdir, 'targets')}",
-            f"max_steps={args.op_steps + 1}",
+            f"max_steps={args.op_steps + 1 + overlap}",
             f"batch_size={args.op_batch}",
             "learning_rate=1e-5",
             "lr_scheduler=constant",
@@ -334,19 +336,19 @@ def op_posttrain(args, workdir: str) -> dict:
             f"on_policy.max_new_tokens={args.new_tokens}",
             "on_policy.temperature=1.0",
             "on_policy.top_p=1.0",
+            f"on_policy.overlap={overlap}",
             "overwrite=true",
         ],
     )
     sampled, early = [0], [0]
-    original = on_policy.replace_rows
+    original = on_policy.finish_rows
 
-    def counting(*a, **kw):
-        made, completions = original(*a, **kw)
-        sampled[0] += sum(len(c) for c in completions)
-        early[0] += sum(len(c) < args.new_tokens for c in completions)
-        return made, completions
+    def counting(started, *a, **kw):  # counted when trained: with overlap, rows are sampled a step earlier
+        sampled[0] += sum(len(c) for c in started.completions)
+        early[0] += sum(len(c) < args.new_tokens for c in started.completions)
+        return original(started, *a, **kw)
 
-    on_policy.replace_rows = counting  # distill calls it through the module: it sees this wrapper
+    on_policy.finish_rows = counting  # distill calls it through the module: it sees this wrapper
     clock: dict = {}
     _timed(on_policy.StudentSampler, "refresh", "refresh bf16 copy", clock)
     _timed(on_policy.StudentSampler, "sample", "student sampling", clock)
@@ -368,9 +370,11 @@ def op_posttrain(args, workdir: str) -> dict:
     others = {f"{name} ({pid})": round(hwm) for pid, (name, hwm) in peaks.items()
               if not name.startswith("ray::TeacherWorker")}  # fmt: skip
     main_peak = _maxrss_mb()
+    # overlap: in steady state every step samples the next one's rows; the timed window stops before the extra
+    # last step, which samples nothing (so the window holds as many samplings as updates, like the strict run's)
     return {
-        "variant": "posttrain",
-        **_window(marks),
+        "variant": "posttrain, overlap" if overlap else "posttrain",
+        **_window(marks[: args.op_steps + 1]),
         "tokens": sampled[0],
         "summary_tokens": summary["on_policy_tokens"],
         "stopped_early": early[0],
@@ -513,7 +517,7 @@ def on_policy_table(args) -> dict:
         if "error" in setup:
             print("on-policy setup failed: " + setup["error"])
             return {"setup": setup}
-        rows = {v: _run(args, v, workdir) for v in ("op-trl", "op-posttrain")}
+        rows = {v: _run(args, v, workdir) for v in ("op-trl", "op-posttrain", "op-posttrain-overlap")}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     anchor = rows["op-trl"]
@@ -528,7 +532,9 @@ def on_policy_table(args) -> dict:
     for col in cols:
         table.add_column(col, justify="right")
     ok = "error" not in anchor
-    for name, r in (("trl", anchor), ("posttrain", rows["op-posttrain"])):
+    named = (("trl", anchor), ("posttrain", rows["op-posttrain"]),
+             ("posttrain, overlap", rows["op-posttrain-overlap"]))  # fmt: skip
+    for name, r in named:
         if "error" in r:
             table.add_row(name, "error: " + r["error"][:80], *[""] * (len(cols) - 2))
             continue
@@ -563,7 +569,10 @@ def on_policy_table(args) -> dict:
             f"{pt['summary_tokens']}); TRL prompts not token-identical to posttrain's: "
             f"{anchor['prompts_not_posttrains']}."
         )
-        for name, r in (("trl", anchor), ("posttrain", pt)):
+        ov = rows["op-posttrain-overlap"]
+        for name, r in (("trl", anchor), ("posttrain", pt), ("posttrain, overlap", ov)):
+            if "error" in r:
+                continue
             split = ", ".join(f"{k} {v:.1f} s" for k, v in r["timed_split_s"].items())
             print(f"{name}: {r['timed_s']:.1f} s timed, of which {split}; the rest is backward + optimizer + glue")
         print(
@@ -584,6 +593,11 @@ def on_policy_table(args) -> dict:
         )  # fmt: skip
         for what, value, test, fmt in targets:
             print(f"target {what}: {fmt.format(value)} -> {'holds' if test(value) else 'MISSED'}")
+        if "error" not in ov:
+            print(
+                f"on_policy.overlap=true: {ov['tok_s'] / anchor['tok_s']:.2f}x TRL's tokens/s, "
+                f"{ov['tok_s'] / pt['tok_s']:.2f}x posttrain's strict on-policy run (rows one step stale)"
+            )
     return rows
 
 
@@ -674,7 +688,8 @@ def main():
     args = parser.parse_args()
     VOCAB, STUDENT_LAYERS, TEACHER_LAYERS = args.vocab, args.layers, args.teacher_layers
     if args.variant:
-        ops = {"op-setup": op_setup, "op-posttrain": op_posttrain, "op-trl": op_trl}
+        ops = {"op-setup": op_setup, "op-posttrain": op_posttrain, "op-trl": op_trl,
+               "op-posttrain-overlap": lambda a, w: op_posttrain(a, w, overlap=True)}  # fmt: skip
         if args.variant in ops:
             result = ops[args.variant](args, args.workdir)
         else:

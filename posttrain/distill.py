@@ -154,7 +154,7 @@ def _training_args(config: Config, out: Path):
 
 def _make_trainer(model, train_set, eval_set, config: Config, out: Path, tokenizer, callbacks: list, online=None):
     """The HF Trainer with kd's loss. With `online` (teacher.OnlineTeacher, on-policy), batches stay lists of
-    examples until the loss, where on_policy.replace_rows re-makes their on-policy share."""
+    examples until the loss, where on_policy.start_rows/finish_rows re-make their on-policy share."""
     from transformers import Trainer
     from trl.models.utils import _ForwardRedirection
 
@@ -166,6 +166,11 @@ def _make_trainer(model, train_set, eval_set, config: Config, out: Path, tokeniz
         """HF Trainer with the sparse KD loss (checkpoints published atomically)."""
 
         sampler = None  # on-policy: the student's sampling copy, made at the first on-policy batch
+        # on_policy.overlap: the next update's micro-batches (looked ahead in get_batch_samples) and their
+        # started on-policy rows by (step, example indices); `resumed`: those read back from a checkpoint
+        upcoming: list = []
+        pending: dict = {}
+        resumed: dict = {}
 
         def _kd(self, model, inputs):
             # Run the loss inside the wrapper's forward (DeepSpeed engine, DDP) so its hooks fire: ZeRO-3
@@ -179,6 +184,35 @@ def _make_trainer(model, train_set, eval_set, config: Config, out: Path, tokeniz
                 )
             return loss / max(n, 1)
 
+        def get_batch_samples(self, epoch_iterator, num_batches, device):
+            if online is None or not config.on_policy.overlap:
+                return super().get_batch_samples(epoch_iterator, num_batches, device)
+            if getattr(self, "_ahead_of", None) is not epoch_iterator:  # a new epoch: nothing looked ahead
+                self._ahead_of, self.upcoming = epoch_iterator, []
+            wanted = num_batches + self.args.gradient_accumulation_steps
+            while len(self.upcoming) < wanted:
+                try:
+                    self.upcoming.append(next(epoch_iterator))
+                except StopIteration:
+                    break
+            batches, self.upcoming = self.upcoming[:num_batches], self.upcoming[num_batches:]
+            return batches, None
+
+        def _started(self, examples: list[dict], step: int):
+            """This batch's on-policy rows: started during the last update (overlap), read back from the
+            checkpoint, or sampled now."""
+            key = (step, tuple(ex["index"] for ex in examples))
+            if key in self.pending:
+                return self.pending.pop(key)
+            if key in self.resumed:
+                started = on_policy.Started([], [], [])
+                completions = self.resumed.pop(key)
+                if completions:
+                    on_policy.resubmit(started, online, examples[: len(completions)], completions, step)
+                return started
+            return on_policy.start_rows(self.sampler, tokenizer, examples, config.on_policy, online, step,
+                                        config.seed)  # fmt: skip
+
         def _on_policy(self, model, examples: list[dict], training: bool) -> dict:
             """A batch of examples collated, its on-policy share re-made first when training."""
             divergence = "forward"
@@ -189,12 +223,38 @@ def _make_trainer(model, train_set, eval_set, config: Config, out: Path, tokeniz
                     student = self.accelerator.unwrap_model(model)
                     self.sampler = on_policy.StudentSampler(student, use_bf16(config.bf16))
                 step = self.state.global_step
-                examples, _ = on_policy.replace_rows(self.sampler, tokenizer, examples, config.on_policy, online,
-                                                     step, config.seed)  # fmt: skip
+                started = self._started(examples, step)
+                if config.on_policy.overlap and getattr(self, "_looked_ahead", None) != step:
+                    # the next update's rows, sampled with these weights (one step behind when trained) and
+                    # scored by the teacher's actors while this update runs
+                    self._looked_ahead = step
+                    ahead = self.upcoming[: self.args.gradient_accumulation_steps]
+                    for nxt in ahead if step + 1 < self.state.max_steps else []:
+                        rows = nxt["examples"]
+                        self.pending[(step + 1, tuple(ex["index"] for ex in rows))] = on_policy.start_rows(
+                            self.sampler, tokenizer, rows, config.on_policy, online, step + 1, config.seed
+                        )
+                examples = on_policy.finish_rows(started, examples, online)
                 divergence = config.divergence
             device = next(model.parameters()).device
             batch = _collate(examples, pad_id, config.label_weight, divergence)
             return {k: v.to(device) for k, v in batch.items()}
+
+        def _save_rng_state(self, output_dir):
+            super()._save_rng_state(output_dir)
+            # overlap: rows sampled for the next update, which the checkpoint's weights cannot redraw
+            if self.pending:
+                rows = [{"step": s, "indices": list(idx), "completions": st.completions}
+                        for (s, idx), st in self.pending.items()]  # fmt: skip
+                path = Path(output_dir) / f"on_policy_pending_{self.args.process_index}.json"
+                path.write_text(json.dumps(rows))
+
+        def _load_rng_state(self, checkpoint):
+            super()._load_rng_state(checkpoint)
+            path = Path(checkpoint or "") / f"on_policy_pending_{self.args.process_index}.json"
+            if checkpoint and path.exists():
+                self.resumed = {(r["step"], tuple(r["indices"])): r["completions"]
+                                for r in json.loads(path.read_text())}  # fmt: skip
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if "examples" in inputs:

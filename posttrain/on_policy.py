@@ -9,7 +9,7 @@ student is trained on them. The other rows keep the dataset's completions and th
       temperature: 1.0       # the student samples from its own distribution at this temperature
       top_p: 1.0
 
-Per batch (`replace_rows`):
+Per batch (`replace_rows` = `start_rows`, then `finish_rows`):
   1. the first round(λ·B) rows of the batch (the Trainer's order is already a seeded shuffle) are re-made:
      prompt = the row's messages without its last assistant turn;
   2. the student (eval mode, no grad; a bf16 copy with bf16) samples one completion per prompt, `generation_batch`
@@ -20,6 +20,15 @@ Per batch (`replace_rows`):
      privileged context spliced in front, posttrain.teacher_context): K ids + fp16 weights per token (1.5 KB at
      K = 256) or one fp32 log-prob (4 B); only ids and these travel, never logits;
   4. the rows become ordinary examples (input ids, target positions over the completion, targets) for kd.
+
+Overlap (`overlap: true`): steps 2-3 for optimizer step s+1 run during step s, right after step s's rows are
+collected and before its forward, backward and update: the student samples them with the weights it has at
+step s, and the teacher's actors score them while step s trains, so the teacher's time (on other nodes, with
+an address) hides behind the student's update. The price is one step of staleness (prime-rl's async level 1,
+PipelineRL's lag): rows trained at step s+1 come from the policy of step s. The first step of each epoch is
+sampled strictly (the next epoch's order is not drawn yet). Sampled completions that a checkpoint's weights
+could not redraw are saved with it (on_policy_pending_<rank>.json) and resubmitted on `--resume`; the teacher's
+draws are seeded by (seed, step, row), so a resumed run trains on exactly the same targets.
 """
 
 from __future__ import annotations
@@ -45,6 +54,11 @@ class OnPolicy:
     top_p: float = doc(1.0, "the student's nucleus threshold")
     generation_batch: int = doc(
         8, "prompts sampled together; each chunk is scored by the teacher's actors while the next one is sampled"
+    )
+    overlap: bool = doc(
+        False,
+        "sample the next optimizer step's rows with the current weights before this step trains, so the teacher "
+        "scores them while it does (they are one step off-policy when trained; exact --resume)",
     )
 
 
@@ -148,28 +162,59 @@ def completion_example(ex: dict, completion: list[int]) -> dict:
     }
 
 
+@dataclasses.dataclass
+class Started:
+    """On-policy rows sampled and submitted to the teacher, not yet collected: `made` (the re-made rows),
+    `completions` (their sampled ids) and the teacher's `handles`, one per chunk."""
+
+    made: list[dict]
+    completions: list[list[int]]
+    handles: list
+
+    @property
+    def indices(self) -> list[int]:
+        return [ex["index"] for ex in self.made]
+
+
+def start_rows(sampler: StudentSampler, tokenizer, examples: list[dict], section: OnPolicy, teacher, step: int,
+               seed: int) -> Started:  # fmt: skip
+    """Sample the on-policy share (the first round(λ·B) rows) of a batch trained at optimizer step `step`,
+    `generation_batch` rows at a time; each chunk goes to the teacher (`teacher.submit`, its Ray actors) as soon as
+    it exists, so the teacher scores it while the student samples the next one. Returns without waiting."""
+    chosen = examples[: rows_on_policy(len(examples), section.fraction)]
+    noise = step_noise(seed, step, [ex["index"] for ex in chosen], section.max_new_tokens)
+    if chosen:
+        sampler.refresh()
+    started = Started([], [], [])
+    for begin in range(0, len(chosen), section.generation_batch):
+        part = chosen[begin : begin + section.generation_batch]
+        sampled = sampler.sample(
+            tokenizer, [ex["prompt_ids"] for ex in part], section, noise[begin : begin + len(part)]
+        )
+        resubmit(started, teacher, part, sampled, step)
+    return started
+
+
+def resubmit(started: Started, teacher, examples: list[dict], completions: list[list[int]], step: int) -> None:
+    """Add rows whose completions exist (just sampled, or read back from a checkpoint) and submit them."""
+    rows = [completion_example(ex, c) for ex, c in zip(examples, completions)]
+    started.handles.append(teacher.submit(rows, step))
+    started.made += rows
+    started.completions += list(completions)
+
+
+def finish_rows(started: Started, examples: list[dict], teacher) -> list[dict]:
+    """The batch with its on-policy share replaced by the started rows, their targets collected."""
+    scores = [t for handle in started.handles for t in teacher.collect(handle)]
+    for ex, (ids, weights) in zip(started.made, scores):
+        ex["target_ids"], ex["target_weights"] = ids, weights
+    return started.made + examples[len(started.made) :]
+
+
 def replace_rows(
     sampler: StudentSampler, tokenizer, examples: list[dict], section: OnPolicy, teacher, step: int, seed: int
 ):
-    """The batch with its first round(λ·B) rows re-made on-policy, and the sampled completions. The rows are
-    sampled `generation_batch` at a time; each chunk goes to the teacher (`teacher.submit`, its Ray actors) as soon
-    as it exists, so the teacher scores it while the student samples the next one."""
-    n = rows_on_policy(len(examples), section.fraction)
-    if n == 0:
-        return examples, []
-    chosen = examples[:n]
-    noise = step_noise(seed, step, [ex["index"] for ex in chosen], section.max_new_tokens)
-    sampler.refresh()
-    made, completions, pending = [], [], []
-    for start in range(0, n, section.generation_batch):
-        part = chosen[start : start + section.generation_batch]
-        sampled = sampler.sample(
-            tokenizer, [ex["prompt_ids"] for ex in part], section, noise[start : start + len(part)]
-        )
-        rows = [completion_example(ex, c) for ex, c in zip(part, sampled)]
-        pending.append(teacher.submit(rows, step))
-        made, completions = made + rows, completions + sampled
-    scores = [t for handle in pending for t in teacher.collect(handle)]
-    for ex, (ids, weights) in zip(made, scores):
-        ex["target_ids"], ex["target_weights"] = ids, weights
-    return made + examples[n:], completions
+    """The batch with its first round(λ·B) rows re-made on-policy (sampled now, with the current weights), and
+    the sampled completions."""
+    started = start_rows(sampler, tokenizer, examples, section, teacher, step, seed)
+    return finish_rows(started, examples, teacher), started.completions

@@ -202,6 +202,66 @@ def test_on_policy_runs_on_ray_teacher_actors_and_resumes_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+START_ROWS = on_policy.start_rows
+
+
+def _sampling_order(tmp_path, monkeypatch, overlap: bool) -> list[tuple]:
+    """("sample", the step the rows are for, their example indices) and ("end", step) events of a tiny on-policy
+    run, in the order they happened."""
+    from posttrain import hooks
+
+    events = []
+    original = START_ROWS
+
+    def recording(sampler, tokenizer, examples, section, teacher, step, seed):
+        events.append(("sample", step, tuple(ex["index"] for ex in examples)))
+        return original(sampler, tokenizer, examples, section, teacher, step, seed)
+
+    class Steps(hooks.Hooks):
+        def on_step_end(self, step):
+            events.append(("end", step))
+
+    monkeypatch.setattr(on_policy, "start_rows", recording)
+    overrides = [*ON, f"on_policy.overlap={overlap}", f"output_dir={tmp_path / 'sft'}"]
+    config = cfg.load(distill.Config, TINY, overrides)
+    distill.run(config, hooks=Steps())
+    return events
+
+
+def test_overlap_samples_the_next_steps_rows_before_this_step_trains(tmp_path, monkeypatch, local_ray):
+    strict = _sampling_order(tmp_path / "strict", monkeypatch, overlap=False)
+    ahead = _sampling_order(tmp_path / "ahead", monkeypatch, overlap=True)
+    # strict: each step's rows are sampled during that step, after the previous step ended
+    assert strict == [e for s in range(4) for e in (("sample", s, strict[2 * s][2]), ("end", s + 1))]
+    # overlap: the rows of step s+1 (the same rows as the strict run's) are sampled during step s, before its
+    # update. The tiny set has 12 training rows, 3 batches of 4 per epoch: the first step of each epoch samples
+    # its own rows (the next epoch's order is not drawn yet), and nothing is sampled for a step that never runs.
+    rows = [e[2] for e in strict if e[0] == "sample"]
+    epoch_starts = {0, 3}
+    expected = []
+    for s in range(4):
+        if s in epoch_starts:
+            expected.append(("sample", s, rows[s]))
+        if s + 1 < 4 and s + 1 not in epoch_starts:
+            expected.append(("sample", s + 1, rows[s + 1]))
+        expected.append(("end", s + 1))
+    assert ahead == expected
+
+
+def test_overlap_resumes_exactly_from_the_rows_it_had_sampled_ahead(tmp_path):
+    args = ("sft", "--config", TINY, *ON, "on_policy.overlap=true")
+    straight = tmp_path / "straight"
+    posttrain(*args, f"output_dir={straight}")
+    killed = tmp_path / "killed"
+    proc = posttrain(*args, f"output_dir={killed}", faults=["--kill-at", "3"], check=False)
+    assert proc.returncode == -9
+    pending = json.loads((killed / "checkpoints" / "checkpoint-2" / "on_policy_pending_0.json").read_text())
+    assert [r["step"] for r in pending] == [2] and len(pending[0]["completions"]) == 2  # λ = 0.5 of 4 rows
+    posttrain(*args, f"output_dir={killed}", "--resume")
+    a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_reverse_divergence_trains_on_one_log_prob_per_token(tmp_path):
     out = tmp_path / "rev"
     posttrain(
