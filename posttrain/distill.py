@@ -152,6 +152,11 @@ def _training_args(config: Config, out: Path):
     )  # fmt: skip
 
 
+def _batch_key(step: int, examples: list[dict]) -> tuple:
+    """A micro-batch's identity for rows sampled ahead: the step it trains at and its example indices."""
+    return step, tuple(ex["index"] for ex in examples)
+
+
 def _make_trainer(model, train_set, eval_set, config: Config, out: Path, tokenizer, callbacks: list, online=None):
     """The HF Trainer with kd's loss. With `online` (teacher.OnlineTeacher, on-policy), batches stay lists of
     examples until the loss, where on_policy.start_rows/finish_rows re-make their on-policy share."""
@@ -201,7 +206,7 @@ def _make_trainer(model, train_set, eval_set, config: Config, out: Path, tokeniz
         def _started(self, examples: list[dict], step: int):
             """This batch's on-policy rows: started during the last update (overlap), read back from the
             checkpoint, or sampled now."""
-            key = (step, tuple(ex["index"] for ex in examples))
+            key = _batch_key(step, examples)
             if key in self.pending:
                 return self.pending.pop(key)
             if key in self.resumed:
@@ -231,7 +236,7 @@ def _make_trainer(model, train_set, eval_set, config: Config, out: Path, tokeniz
                     ahead = self.upcoming[: self.args.gradient_accumulation_steps]
                     for nxt in ahead if step + 1 < self.state.max_steps else []:
                         rows = nxt["examples"]
-                        self.pending[(step + 1, tuple(ex["index"] for ex in rows))] = on_policy.start_rows(
+                        self.pending[_batch_key(step + 1, rows)] = on_policy.start_rows(
                             self.sampler, tokenizer, rows, config.on_policy, online, step + 1, config.seed
                         )
                 examples = on_policy.finish_rows(started, examples, online)

@@ -171,10 +171,6 @@ class Started:
     completions: list[list[int]]
     handles: list
 
-    @property
-    def indices(self) -> list[int]:
-        return [ex["index"] for ex in self.made]
-
 
 def start_rows(sampler: StudentSampler, tokenizer, examples: list[dict], section: OnPolicy, teacher, step: int,
                seed: int) -> Started:  # fmt: skip
