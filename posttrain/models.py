@@ -267,6 +267,24 @@ def bf16_native(device=None) -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
+def cast_copy(model, dtype):
+    """A deep copy of `model` with its floating-point parameters and buffers in `dtype` (tied weights stay tied),
+    cast tensor by tensor: `copy.deepcopy(model).to(dtype)` first makes a whole second model at full precision,
+    which for a bf16 sampling copy of an fp32 model is a transient 3x the copy's own size."""
+    import copy
+    import itertools
+
+    import torch
+
+    memo = {}
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        data = tensor.detach().to(dtype if tensor.is_floating_point() else tensor.dtype, copy=True)
+        if isinstance(tensor, torch.nn.Parameter):
+            data = torch.nn.Parameter(data, requires_grad=tensor.requires_grad)
+        memo[id(tensor)] = data
+    return copy.deepcopy(model, memo)
+
+
 def use_bf16(requested: bool, device=None) -> bool:
     """`bf16: true` means bf16 where the hardware runs it natively, fp32 elsewhere (said once per process)."""
     if not requested:

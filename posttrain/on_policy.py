@@ -33,11 +33,11 @@ draws are seeded by (seed, step, row), so a resumed run trains on exactly the sa
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import torch
 
+from posttrain import models
 from posttrain.config import doc
 from posttrain.errors import UserError
 
@@ -103,7 +103,7 @@ class StudentSampler:
     def __init__(self, model, bf16: bool):
         self.model, self.copy = model, None
         if bf16 and not getattr(model, "is_deepspeed_enabled", False):
-            self.copy = copy.deepcopy(model).to(torch.bfloat16).eval()
+            self.copy = models.cast_copy(model, torch.bfloat16).eval()
 
     @torch.no_grad()
     def refresh(self) -> None:

@@ -296,7 +296,7 @@ def estimate_kl(model_dir: Path, sft_dir: Path, config) -> float:
     rows = [r for path in config.eval_data for r in data.read_rows(path)[: config.eval_max_examples]]
     policy, tokenizer = models.load_causal_lm(str(model_dir))
     sft, _ = models.load_causal_lm(str(sft_dir))
-    sampler = copy.deepcopy(policy).to(torch.bfloat16) if models.use_bf16(config.inner.bf16) else policy
+    sampler = models.cast_copy(policy, torch.bfloat16) if models.use_bf16(config.inner.bf16) else policy
     prompts = [data.prompt_ids(tokenizer, data.prompt_messages(r)) for r in rows]
     n, total, count = max(1, config.eval_samples), 0.0, 0
     batch_size = config.inner.generation_batch

@@ -1,5 +1,6 @@
 """Model specs: tiny builds, derived students, LoRA, and (slow) the real Gemma 3 270M GGUF conversion."""
 
+import copy
 import json
 
 import pytest
@@ -43,6 +44,42 @@ def test_lora_wraps_only_the_targets():
     trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert models.apply_lora(model, models.Lora(r=0, alpha=8, target_modules=["q_proj"])) is model
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_cast_copy_equals_deepcopy_to_without_a_full_precision_copy(lora, monkeypatch):
+    model, _ = models.load_causal_lm("tiny")
+    if lora:
+        model = models.apply_lora(model, models.Lora(r=4, alpha=8, target_modules=["q_proj", "v_proj"]), seed=0)
+    reference = copy.deepcopy(model).to(torch.bfloat16)
+    copied_bytes = []
+
+    def counting(original):
+        def deepcopy(self, memo):
+            copied_bytes.append(self.numel() * self.element_size())
+            return original(self, memo)
+
+        return deepcopy
+
+    for cls in (torch.Tensor, torch.nn.Parameter):
+        monkeypatch.setattr(cls, "__deepcopy__", counting(cls.__deepcopy__))
+    cast = models.cast_copy(model, torch.bfloat16)
+    monkeypatch.undo()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert sum(copied_bytes) < 0.01 * weights  # no weight went through a full-precision deep copy
+    assert cast.state_dict().keys() == reference.state_dict().keys()
+    for key, value in cast.state_dict().items():
+        assert value.dtype == reference.state_dict()[key].dtype
+        assert torch.equal(value, reference.state_dict()[key]), key
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the original is untouched
+    originals = {p.data_ptr() for p in model.parameters()}
+    assert not originals & {p.data_ptr() for p in cast.parameters()}
+    assert [p.requires_grad for p in cast.parameters()] == [p.requires_grad for p in model.parameters()]
+    base = cast.get_base_model() if lora else cast
+    assert base.lm_head.weight is base.model.embed_tokens.weight  # still tied
+    ids = torch.tensor([[2, 10, 20, 30]])
+    with torch.no_grad():
+        assert torch.equal(cast(ids).logits, reference(ids).logits)
 
 
 def test_bad_specs_are_clear_errors(tmp_path):
