@@ -50,8 +50,9 @@ def test_lambda_zero_is_the_off_policy_path_byte_for_byte(tmp_path):
     record = json.loads((out / "posttrain.json").read_text())
     assert "teacher_data_sha256" not in record["inputs"]["targets_key"]  # the same cache key as before
     assert "on_policy_tokens" not in record["summary"]  # no teacher actors at training time
-    if platform() in GOLDEN:
-        assert sha256(out / "model.safetensors") == GOLDEN[platform()]
+    golden = GOLDEN.get(platform())
+    if golden is not None:
+        assert sha256(out / "model.safetensors") == golden
 
 
 def test_forward_gradient_vanishes_in_expectation_when_the_teacher_is_the_student():
